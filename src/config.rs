@@ -1,0 +1,118 @@
+//! Every limit the server enforces, as a named constant saying why that value,
+//! and the [`Config`] the command line fills (each limit has a flag).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default RTMP listen address (the registered RTMP port).
+pub const DEFAULT_RTMP_ADDR: &str = "0.0.0.0:1935";
+
+/// Outbound chunk size. 4096 is what ffmpeg and OBS use; larger chunks mean
+/// fewer headers and fewer iovecs per frame, and every client handles it.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
+
+/// Largest message accepted from a peer. A 4K keyframe at a high bitrate is a
+/// few MiB; 16 MiB leaves room and still bounds what one header can ask for.
+/// Checked when the header arrives, before any byte is buffered.
+pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 16 * 1024 * 1024;
+
+/// Most chunk streams (csids) a peer may use at once. Encoders use fewer than
+/// ten; each live csid holds header state.
+pub const DEFAULT_MAX_CHUNK_STREAMS: usize = 64;
+
+/// Most bytes one connection may hold in partially received messages across
+/// all csids. Twice the largest message: one in flight plus interleaved audio.
+pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 32 * 1024 * 1024;
+
+/// Most message streams (createStream) one connection may hold. A publisher
+/// or player needs one; a few more cover clients that publish and play.
+pub const DEFAULT_MAX_MESSAGE_STREAMS: u32 = 8;
+
+/// Time from accept to a completed handshake and `connect`, as one absolute
+/// deadline (a dribbling client cannot extend it byte by byte).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the server pings a silent peer (User Control PingRequest).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a pinged peer has to answer (or send anything) before it is closed.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A publisher that sends no media for this long is dropped, freeing the name.
+pub const DEFAULT_PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes queued for one player before it skips to the next keyframe. About
+/// 8 s at 3 Mbit/s: rides out Wi-Fi hiccups, bounds a stalled player's cost.
+pub const DEFAULT_PLAYER_QUEUE_BYTES: usize = 3 * 1024 * 1024;
+
+/// A player whose socket accepts no byte for this long while data waits is
+/// disconnected.
+pub const DEFAULT_PLAYER_STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Most bytes of control replies (pongs, acks, command results) queued for a
+/// peer that does not read them; beyond it the peer is closed (ADVERSARIAL 29).
+pub const DEFAULT_CONTROL_QUEUE_BYTES: usize = 256 * 1024;
+
+/// GOP cache bounds. A 2 s GOP at 3 Mbit/s is ~750 KB and ~60+90 frames; the
+/// byte cap covers 10 s GOPs at 6 Mbit/s, and both caps hold when a stream
+/// never sends a keyframe (ADVERSARIAL 30): the cache is then dropped.
+pub const DEFAULT_GOP_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// See [`DEFAULT_GOP_CACHE_BYTES`].
+pub const DEFAULT_GOP_CACHE_FRAMES: usize = 2048;
+
+/// Most connections one worker holds (the process has 20,000 descriptors on
+/// the reference machine; leave room for the listener and logs).
+pub const DEFAULT_MAX_CONNECTIONS_PER_WORKER: usize = 16_000;
+
+/// Window Acknowledgement Size the server announces, and Set Peer Bandwidth.
+/// 2.5 MB as Adobe's servers and nginx-rtmp use.
+pub const SERVER_WINDOW_ACK_SIZE: u32 = 2_500_000;
+
+/// How long shutdown waits for queued bytes to drain before exiting.
+pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rtmp_addr: SocketAddr,
+    pub workers: usize,
+    pub chunk_size: u32,
+    pub max_message_len: u32,
+    pub max_chunk_streams: usize,
+    pub max_partial_bytes: usize,
+    pub max_message_streams: u32,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub publisher_idle_timeout: Duration,
+    pub player_queue_bytes: usize,
+    pub player_stall_timeout: Duration,
+    pub control_queue_bytes: usize,
+    pub gop_cache_bytes: usize,
+    pub gop_cache_frames: usize,
+    pub max_connections_per_worker: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            rtmp_addr: DEFAULT_RTMP_ADDR.parse().expect("valid default address"),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            max_chunk_streams: DEFAULT_MAX_CHUNK_STREAMS,
+            max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
+            max_message_streams: DEFAULT_MAX_MESSAGE_STREAMS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
+            publisher_idle_timeout: DEFAULT_PUBLISHER_IDLE_TIMEOUT,
+            player_queue_bytes: DEFAULT_PLAYER_QUEUE_BYTES,
+            player_stall_timeout: DEFAULT_PLAYER_STALL_TIMEOUT,
+            control_queue_bytes: DEFAULT_CONTROL_QUEUE_BYTES,
+            gop_cache_bytes: DEFAULT_GOP_CACHE_BYTES,
+            gop_cache_frames: DEFAULT_GOP_CACHE_FRAMES,
+            max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
+        }
+    }
+}

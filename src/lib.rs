@@ -1,0 +1,49 @@
+//! Sluice: a live-streaming server. Encoders publish over RTMP; players
+//! receive over RTMP, fanned out from per-core event loops without copying a
+//! payload per player.
+//!
+//! # The shape
+//!
+//! ```text
+//!            ┌──────────────────────── protocol (sans-IO: no sockets, no clock) ─────────────────────────┐
+//!  socket ─► │ read buffer ─► handshake ─► ChunkDecoder ─► Message ─► ServerSession ─► Event::Media      │
+//!  bytes     │  (BytesMut)               (per-csid reassembly;  (payload is a Bytes slice of the       │
+//!            │                            single-chunk payloads   read buffer: no copy)                │
+//!            │                            are split_to().freeze())                                     │
+//!            └────────────────────────────────────────────────────────────────────────────────────────┘
+//!                                                │ media::classify_* (keyframe? sequence header? codec)
+//!                                                ▼
+//!   server::stream::Frame  (Arc: timestamp, payload Bytes, class, and its RTMP wire form built ONCE:
+//!                           chunk headers in one small allocation + payload.slice(..) pieces)
+//!                                                │
+//!            publisher's worker: GOP cache append + the set of workers with players (one lock, per frame)
+//!                     │                                   │
+//!          same worker: straight to                 other workers: one Arc per worker per frame into
+//!          its local players                        that worker's inbox, one mio::Waker wake per wakeup
+//!                     ▼                                   ▼
+//!   each player's OutQueue: VecDeque<Arc<WireForm>> + offset, bounded in bytes (skip to next keyframe)
+//!                     │
+//!                     ▼
+//!   write_vectored over as many queued frames as the socket takes (IoSlice per piece, up to IOV_MAX)
+//! ```
+//!
+//! * [`protocol`] is the RTMP core: handshake, chunk stream, AMF, commands and
+//!   the per-connection [`protocol::session::ServerSession`]. It takes bytes and
+//!   the current time and hands back bytes to send and events; it never imports
+//!   mio or std::net, and tests drive it without sockets.
+//! * [`media`] classifies FLV audio/video payloads (legacy AVC/AAC/HEVC and
+//!   Enhanced RTMP FourCC headers) so the GOP cache is right for every codec.
+//! * [`wire`] is the shared, immutable wire form of a message.
+//! * [`server`] owns sockets: one thread per worker, each with its own mio
+//!   `Poll`, SO_REUSEPORT listener and slab of connections; a stream registry
+//!   shared by all workers is touched only when streams and players start or
+//!   stop.
+//! * [`config`] holds every limit as a named constant with a doc comment saying
+//!   why, and the [`config::Config`] the command line fills.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod media;
+pub mod protocol;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! Message types (spec 5.4, 6.2, 7.1). PLACEHOLDER.

@@ -1,0 +1,1 @@
+//! The server side of one RTMP connection. PLACEHOLDER.

@@ -1,0 +1,1 @@
+//! Sockets, workers and the stream registry. PLACEHOLDER.

@@ -41,9 +41,11 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(60);
 /// A publisher that sends no media for this long is dropped, freeing the name.
 pub const DEFAULT_PUBLISHER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bytes queued for one player before it skips to the next keyframe. About
-/// 8 s at 3 Mbit/s: rides out Wi-Fi hiccups, bounds a stalled player's cost.
-pub const DEFAULT_PLAYER_QUEUE_BYTES: usize = 3 * 1024 * 1024;
+/// Bytes queued for one player before it skips to the next keyframe. Twice
+/// the GOP cache: a joiner's burst (the whole cached GOP) plus as much again
+/// of lag (about 10 s at 3 Mbit/s). Queues hold references to shared frames,
+/// so this bounds how far behind a player may fall, not a copy per player.
+pub const DEFAULT_PLAYER_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// A player whose socket accepts no byte for this long while data waits is
 /// disconnected.
@@ -54,9 +56,10 @@ pub const DEFAULT_PLAYER_STALL_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_CONTROL_QUEUE_BYTES: usize = 256 * 1024;
 
 /// GOP cache bounds. A 2 s GOP at 3 Mbit/s is ~750 KB and ~60+90 frames; the
-/// byte cap covers 10 s GOPs at 6 Mbit/s, and both caps hold when a stream
-/// never sends a keyframe (ADVERSARIAL 30): the cache is then dropped.
-pub const DEFAULT_GOP_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// byte cap covers 10 s GOPs at 3 Mbit/s, and both caps hold when a stream
+/// never sends a keyframe (ADVERSARIAL 30): the cache is then emptied until
+/// the next keyframe.
+pub const DEFAULT_GOP_CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// See [`DEFAULT_GOP_CACHE_BYTES`].
 pub const DEFAULT_GOP_CACHE_FRAMES: usize = 2048;
 
@@ -114,5 +117,31 @@ impl Default for Config {
             gop_cache_frames: DEFAULT_GOP_CACHE_FRAMES,
             max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
         }
+    }
+}
+
+impl Config {
+    /// Checks values a flag could set out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(128..=crate::protocol::chunk::MAX_CHUNK_SIZE).contains(&self.chunk_size) {
+            return Err(format!(
+                "chunk size {} must be within 128..={}",
+                self.chunk_size,
+                crate::protocol::chunk::MAX_CHUNK_SIZE
+            ));
+        }
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        if self.player_queue_bytes < self.gop_cache_bytes {
+            return Err(format!(
+                "player queue ({} bytes) must hold the GOP cache ({} bytes) a joiner receives at once",
+                self.player_queue_bytes, self.gop_cache_bytes
+            ));
+        }
+        if self.max_message_streams == 0 || self.max_chunk_streams == 0 {
+            return Err("message and chunk stream limits must be at least 1".into());
+        }
+        Ok(())
     }
 }

@@ -1,1 +1,250 @@
-fn main() {}
+//! `sluice`: the command-line entry point. Parses flags (getopts), sets up
+//! logging (env_logger, `RUST_LOG`, info by default), binds the listeners,
+//! and runs the workers until SIGINT or SIGTERM.
+
+use getopts::Options;
+use sluice::config::{self, Config};
+use sluice::server::Server;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+fn options() -> Options {
+    let d = Config::default();
+    let mut o = Options::new();
+    o.optopt(
+        "",
+        "rtmp",
+        &format!("RTMP listen address [{}]", config::DEFAULT_RTMP_ADDR),
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        "workers",
+        &format!("worker threads, one poll loop each [{}: cores]", d.workers),
+        "N",
+    );
+    o.optopt(
+        "",
+        "chunk-size",
+        &format!("outbound RTMP chunk size [{}]", d.chunk_size),
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "max-message-len",
+        &format!("largest message accepted [{}]", d.max_message_len),
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "max-chunk-streams",
+        &format!("chunk streams per connection [{}]", d.max_chunk_streams),
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-partial-bytes",
+        &format!(
+            "bytes held in partial messages per connection [{}]",
+            d.max_partial_bytes
+        ),
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "max-message-streams",
+        &format!("createStream per connection [{}]", d.max_message_streams),
+        "N",
+    );
+    o.optopt(
+        "",
+        "handshake-timeout",
+        &format!(
+            "handshake + connect deadline [{}]",
+            d.handshake_timeout.as_secs()
+        ),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "ping-interval",
+        &format!("ping a silent peer after [{}]", d.ping_interval.as_secs()),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "ping-timeout",
+        &format!("close a silent peer after [{}]", d.ping_timeout.as_secs()),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "publisher-idle-timeout",
+        &format!(
+            "drop a publisher sending no media after [{}]",
+            d.publisher_idle_timeout.as_secs()
+        ),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "player-queue-bytes",
+        &format!(
+            "queued bytes before a player skips to the next keyframe [{}]",
+            d.player_queue_bytes
+        ),
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "player-stall-timeout",
+        &format!(
+            "disconnect a player whose socket takes nothing for [{}]",
+            d.player_stall_timeout.as_secs()
+        ),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "gop-cache-bytes",
+        &format!("GOP cache bound per stream [{}]", d.gop_cache_bytes),
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "gop-cache-frames",
+        &format!("GOP cache bound per stream [{}]", d.gop_cache_frames),
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-connections",
+        &format!("connections per worker [{}]", d.max_connections_per_worker),
+        "N",
+    );
+    o.optflag("h", "help", "print this help");
+    o.optflag("V", "version", "print the version");
+    o
+}
+
+fn parse<T: FromStr>(m: &getopts::Matches, name: &str, into: &mut T) -> Result<(), String>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(v) = m.opt_str(name) {
+        *into = v.parse().map_err(|e| format!("--{name} {v:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn parse_secs(m: &getopts::Matches, name: &str, into: &mut Duration) -> Result<(), String> {
+    let mut secs = into.as_secs_f64();
+    parse(m, name, &mut secs)?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("--{name} must be a positive number of seconds"));
+    }
+    *into = Duration::from_secs_f64(secs);
+    Ok(())
+}
+
+fn config_from(m: &getopts::Matches) -> Result<Config, String> {
+    let mut c = Config::default();
+    parse(m, "rtmp", &mut c.rtmp_addr)?;
+    parse(m, "workers", &mut c.workers)?;
+    parse(m, "chunk-size", &mut c.chunk_size)?;
+    parse(m, "max-message-len", &mut c.max_message_len)?;
+    parse(m, "max-chunk-streams", &mut c.max_chunk_streams)?;
+    parse(m, "max-partial-bytes", &mut c.max_partial_bytes)?;
+    parse(m, "max-message-streams", &mut c.max_message_streams)?;
+    parse_secs(m, "handshake-timeout", &mut c.handshake_timeout)?;
+    parse_secs(m, "ping-interval", &mut c.ping_interval)?;
+    parse_secs(m, "ping-timeout", &mut c.ping_timeout)?;
+    parse_secs(m, "publisher-idle-timeout", &mut c.publisher_idle_timeout)?;
+    parse(m, "player-queue-bytes", &mut c.player_queue_bytes)?;
+    parse_secs(m, "player-stall-timeout", &mut c.player_stall_timeout)?;
+    parse(m, "gop-cache-bytes", &mut c.gop_cache_bytes)?;
+    parse(m, "gop-cache-frames", &mut c.gop_cache_frames)?;
+    parse(m, "max-connections", &mut c.max_connections_per_worker)?;
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let opts = options();
+    let m = match opts.parse(&args[1..]) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sluice: {e}\n{}", opts.usage("Usage: sluice [options]"));
+            return ExitCode::from(2);
+        }
+    };
+    if m.opt_present("h") {
+        print!(
+            "{}",
+            opts.usage(
+                "Usage: sluice [options]\n\nA live-streaming server: RTMP publish, RTMP play."
+            )
+        );
+        return ExitCode::SUCCESS;
+    }
+    if m.opt_present("V") {
+        println!("sluice {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match config_from(&m) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::bind(config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", config.rtmp_addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = server.shutdown_handle();
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    std::thread::spawn(move || {
+        let mut asked = false;
+        for sig in signals.forever() {
+            if asked {
+                log::warn!("signal {sig} again: exiting now");
+                std::process::exit(1);
+            }
+            asked = true;
+            log::info!("signal {sig}: shutting down");
+            handle.shutdown();
+        }
+    });
+    log::info!(
+        "sluice {} listening for RTMP on {} with {} workers",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        config.workers.clamp(1, sluice::server::stream::MAX_WORKERS)
+    );
+    match server.run() {
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,1227 @@
-//! The server side of one RTMP connection. PLACEHOLDER.
+//! The server side of one RTMP connection (spec 7: NetConnection and
+//! NetStream commands), sans-IO.
+//!
+//! ```text
+//!   Handshaking ──C2──► AwaitingConnect ──connect──► Connected
+//!        │                    │                         │ createStream → message stream slots:
+//!        └── deadline ────────┴──► error (closed)       │   Idle ─publish─► AwaitingPublishDecision ─accept─► Publishing
+//!                                                       │        └─play──► AwaitingPlayDecision ────accept─► Playing
+//!                                                       │   (reject → Idle; deleteStream/closeStream → removed/Idle)
+//! ```
+//!
+//! Call order, quinn style: feed bytes with [`ServerSession::handle_input`]
+//! (and the clock with [`ServerSession::handle_timeout`]), then drain
+//! [`ServerSession::poll_transmit`] (bytes to send, in order) and
+//! [`ServerSession::poll_event`]. Decisions that belong to the server (may
+//! this client publish under this name?) come out as events and go back in as
+//! calls ([`ServerSession::accept_publish`] / [`ServerSession::reject_publish`]),
+//! so they may be answered later without the session knowing why.
+//!
+//! Media from a publisher leaves as [`Event::Media`] with its payload still a
+//! slice of the read buffer. Media to a player does not pass through here: the
+//! server queues each frame's shared wire form directly (see `crate::wire`),
+//! and the session only writes the per-connection messages around it.
+
+use super::amf::{self, Amf0Value, AmfError, AmfLimits};
+use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits, Message};
+use super::handshake::{HandshakeError, HandshakeProgress, ServerHandshake};
+use super::message::{self, csid, type_id, MessageError, UserControl};
+use crate::config::Config;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Longest app or stream name accepted, in bytes. Names reach logs, the
+/// registry and (later) file paths and callbacks; real names are short.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Most events buffered before the server drains them. Events come one per
+/// message at most, and the server drains after every input call.
+const EVENT_QUEUE_HINT: usize = 8;
+
+/// What the session needs to know about limits and timing.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Chunk size the server announces and writes with.
+    pub chunk_size: u32,
+    pub chunk_limits: ChunkLimits,
+    pub amf_limits: AmfLimits,
+    /// Most message streams (createStream) one connection may hold.
+    pub max_message_streams: u32,
+    /// Absolute deadline from accept to a completed `connect`.
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub publisher_idle_timeout: Duration,
+    /// Window Acknowledgement Size and Set Peer Bandwidth announced at connect.
+    pub window_ack_size: u32,
+}
+
+impl From<&Config> for SessionConfig {
+    fn from(c: &Config) -> Self {
+        Self {
+            chunk_size: c.chunk_size,
+            chunk_limits: ChunkLimits {
+                max_message_len: c.max_message_len,
+                max_chunk_streams: c.max_chunk_streams,
+                max_partial_bytes: c.max_partial_bytes,
+            },
+            amf_limits: AmfLimits::default(),
+            max_message_streams: c.max_message_streams,
+            handshake_timeout: c.handshake_timeout,
+            ping_interval: c.ping_interval,
+            ping_timeout: c.ping_timeout,
+            publisher_idle_timeout: c.publisher_idle_timeout,
+            window_ack_size: crate::config::SERVER_WINDOW_ACK_SIZE,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self::from(&Config::default())
+    }
+}
+
+/// Audio, video or script data, as RTMP message types 8, 9 and 18/15.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Audio,
+    Video,
+    Data,
+}
+
+impl MediaKind {
+    /// The RTMP message type id (data is always written as AMF0, type 18).
+    pub fn type_id(self) -> u8 {
+        match self {
+            Self::Audio => type_id::AUDIO,
+            Self::Video => type_id::VIDEO,
+            Self::Data => type_id::DATA_AMF0,
+        }
+    }
+
+    /// The chunk stream Sluice writes this kind on.
+    pub fn csid(self) -> u32 {
+        match self {
+            Self::Audio => csid::AUDIO,
+            Self::Video => csid::VIDEO,
+            Self::Data => csid::STREAM_DATA,
+        }
+    }
+}
+
+/// A client asks to publish; answer with `accept_publish` or `reject_publish`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub stream_id: u32,
+    pub app: String,
+    /// The stream name with any `?query` removed.
+    pub name: String,
+    /// What followed `?` in the name (or in the app), for access control.
+    pub query: String,
+    /// `live`, `record` or `append` (Sluice treats all as live).
+    pub publish_type: String,
+}
+
+/// A client asks to play; answer with `accept_play` or `reject_play`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlayRequest {
+    pub stream_id: u32,
+    pub app: String,
+    pub name: String,
+    pub query: String,
+    pub start: f64,
+    pub duration: f64,
+    pub reset: bool,
+}
+
+/// What the session tells the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// `connect` succeeded.
+    Connected {
+        app: String,
+        tc_url: String,
+    },
+    PublishRequested(PublishRequest),
+    PlayRequested(PlayRequest),
+    /// Audio, video or data from a publishing stream. For data, an
+    /// `@setDataFrame` prefix has already been stripped.
+    Media {
+        stream_id: u32,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+    },
+    /// A publishing stream stopped (FCUnpublish, closeStream or deleteStream).
+    PublishStopped {
+        stream_id: u32,
+    },
+    /// A playing stream stopped (closeStream or deleteStream).
+    PlayStopped {
+        stream_id: u32,
+    },
+    /// pause(true/false) from a player.
+    Pause {
+        stream_id: u32,
+        paused: bool,
+    },
+    /// receiveAudio / receiveVideo from a player.
+    Receive {
+        stream_id: u32,
+        kind: MediaKind,
+        enabled: bool,
+    },
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRejection {
+    /// The name is invalid or already being published.
+    BadName,
+    /// Access control said no.
+    Unauthorized,
+}
+
+/// Why a play was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlayRejection {
+    StreamNotFound,
+    Unauthorized,
+}
+
+/// A violation of the protocol's rules, as opposed to malformed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    ConnectTwice,
+    CommandBeforeConnect(String),
+    MessageBeforeConnect {
+        type_id: u8,
+    },
+    /// A command whose arguments are missing or of the wrong type.
+    BadCommand {
+        name: String,
+        reason: &'static str,
+    },
+    /// A stream command on a message stream the client never created.
+    UnknownStream {
+        command: String,
+        stream_id: u32,
+    },
+    HandshakeTimeout(Duration),
+    PingTimeout(Duration),
+    PublisherIdle(Duration),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ConnectTwice => write!(f, "connect sent twice"),
+            Self::CommandBeforeConnect(c) => write!(f, "command {c:?} before connect"),
+            Self::MessageBeforeConnect { type_id } => {
+                write!(f, "message type {type_id} before connect")
+            }
+            Self::BadCommand { name, reason } => write!(f, "bad {name:?} command: {reason}"),
+            Self::UnknownStream { command, stream_id } => {
+                write!(
+                    f,
+                    "{command:?} on message stream {stream_id}, never created"
+                )
+            }
+            Self::HandshakeTimeout(d) => {
+                write!(f, "handshake and connect not done within {d:?}")
+            }
+            Self::PingTimeout(d) => write!(f, "no answer to ping within {d:?}"),
+            Self::PublisherIdle(d) => write!(f, "publisher sent no media for {d:?}"),
+        }
+    }
+}
+
+/// Why the session must be closed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionError {
+    Handshake(HandshakeError),
+    Chunk(ChunkError),
+    Amf(AmfError),
+    Message(MessageError),
+    Protocol(ProtocolError),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Handshake(e) => write!(f, "handshake: {e}"),
+            Self::Chunk(e) => write!(f, "chunk stream: {e}"),
+            Self::Amf(e) => write!(f, "AMF: {e}"),
+            Self::Message(e) => write!(f, "message: {e}"),
+            Self::Protocol(e) => write!(f, "protocol: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<HandshakeError> for SessionError {
+    fn from(e: HandshakeError) -> Self {
+        Self::Handshake(e)
+    }
+}
+impl From<ChunkError> for SessionError {
+    fn from(e: ChunkError) -> Self {
+        Self::Chunk(e)
+    }
+}
+impl From<AmfError> for SessionError {
+    fn from(e: AmfError) -> Self {
+        Self::Amf(e)
+    }
+}
+impl From<MessageError> for SessionError {
+    fn from(e: MessageError) -> Self {
+        Self::Message(e)
+    }
+}
+impl From<ProtocolError> for SessionError {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
+}
+
+/// The connection's state, named for what it waits for.
+enum State {
+    Handshaking(Box<ServerHandshake>),
+    AwaitingConnect,
+    Connected { app: String, app_query: String },
+}
+
+/// What one message stream (createStream) is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StreamRole {
+    Idle,
+    AwaitingPublishDecision,
+    Publishing,
+    AwaitingPlayDecision,
+    Playing,
+}
+
+#[derive(Debug)]
+struct StreamSlot {
+    id: u32,
+    role: StreamRole,
+}
+
+/// The server side of one RTMP connection.
+pub struct ServerSession {
+    config: SessionConfig,
+    state: State,
+    decoder: ChunkDecoder,
+    encoder: ChunkEncoder,
+    out: BytesMut,
+    events: VecDeque<Event>,
+    streams: Vec<StreamSlot>,
+    object_encoding: f64,
+    started: Instant,
+    handshake_deadline: Instant,
+    last_input: Instant,
+    last_media: Instant,
+    ping_sent: Option<Instant>,
+    /// Bytes consumed since the handshake, wrapping (the ack sequence number).
+    bytes_received: u64,
+    bytes_at_last_ack: u64,
+    /// The peer's Window Acknowledgement Size; 0 until it sends one.
+    peer_window: u32,
+    /// The window we last announced.
+    our_window: u32,
+}
+
+impl ServerSession {
+    /// A session for a connection accepted at `now`. `seed` feeds S1's
+    /// random bytes.
+    pub fn new(config: SessionConfig, now: Instant, seed: u64) -> Self {
+        let decoder = ChunkDecoder::new(config.chunk_limits);
+        Self {
+            handshake_deadline: now + config.handshake_timeout,
+            config,
+            state: State::Handshaking(Box::new(ServerHandshake::new(seed))),
+            decoder,
+            encoder: ChunkEncoder::new(),
+            out: BytesMut::new(),
+            events: VecDeque::with_capacity(EVENT_QUEUE_HINT),
+            streams: Vec::new(),
+            object_encoding: 0.0,
+            started: now,
+            last_input: now,
+            last_media: now,
+            ping_sent: None,
+            bytes_received: 0,
+            bytes_at_last_ack: 0,
+            peer_window: 0,
+            our_window: 0,
+        }
+    }
+
+    /// True once `connect` has succeeded.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected { .. })
+    }
+
+    /// The app named in `connect`, once connected.
+    pub fn app(&self) -> Option<&str> {
+        match &self.state {
+            State::Connected { app, .. } => Some(app),
+            _ => None,
+        }
+    }
+
+    /// The chunk size this session writes with.
+    pub fn chunk_size(&self) -> u32 {
+        self.encoder.chunk_size()
+    }
+
+    /// Total bytes received after the handshake.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// Consumes what it can of `buf` (bytes read from the peer); anything
+    /// left is an incomplete chunk to be completed by the next read.
+    pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), SessionError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.last_input = now;
+        self.ping_sent = None;
+        if let State::Handshaking(hs) = &mut self.state {
+            match hs.handle_input(buf, &mut self.out)? {
+                HandshakeProgress::NeedMore => return Ok(()),
+                HandshakeProgress::Done => self.state = State::AwaitingConnect,
+            }
+        }
+        let before = buf.len();
+        let result = self.decode_messages(now, buf);
+        self.bytes_received += (before - buf.len()) as u64;
+        self.maybe_acknowledge();
+        result
+    }
+
+    fn decode_messages(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), SessionError> {
+        while let Some(msg) = self.decoder.decode(buf)? {
+            self.handle_message(now, msg)?;
+        }
+        Ok(())
+    }
+
+    /// Sends an Acknowledgement when the bytes since the last one reach the
+    /// peer's window (spec 5.4.3). At most one per input call, however small
+    /// the window, so a window of 1 cannot multiply our output.
+    fn maybe_acknowledge(&mut self) {
+        if self.peer_window == 0 {
+            return;
+        }
+        if self.bytes_received - self.bytes_at_last_ack >= u64::from(self.peer_window) {
+            self.bytes_at_last_ack = self.bytes_received;
+            // The sequence number is the byte count modulo 2^32.
+            self.send(&message::acknowledgement(self.bytes_received as u32));
+        }
+    }
+
+    /// Checks deadlines; call at least once a second, or at
+    /// [`ServerSession::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        if !self.is_connected() {
+            if now >= self.handshake_deadline {
+                return Err(ProtocolError::HandshakeTimeout(self.config.handshake_timeout).into());
+            }
+            return Ok(());
+        }
+        let silent = now.saturating_duration_since(self.last_input);
+        if silent >= self.config.ping_timeout {
+            return Err(ProtocolError::PingTimeout(self.config.ping_timeout).into());
+        }
+        if silent >= self.config.ping_interval && self.ping_sent.is_none() {
+            self.ping_sent = Some(now);
+            let stamp = now.saturating_duration_since(self.started).as_millis() as u32;
+            self.send(&message::user_control(UserControl::PingRequest(stamp)));
+        }
+        let publishing = self
+            .streams
+            .iter()
+            .any(|s| s.role == StreamRole::Publishing);
+        if publishing
+            && now.saturating_duration_since(self.last_media) >= self.config.publisher_idle_timeout
+        {
+            return Err(ProtocolError::PublisherIdle(self.config.publisher_idle_timeout).into());
+        }
+        Ok(())
+    }
+
+    /// The next instant at which [`ServerSession::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Instant {
+        if !self.is_connected() {
+            return self.handshake_deadline;
+        }
+        let mut t = match self.ping_sent {
+            None => self.last_input + self.config.ping_interval,
+            Some(_) => self.last_input + self.config.ping_timeout,
+        };
+        if self
+            .streams
+            .iter()
+            .any(|s| s.role == StreamRole::Publishing)
+        {
+            t = t.min(self.last_media + self.config.publisher_idle_timeout);
+        }
+        t
+    }
+
+    /// Bytes to send to the peer, in order (handshake, control, replies).
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// The next event for the server.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The publish in `stream_id` may go ahead: NetStream.Publish.Start.
+    pub fn accept_publish(&mut self, stream_id: u32) {
+        if self.set_role(
+            stream_id,
+            StreamRole::AwaitingPublishDecision,
+            StreamRole::Publishing,
+        ) {
+            self.send(&message::user_control(UserControl::StreamBegin(stream_id)));
+            self.send_status(
+                stream_id,
+                "status",
+                "NetStream.Publish.Start",
+                "Publishing.",
+            );
+        }
+    }
+
+    /// The publish in `stream_id` is refused; the connection stays open.
+    pub fn reject_publish(&mut self, stream_id: u32, why: PublishRejection) {
+        if self.set_role(
+            stream_id,
+            StreamRole::AwaitingPublishDecision,
+            StreamRole::Idle,
+        ) {
+            let (code, text) = match why {
+                PublishRejection::BadName => (
+                    "NetStream.Publish.BadName",
+                    "Stream name is invalid or already publishing.",
+                ),
+                PublishRejection::Unauthorized => (
+                    "NetStream.Publish.Unauthorized",
+                    "Not authorized to publish.",
+                ),
+            };
+            self.send_status(stream_id, "error", code, text);
+        }
+    }
+
+    /// The play in `stream_id` may go ahead: StreamBegin, Play.Reset,
+    /// Play.Start and `|RtmpSampleAccess`. The server then queues metadata,
+    /// sequence headers and frames.
+    pub fn accept_play(&mut self, stream_id: u32, reset: bool) {
+        if self.set_role(
+            stream_id,
+            StreamRole::AwaitingPlayDecision,
+            StreamRole::Playing,
+        ) {
+            self.send(&message::user_control(UserControl::StreamBegin(stream_id)));
+            if reset {
+                self.send_status(
+                    stream_id,
+                    "status",
+                    "NetStream.Play.Reset",
+                    "Playing and resetting.",
+                );
+            }
+            self.send_status(
+                stream_id,
+                "status",
+                "NetStream.Play.Start",
+                "Started playing.",
+            );
+            let access = [
+                Amf0Value::string("|RtmpSampleAccess"),
+                Amf0Value::Boolean(true),
+                Amf0Value::Boolean(true),
+            ];
+            self.send_amf(csid::STREAM_DATA, stream_id, type_id::DATA_AMF0, &access);
+        }
+    }
+
+    /// The play in `stream_id` is refused; the connection stays open.
+    pub fn reject_play(&mut self, stream_id: u32, why: PlayRejection) {
+        if self.set_role(
+            stream_id,
+            StreamRole::AwaitingPlayDecision,
+            StreamRole::Idle,
+        ) {
+            let (code, text) = match why {
+                PlayRejection::StreamNotFound => {
+                    ("NetStream.Play.StreamNotFound", "No such stream.")
+                }
+                PlayRejection::Unauthorized => ("NetStream.Play.Failed", "Not authorized to play."),
+            };
+            self.send_status(stream_id, "error", code, text);
+        }
+    }
+
+    /// The stream a player in `stream_id` watches lost its publisher:
+    /// NetStream.Play.UnpublishNotify and StreamEOF. The player stays.
+    pub fn notify_unpublished(&mut self, stream_id: u32) {
+        self.send_status(
+            stream_id,
+            "status",
+            "NetStream.Play.UnpublishNotify",
+            "Stream is now unpublished.",
+        );
+        self.send(&message::user_control(UserControl::StreamEof(stream_id)));
+    }
+
+    /// The stream a player in `stream_id` watches has a publisher again:
+    /// StreamBegin and NetStream.Play.PublishNotify.
+    pub fn notify_published(&mut self, stream_id: u32) {
+        self.send(&message::user_control(UserControl::StreamBegin(stream_id)));
+        self.send_status(
+            stream_id,
+            "status",
+            "NetStream.Play.PublishNotify",
+            "Stream is now published.",
+        );
+    }
+
+    /// The server is shutting down: publishers are told their stream is
+    /// unpublished, players that it ended.
+    pub fn notify_shutdown(&mut self) {
+        let ids: Vec<(u32, StreamRole)> = self
+            .streams
+            .iter()
+            .map(|s| (s.id, s.role.clone()))
+            .collect();
+        for (id, role) in ids {
+            match role {
+                StreamRole::Publishing => self.send_status(
+                    id,
+                    "status",
+                    "NetStream.Unpublish.Success",
+                    "Server shutting down.",
+                ),
+                StreamRole::Playing => {
+                    self.send_status(id, "status", "NetStream.Play.Stop", "Server shutting down.");
+                    self.notify_unpublished(id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn set_role(&mut self, stream_id: u32, from: StreamRole, to: StreamRole) -> bool {
+        match self
+            .streams
+            .iter_mut()
+            .find(|s| s.id == stream_id && s.role == from)
+        {
+            Some(s) => {
+                s.role = to;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn send(&mut self, msg: &Message) {
+        self.encoder.encode(msg, &mut self.out);
+    }
+
+    fn send_amf(&mut self, csid: u32, stream_id: u32, type_id: u8, values: &[Amf0Value]) {
+        let mut payload = BytesMut::new();
+        for v in values {
+            amf::encode(v, &mut payload);
+        }
+        self.send(&Message {
+            csid,
+            timestamp: 0,
+            type_id,
+            stream_id,
+            payload: payload.freeze(),
+        });
+    }
+
+    fn send_command(&mut self, stream_id: u32, values: &[Amf0Value]) {
+        let csid = if stream_id == 0 {
+            csid::COMMAND
+        } else {
+            csid::STREAM_DATA
+        };
+        self.send_amf(csid, stream_id, type_id::COMMAND_AMF0, values);
+    }
+
+    fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
+        let info = Amf0Value::object([
+            ("level", Amf0Value::string(level)),
+            ("code", Amf0Value::string(code)),
+            ("description", Amf0Value::string(description)),
+        ]);
+        self.send_command(
+            stream_id,
+            &[
+                Amf0Value::string("onStatus"),
+                Amf0Value::Number(0.0),
+                Amf0Value::Null,
+                info,
+            ],
+        );
+    }
+
+    fn send_result(&mut self, txid: f64, values: Vec<Amf0Value>) {
+        let mut all = vec![Amf0Value::string("_result"), Amf0Value::Number(txid)];
+        all.extend(values);
+        self.send_command(0, &all);
+    }
+
+    fn handle_message(&mut self, now: Instant, msg: Message) -> Result<(), SessionError> {
+        match msg.type_id {
+            type_id::SET_CHUNK_SIZE => {
+                let size = message::read_u32(msg.type_id, &msg.payload)?;
+                self.decoder.set_chunk_size(size)?;
+            }
+            type_id::ABORT => {
+                let csid = message::read_u32(msg.type_id, &msg.payload)?;
+                self.decoder.abort(csid);
+            }
+            type_id::ACKNOWLEDGEMENT => {}
+            type_id::WINDOW_ACK_SIZE => {
+                self.peer_window = message::read_u32(msg.type_id, &msg.payload)?;
+            }
+            type_id::SET_PEER_BANDWIDTH => {
+                let size = message::read_u32(msg.type_id, &msg.payload)?;
+                if size != self.our_window && self.is_connected() {
+                    self.our_window = size;
+                    self.send(&message::window_ack_size(size));
+                }
+            }
+            type_id::USER_CONTROL => match UserControl::decode(&msg.payload)? {
+                UserControl::PingRequest(t) => {
+                    self.send(&message::user_control(UserControl::PingResponse(t)))
+                }
+                UserControl::PingResponse(_) | UserControl::SetBufferLength { .. } => {}
+                _ => {}
+            },
+            type_id::COMMAND_AMF0 => self.handle_command(&msg.payload, msg.stream_id)?,
+            type_id::COMMAND_AMF3 => {
+                // AMF3 command messages start with a format byte (0), then AMF0.
+                let body = msg.payload.get(1..).unwrap_or_default();
+                self.handle_command(body, msg.stream_id)?
+            }
+            type_id::AUDIO | type_id::VIDEO | type_id::DATA_AMF0 | type_id::DATA_AMF3 => {
+                self.handle_media(now, msg)?
+            }
+            type_id::AGGREGATE => {
+                for sub in message::split_aggregate(&msg)? {
+                    if matches!(
+                        sub.type_id,
+                        type_id::AUDIO | type_id::VIDEO | type_id::DATA_AMF0
+                    ) {
+                        self.handle_media(now, sub)?;
+                    }
+                }
+            }
+            // Shared objects and unknown types: nothing a live server needs.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_media(&mut self, now: Instant, msg: Message) -> Result<(), SessionError> {
+        if !self.is_connected() {
+            return Err(ProtocolError::MessageBeforeConnect {
+                type_id: msg.type_id,
+            }
+            .into());
+        }
+        let publishing = self
+            .streams
+            .iter()
+            .any(|s| s.id == msg.stream_id && s.role == StreamRole::Publishing);
+        if !publishing {
+            // Media on a stream that is not publishing (e.g. sent before
+            // Publish.Start arrived, or after a rejection) is dropped.
+            return Ok(());
+        }
+        let (kind, payload) = match msg.type_id {
+            type_id::AUDIO => (MediaKind::Audio, msg.payload),
+            type_id::VIDEO => (MediaKind::Video, msg.payload),
+            type_id::DATA_AMF3 => (
+                MediaKind::Data,
+                strip_set_data_frame(msg.payload.slice(msg.payload.len().min(1)..)),
+            ),
+            _ => (MediaKind::Data, strip_set_data_frame(msg.payload)),
+        };
+        self.last_media = now;
+        self.events.push_back(Event::Media {
+            stream_id: msg.stream_id,
+            kind,
+            timestamp: msg.timestamp,
+            payload,
+        });
+        Ok(())
+    }
+
+    fn handle_command(&mut self, payload: &[u8], msg_stream: u32) -> Result<(), SessionError> {
+        let values = amf::decode_all(payload, &self.config.amf_limits)?;
+        let mut args = values.into_iter();
+        let name = match args.next() {
+            Some(v) => match v.as_str() {
+                Some(s) => s.to_owned(),
+                None => {
+                    return Err(ProtocolError::BadCommand {
+                        name: String::new(),
+                        reason: "command name is not a string",
+                    }
+                    .into())
+                }
+            },
+            None => return Ok(()), // an empty command message carries nothing
+        };
+        let txid = args.next().and_then(|v| v.as_number()).unwrap_or(0.0);
+        if !txid.is_finite() {
+            return Err(bad(&name, "transaction id is not a finite number"));
+        }
+        let _command_object = args.next();
+        let rest: Vec<Amf0Value> = args.collect();
+
+        if name == "connect" {
+            return self.handle_connect(txid, _command_object);
+        }
+        let (app, app_query) = match &self.state {
+            State::Connected { app, app_query } => (app.clone(), app_query.clone()),
+            _ => return Err(ProtocolError::CommandBeforeConnect(name).into()),
+        };
+        match name.as_str() {
+            "createStream" => self.handle_create_stream(txid),
+            "releaseStream" => self.send_result(txid, vec![Amf0Value::Null]),
+            "FCPublish" => {
+                let stream = rest
+                    .first()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                self.send_command(
+                    0,
+                    &[
+                        Amf0Value::string("onFCPublish"),
+                        Amf0Value::Number(0.0),
+                        Amf0Value::Null,
+                        Amf0Value::object([
+                            ("code", Amf0Value::string("NetStream.Publish.Start")),
+                            ("description", Amf0Value::string(stream)),
+                        ]),
+                    ],
+                );
+            }
+            "FCUnpublish" => {
+                let stream = rest
+                    .first()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                self.send_command(
+                    0,
+                    &[
+                        Amf0Value::string("onFCUnpublish"),
+                        Amf0Value::Number(0.0),
+                        Amf0Value::Null,
+                        Amf0Value::object([
+                            ("code", Amf0Value::string("NetStream.Unpublish.Success")),
+                            ("description", Amf0Value::string(stream)),
+                        ]),
+                    ],
+                );
+            }
+            "publish" => {
+                let raw = match rest.first().and_then(|v| v.as_str()) {
+                    Some(s) => s.to_owned(),
+                    None => return Err(bad(&name, "stream name is not a string")),
+                };
+                let publish_type = rest
+                    .get(1)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("live")
+                    .to_owned();
+                let slot = self.slot_for(&name, msg_stream)?;
+                if slot.role != StreamRole::Idle {
+                    return Err(bad(
+                        &name,
+                        "message stream is already publishing or playing",
+                    ));
+                }
+                slot.role = StreamRole::AwaitingPublishDecision;
+                match split_name(&raw, &app_query) {
+                    Some((stream, query)) => {
+                        self.events
+                            .push_back(Event::PublishRequested(PublishRequest {
+                                stream_id: msg_stream,
+                                app,
+                                name: stream,
+                                query,
+                                publish_type,
+                            }))
+                    }
+                    None => self.reject_publish(msg_stream, PublishRejection::BadName),
+                }
+            }
+            "play" => {
+                let raw = match rest.first().and_then(|v| v.as_str()) {
+                    Some(s) => s.to_owned(),
+                    None => return Err(bad(&name, "stream name is not a string")),
+                };
+                let start = rest.get(1).and_then(|v| v.as_number()).unwrap_or(-2.0);
+                let duration = rest.get(2).and_then(|v| v.as_number()).unwrap_or(-1.0);
+                let reset = rest.get(3).and_then(|v| v.as_bool()).unwrap_or(true);
+                self.request_play(
+                    &name, msg_stream, app, &app_query, &raw, start, duration, reset,
+                )?;
+            }
+            "play2" => {
+                let params = rest.first();
+                let raw = match params
+                    .and_then(|p| p.get("streamName"))
+                    .and_then(|v| v.as_str())
+                {
+                    Some(s) => s.to_owned(),
+                    None => return Err(bad(&name, "parameters carry no streamName")),
+                };
+                let start = params
+                    .and_then(|p| p.get("start"))
+                    .and_then(|v| v.as_number())
+                    .unwrap_or(-2.0);
+                let duration = params
+                    .and_then(|p| p.get("len"))
+                    .and_then(|v| v.as_number())
+                    .unwrap_or(-1.0);
+                self.request_play(
+                    &name, msg_stream, app, &app_query, &raw, start, duration, true,
+                )?;
+            }
+            "deleteStream" => {
+                let id = rest
+                    .first()
+                    .and_then(|v| v.as_number())
+                    .unwrap_or(f64::from(msg_stream));
+                // Out-of-range ids name no stream; `as` saturates, never panics.
+                self.close_stream(id as u32, true);
+            }
+            "closeStream" => self.close_stream(msg_stream, false),
+            "pause" => {
+                let paused = rest.first().and_then(|v| v.as_bool()).unwrap_or(true);
+                if self.stream_role(msg_stream) == Some(StreamRole::Playing) {
+                    let (code, text) = if paused {
+                        ("NetStream.Pause.Notify", "Paused live stream.")
+                    } else {
+                        ("NetStream.Unpause.Notify", "Unpaused live stream.")
+                    };
+                    self.send_status(msg_stream, "status", code, text);
+                    self.events.push_back(Event::Pause {
+                        stream_id: msg_stream,
+                        paused,
+                    });
+                }
+            }
+            "receiveAudio" | "receiveVideo" => {
+                let enabled = rest.first().and_then(|v| v.as_bool()).unwrap_or(true);
+                let kind = if name == "receiveAudio" {
+                    MediaKind::Audio
+                } else {
+                    MediaKind::Video
+                };
+                if self.stream_role(msg_stream) == Some(StreamRole::Playing) {
+                    self.events.push_back(Event::Receive {
+                        stream_id: msg_stream,
+                        kind,
+                        enabled,
+                    });
+                }
+            }
+            "seek" => {
+                // A live stream has nowhere to seek; say so, keep playing.
+                if self.stream_role(msg_stream).is_some() {
+                    self.send_status(
+                        msg_stream,
+                        "error",
+                        "NetStream.Seek.Failed",
+                        "Live streams cannot seek.",
+                    );
+                }
+            }
+            "getStreamLength" => {
+                self.send_result(txid, vec![Amf0Value::Null, Amf0Value::Number(0.0)])
+            }
+            // Replies to calls we never make, and notifications without a transaction.
+            "_result" | "_error" | "onStatus" | "onBWDone" => {}
+            _ => {
+                // An unknown call with a transaction id (`_checkbw`, say) gets
+                // `_result` null, never silence: some clients wait for it.
+                if txid != 0.0 {
+                    self.send_result(txid, vec![Amf0Value::Null]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_connect(
+        &mut self,
+        txid: f64,
+        command_object: Option<Amf0Value>,
+    ) -> Result<(), SessionError> {
+        if self.is_connected() {
+            return Err(ProtocolError::ConnectTwice.into());
+        }
+        let obj = command_object.unwrap_or(Amf0Value::Null);
+        let raw_app = match obj.get("app").and_then(|v| v.as_str()) {
+            Some(a) => a.to_owned(),
+            None => return Err(bad("connect", "command object has no app string")),
+        };
+        let tc_url = obj
+            .get("tcUrl")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        self.object_encoding = obj
+            .get("objectEncoding")
+            .and_then(|v| v.as_number())
+            .unwrap_or(0.0);
+        let (app, app_query) = match raw_app.split_once('?') {
+            Some((a, q)) => (a, q),
+            None => (raw_app.as_str(), ""),
+        };
+        let app = app.trim_end_matches('/').to_owned();
+        if !valid_name(&app) || app.contains('/') {
+            self.send_command(
+                0,
+                &[
+                    Amf0Value::string("_error"),
+                    Amf0Value::Number(txid),
+                    Amf0Value::Null,
+                    Amf0Value::object([
+                        ("level", Amf0Value::string("error")),
+                        ("code", Amf0Value::string("NetConnection.Connect.Rejected")),
+                        (
+                            "description",
+                            Amf0Value::string("Invalid application name."),
+                        ),
+                    ]),
+                ],
+            );
+            return Err(bad("connect", "invalid application name"));
+        }
+        self.our_window = self.config.window_ack_size;
+        self.send(&message::window_ack_size(self.config.window_ack_size));
+        self.send(&message::set_peer_bandwidth(self.config.window_ack_size, 2));
+        self.send(&message::set_chunk_size(self.config.chunk_size));
+        self.encoder.set_chunk_size(self.config.chunk_size);
+        let properties = Amf0Value::object([
+            ("fmsVer", Amf0Value::string("FMS/3,0,1,123")),
+            ("capabilities", Amf0Value::Number(31.0)),
+        ]);
+        let information = Amf0Value::object([
+            ("level", Amf0Value::string("status")),
+            ("code", Amf0Value::string("NetConnection.Connect.Success")),
+            ("description", Amf0Value::string("Connection succeeded.")),
+            ("objectEncoding", Amf0Value::Number(self.object_encoding)),
+        ]);
+        self.send_result(txid, vec![properties, information]);
+        self.events.push_back(Event::Connected {
+            app: app.clone(),
+            tc_url,
+        });
+        self.state = State::Connected {
+            app,
+            app_query: app_query.to_owned(),
+        };
+        Ok(())
+    }
+
+    fn handle_create_stream(&mut self, txid: f64) {
+        if self.streams.len() as u32 >= self.config.max_message_streams {
+            self.send_command(
+                0,
+                &[
+                    Amf0Value::string("_error"),
+                    Amf0Value::Number(txid),
+                    Amf0Value::Null,
+                    Amf0Value::object([
+                        ("level", Amf0Value::string("error")),
+                        ("code", Amf0Value::string("NetConnection.Call.Failed")),
+                        (
+                            "description",
+                            Amf0Value::string("Too many streams on this connection."),
+                        ),
+                    ]),
+                ],
+            );
+            return;
+        }
+        // Lowest free id from 1: players usually get 1, the id every shared
+        // media wire form is built for.
+        let id = (1..)
+            .find(|id| !self.streams.iter().any(|s| s.id == *id))
+            .unwrap_or(1);
+        self.streams.push(StreamSlot {
+            id,
+            role: StreamRole::Idle,
+        });
+        self.send_result(
+            txid,
+            vec![Amf0Value::Null, Amf0Value::Number(f64::from(id))],
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request_play(
+        &mut self,
+        command: &str,
+        msg_stream: u32,
+        app: String,
+        app_query: &str,
+        raw: &str,
+        start: f64,
+        duration: f64,
+        reset: bool,
+    ) -> Result<(), SessionError> {
+        let slot = self.slot_for(command, msg_stream)?;
+        if slot.role != StreamRole::Idle {
+            return Err(bad(
+                command,
+                "message stream is already publishing or playing",
+            ));
+        }
+        slot.role = StreamRole::AwaitingPlayDecision;
+        match split_name(raw, app_query) {
+            Some((name, query)) => self.events.push_back(Event::PlayRequested(PlayRequest {
+                stream_id: msg_stream,
+                app,
+                name,
+                query,
+                start,
+                duration,
+                reset,
+            })),
+            None => self.reject_play(msg_stream, PlayRejection::StreamNotFound),
+        }
+        Ok(())
+    }
+
+    fn slot_for(&mut self, command: &str, stream_id: u32) -> Result<&mut StreamSlot, SessionError> {
+        self.streams
+            .iter_mut()
+            .find(|s| s.id == stream_id)
+            .ok_or_else(|| {
+                ProtocolError::UnknownStream {
+                    command: command.to_owned(),
+                    stream_id,
+                }
+                .into()
+            })
+    }
+
+    fn stream_role(&self, stream_id: u32) -> Option<StreamRole> {
+        self.streams
+            .iter()
+            .find(|s| s.id == stream_id)
+            .map(|s| s.role.clone())
+    }
+
+    fn close_stream(&mut self, stream_id: u32, delete: bool) {
+        let Some(pos) = self.streams.iter().position(|s| s.id == stream_id) else {
+            return;
+        };
+        match self.streams[pos].role {
+            StreamRole::Publishing | StreamRole::AwaitingPublishDecision => {
+                self.events.push_back(Event::PublishStopped { stream_id })
+            }
+            StreamRole::Playing | StreamRole::AwaitingPlayDecision => {
+                self.events.push_back(Event::PlayStopped { stream_id })
+            }
+            StreamRole::Idle => {}
+        }
+        if delete {
+            self.streams.remove(pos);
+        } else {
+            self.streams[pos].role = StreamRole::Idle;
+        }
+    }
+}
+
+fn bad(name: &str, reason: &'static str) -> SessionError {
+    ProtocolError::BadCommand {
+        name: name.to_owned(),
+        reason,
+    }
+    .into()
+}
+
+/// True for a name safe to use as an app or stream name: not empty, at most
+/// [`MAX_NAME_LEN`] bytes, no control characters, no backslash, no `.` or
+/// `..` path segment and no leading `/`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('/')
+        && !name.chars().any(|c| c.is_control() || c == '\\')
+        && !name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+}
+
+/// Splits `name?query` and validates the name; the app's query (from
+/// connect) is joined to the stream's so access control sees both.
+fn split_name(raw: &str, app_query: &str) -> Option<(String, String)> {
+    let (name, query) = raw.split_once('?').unwrap_or((raw, ""));
+    if !valid_name(name) {
+        return None;
+    }
+    let query = match (app_query.is_empty(), query.is_empty()) {
+        (true, _) => query.to_owned(),
+        (false, true) => app_query.to_owned(),
+        (false, false) => format!("{app_query}&{query}"),
+    };
+    Some((name.to_owned(), query))
+}
+
+/// `@setDataFrame` is the publisher asking the server to keep a data frame:
+/// drop that first string and forward the rest (`onMetaData`, {...}) as is.
+/// The slice keeps the payload zero-copy.
+fn strip_set_data_frame(payload: Bytes) -> Bytes {
+    const NAME: &[u8] = b"@setDataFrame";
+    // AMF0 string marker, u16 length, then the bytes.
+    let prefix_len = 3 + NAME.len();
+    if payload.len() >= prefix_len
+        && payload[0] == 0x02
+        && payload[1..3] == (NAME.len() as u16).to_be_bytes()
+        && &payload[3..prefix_len] == NAME
+    {
+        payload.slice(prefix_len..)
+    } else {
+        payload
+    }
+}
+
+/// True when a data payload is `onMetaData` (what a late joiner must get).
+pub fn is_metadata(payload: &[u8]) -> bool {
+    const NAME: &[u8] = b"onMetaData";
+    payload.len() >= 3 + NAME.len()
+        && payload[0] == 0x02
+        && payload[1..3] == (NAME.len() as u16).to_be_bytes()
+        && &payload[3..3 + NAME.len()] == NAME
+}

@@ -1,0 +1,555 @@
+//! Live streams: the registry shared by all workers, each stream's GOP cache
+//! and latest headers, and the frames published into it.
+//!
+//! Locking: the registry's map is locked only when a stream or player starts
+//! or stops. Each stream's own lock is taken once per published frame by the
+//! publisher's worker (to append to the GOP cache and read which workers have
+//! players) and once per join by the joining player's worker (to snapshot the
+//! cache and register interest). Both happen in one critical section, and
+//! every frame and publish/unpublish notice carries a sequence number, so a
+//! joiner never misses nor duplicates a frame. Lock order: registry, then
+//! stream.
+
+use crate::media::{self, FrameClass, MediaInfo};
+use crate::protocol::chunk::{self, Message};
+use crate::protocol::session::{is_metadata, MediaKind};
+use crate::wire::WireForm;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The message stream id every shared RTMP wire form is built for. The
+/// session hands out ids from 1, so nearly every player plays on 1; a player
+/// on another id gets per-player headers around the same payload slices.
+pub const SHARED_MESSAGE_STREAM_ID: u32 = 1;
+
+/// Most workers a process runs: interest is a 64-bit mask.
+pub const MAX_WORKERS: usize = 64;
+
+/// A timestamp step backwards beyond this (ms), within one publisher, is a
+/// discontinuity (audio and video interleave a few tens of ms out of order).
+const MAX_BACKWARD_STEP_MS: i32 = 1_000;
+/// A forward step beyond this (ms) is a discontinuity: an encoder restart or
+/// clock jump, which players would otherwise wait out.
+const MAX_FORWARD_STEP_MS: i32 = 15_000;
+
+/// Which header a frame is the latest of, for late joiners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderSlot {
+    /// onMetaData.
+    Metadata,
+    /// Decoder configuration (sequence header) of a track.
+    Config { kind: MediaKind, track: u8 },
+    /// Enhanced RTMP per-track metadata (HDR colour info, multichannel config).
+    TrackMetadata { kind: MediaKind, track: u8 },
+}
+
+/// One published message, shared by every player on every worker.
+#[derive(Debug)]
+pub struct Frame {
+    /// Position in the stream's sequence of frames and notices.
+    pub seq: u64,
+    pub kind: MediaKind,
+    pub info: MediaInfo,
+    /// Output timeline (the publisher's, resynchronised on discontinuities).
+    pub timestamp: u32,
+    pub payload: Bytes,
+    /// The latest-header slot this frame fills, if it is a header.
+    pub header: Option<HeaderSlot>,
+    /// A player may start (or resume after skipping) here: a video keyframe,
+    /// or any audio frame of a stream that has no video.
+    pub start_point: bool,
+    /// The RTMP chunked form on [`SHARED_MESSAGE_STREAM_ID`], built once.
+    pub rtmp: WireForm,
+}
+
+impl Frame {
+    /// The RTMP wire form for a player on `stream_id` at `chunk_size`.
+    pub fn rtmp_for(&self, chunk_size: u32, stream_id: u32) -> WireForm {
+        chunk::wire_form(
+            chunk_size,
+            &Message {
+                csid: self.kind.csid(),
+                timestamp: self.timestamp,
+                type_id: self.kind.type_id(),
+                stream_id,
+                payload: self.payload.clone(),
+            },
+        )
+    }
+}
+
+/// Classifies a payload and names the header slot it fills.
+fn describe(kind: MediaKind, payload: &[u8]) -> (MediaInfo, Option<HeaderSlot>) {
+    let info = match kind {
+        MediaKind::Video => media::classify_video(payload),
+        MediaKind::Audio => media::classify_audio(payload),
+        MediaKind::Data => MediaInfo {
+            class: FrameClass::Other,
+            codec: media::Codec::Unknown,
+            track: 0,
+        },
+    };
+    let slot = match (kind, info.class) {
+        (MediaKind::Data, _) if is_metadata(payload) => Some(HeaderSlot::Metadata),
+        (MediaKind::Data, _) => None,
+        (_, FrameClass::SequenceHeader) => Some(HeaderSlot::Config {
+            kind,
+            track: info.track,
+        }),
+        (_, FrameClass::Metadata) => Some(HeaderSlot::TrackMetadata {
+            kind,
+            track: info.track,
+        }),
+        _ => None,
+    };
+    (info, slot)
+}
+
+/// Who publishes a stream.
+#[derive(Debug, Clone)]
+pub struct PublisherInfo {
+    pub conn_id: u64,
+    pub worker: usize,
+    pub peer: SocketAddr,
+}
+
+/// Maps a publisher's timestamps onto the stream's output timeline: unchanged
+/// while they run smoothly (so relays and players see the publisher's own
+/// timestamps), resynchronised to continue from the last output timestamp on a
+/// jump, a step backwards, or a new publisher. Arithmetic is serial (RFC 1982)
+/// on 32-bit milliseconds, so the 2^32 wrap is not a discontinuity.
+#[derive(Debug, Default)]
+struct Timeline {
+    offset: u32,
+    last_in: Option<u32>,
+    last_out: Option<u32>,
+}
+
+impl Timeline {
+    fn map(&mut self, ts: u32) -> u32 {
+        let resync = match self.last_in {
+            Some(prev) => {
+                let step = ts.wrapping_sub(prev) as i32;
+                !(-MAX_BACKWARD_STEP_MS..=MAX_FORWARD_STEP_MS).contains(&step)
+            }
+            // A new publisher on a stream that already played: continue.
+            None => self.last_out.is_some(),
+        };
+        if resync {
+            let next = self.last_out.unwrap_or(0).wrapping_add(1);
+            self.offset = next.wrapping_sub(ts);
+        }
+        self.last_in = Some(ts);
+        let out = ts.wrapping_add(self.offset);
+        self.last_out = Some(out);
+        out
+    }
+
+    fn new_publisher(&mut self) {
+        self.last_in = None;
+    }
+}
+
+/// The frames from the latest keyframe on, bounded in bytes and frames.
+#[derive(Debug, Default)]
+struct GopCache {
+    frames: Vec<Arc<Frame>>,
+    bytes: usize,
+}
+
+impl GopCache {
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Bounds on a stream's GOP cache.
+#[derive(Debug, Clone, Copy)]
+pub struct GopLimits {
+    pub max_bytes: usize,
+    pub max_frames: usize,
+}
+
+/// A stream's mutable state, behind its lock.
+#[derive(Debug)]
+pub struct StreamState {
+    publisher: Option<PublisherInfo>,
+    /// Players per worker.
+    players: [u32; MAX_WORKERS],
+    gop: GopCache,
+    /// Latest header frames, one per slot.
+    headers: Vec<Arc<Frame>>,
+    next_seq: u64,
+    has_video: bool,
+    timeline: Timeline,
+    /// Frames published by the current publisher, for logs.
+    pub frames_in: u64,
+    pub bytes_in: u64,
+}
+
+impl StreamState {
+    fn interest(&self) -> u64 {
+        self.players
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .fold(0u64, |m, (w, _)| m | (1 << w))
+    }
+
+    fn player_count(&self) -> u32 {
+        self.players.iter().sum()
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Who publishes now.
+    pub fn publisher(&self) -> Option<&PublisherInfo> {
+        self.publisher.as_ref()
+    }
+}
+
+/// One live stream name (APP/NAME).
+#[derive(Debug)]
+pub struct Stream {
+    /// Unique for the process's lifetime (names are reused, ids are not).
+    pub id: u64,
+    /// `app/name`.
+    pub key: String,
+    chunk_size: u32,
+    gop_limits: GopLimits,
+    state: Mutex<StreamState>,
+}
+
+/// What a publish or unpublish tells the workers with players.
+#[derive(Debug, Clone, Copy)]
+pub struct Notice {
+    pub seq: u64,
+    /// Bit w set: worker w has players of this stream.
+    pub interest: u64,
+}
+
+/// What a joining player needs, taken atomically with its registration.
+#[derive(Debug)]
+pub struct JoinSnapshot {
+    pub live: bool,
+    /// Latest metadata and sequence headers, in send order.
+    pub headers: Vec<Arc<Frame>>,
+    /// Frames from the latest keyframe on (empty when none is cached).
+    pub gop: Vec<Arc<Frame>>,
+    /// The first sequence number the player must take from live delivery.
+    pub next_seq: u64,
+    /// True when the stream has no video: start with the next audio frame.
+    pub audio_only: bool,
+}
+
+impl Stream {
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        // A panic while holding the lock cannot leave the state half-written
+        // in a way later frames would trip over: keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes one message: classifies it, maps its timestamp, builds its
+    /// RTMP wire form once, updates the headers and GOP cache, and returns
+    /// the shared frame with the workers that must receive it.
+    pub fn push(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> (Arc<Frame>, u64) {
+        let (info, header) = describe(kind, &payload);
+        let mut st = self.lock();
+        st.frames_in += 1;
+        st.bytes_in += payload.len() as u64;
+        if kind == MediaKind::Video {
+            st.has_video = true;
+        }
+        let timestamp = st.timeline.map(timestamp);
+        let start_point = match kind {
+            MediaKind::Video => info.class == FrameClass::Keyframe,
+            MediaKind::Audio => !st.has_video,
+            MediaKind::Data => false,
+        };
+        let rtmp = chunk::wire_form(
+            self.chunk_size,
+            &Message {
+                csid: kind.csid(),
+                timestamp,
+                type_id: kind.type_id(),
+                stream_id: SHARED_MESSAGE_STREAM_ID,
+                payload: payload.clone(),
+            },
+        );
+        let frame = Arc::new(Frame {
+            seq: st.take_seq(),
+            kind,
+            info,
+            timestamp,
+            payload,
+            header,
+            start_point,
+            rtmp,
+        });
+        if let Some(slot) = header {
+            st.headers.retain(|h| h.header != Some(slot));
+            st.headers.push(frame.clone());
+            if matches!(
+                slot,
+                HeaderSlot::Config {
+                    kind: MediaKind::Video,
+                    ..
+                }
+            ) {
+                // Frames before a new decoder configuration cannot follow it.
+                st.gop.clear();
+            }
+        } else if kind == MediaKind::Video && start_point {
+            st.gop.clear();
+            st.gop.bytes = frame.rtmp.len();
+            st.gop.frames.push(frame.clone());
+        } else if !st.gop.frames.is_empty() {
+            st.gop.bytes += frame.rtmp.len();
+            st.gop.frames.push(frame.clone());
+            if st.gop.bytes > self.gop_limits.max_bytes
+                || st.gop.frames.len() > self.gop_limits.max_frames
+            {
+                log::debug!(
+                    "{}: GOP cache over its bounds ({} frames, {} bytes); emptied until the next keyframe",
+                    self.key,
+                    st.gop.frames.len(),
+                    st.gop.bytes
+                );
+                st.gop.clear();
+            }
+        }
+        let interest = st.interest();
+        (frame, interest)
+    }
+
+    /// Latest header frames (for a player resuming after a skip).
+    pub fn headers(&self) -> Vec<Arc<Frame>> {
+        self.lock().headers.clone()
+    }
+
+    /// Runs `f` on the state (for logs and stats).
+    pub fn with_state<T>(&self, f: impl FnOnce(&StreamState) -> T) -> T {
+        f(&self.lock())
+    }
+}
+
+/// Sort order for headers sent to a joiner: metadata, then video, then audio
+/// configuration, then per-track metadata (PROTOCOL_NOTES "Media").
+fn header_rank(f: &Frame) -> (u8, u8) {
+    match f.header {
+        Some(HeaderSlot::Metadata) => (0, 0),
+        Some(HeaderSlot::Config {
+            kind: MediaKind::Video,
+            track,
+        }) => (1, track),
+        Some(HeaderSlot::Config { track, .. }) => (2, track),
+        Some(HeaderSlot::TrackMetadata { track, .. }) => (3, track),
+        None => (4, 0),
+    }
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// Someone publishes this name already (on any worker).
+    AlreadyPublishing { peer: SocketAddr },
+}
+
+/// All live streams, shared by every worker.
+pub struct Registry {
+    streams: Mutex<HashMap<String, Arc<Stream>>>,
+    next_id: AtomicU64,
+    chunk_size: u32,
+    gop_limits: GopLimits,
+}
+
+impl Registry {
+    pub fn new(chunk_size: u32, gop_limits: GopLimits) -> Self {
+        Self {
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            chunk_size,
+            gop_limits,
+        }
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Stream>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get_or_create(&self, map: &mut HashMap<String, Arc<Stream>>, key: &str) -> Arc<Stream> {
+        map.entry(key.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Stream {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    key: key.to_owned(),
+                    chunk_size: self.chunk_size,
+                    gop_limits: self.gop_limits,
+                    state: Mutex::new(StreamState {
+                        publisher: None,
+                        players: [0; MAX_WORKERS],
+                        gop: GopCache::default(),
+                        headers: Vec::new(),
+                        next_seq: 0,
+                        has_video: false,
+                        timeline: Timeline::default(),
+                        frames_in: 0,
+                        bytes_in: 0,
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Claims `key` for a publisher, atomically across workers (the first
+    /// publisher keeps the name; a second gets an error).
+    pub fn publish(
+        &self,
+        key: &str,
+        publisher: PublisherInfo,
+    ) -> Result<(Arc<Stream>, Notice), PublishError> {
+        let mut map = self.map();
+        let stream = self.get_or_create(&mut map, key);
+        let mut st = stream.lock();
+        if let Some(p) = &st.publisher {
+            return Err(PublishError::AlreadyPublishing { peer: p.peer });
+        }
+        st.publisher = Some(publisher);
+        st.frames_in = 0;
+        st.bytes_in = 0;
+        st.timeline.new_publisher();
+        let notice = Notice {
+            seq: st.take_seq(),
+            interest: st.interest(),
+        };
+        drop(st);
+        Ok((stream, notice))
+    }
+
+    /// Releases the publisher `conn_id` of `stream`: headers and GOP are
+    /// dropped (a new publisher brings its own), players are kept.
+    pub fn unpublish(&self, stream: &Arc<Stream>, conn_id: u64) -> Option<Notice> {
+        let mut map = self.map();
+        let mut st = stream.lock();
+        if st.publisher.as_ref().map(|p| p.conn_id) != Some(conn_id) {
+            return None;
+        }
+        st.publisher = None;
+        st.gop.clear();
+        st.headers.clear();
+        st.has_video = false;
+        let notice = Notice {
+            seq: st.take_seq(),
+            interest: st.interest(),
+        };
+        if st.player_count() == 0 {
+            drop(st);
+            remove_if_same(&mut map, stream);
+        }
+        Some(notice)
+    }
+
+    /// Registers a player on `worker` for `key` (waiting if nobody publishes
+    /// yet) and takes what it needs to start.
+    pub fn join(&self, key: &str, worker: usize) -> (Arc<Stream>, JoinSnapshot) {
+        let mut map = self.map();
+        let stream = self.get_or_create(&mut map, key);
+        let mut st = stream.lock();
+        st.players[worker] += 1;
+        let mut headers = st.headers.clone();
+        headers.sort_by_key(|f| header_rank(f));
+        let snapshot = JoinSnapshot {
+            live: st.publisher.is_some(),
+            headers,
+            gop: st.gop.frames.clone(),
+            next_seq: st.next_seq,
+            audio_only: !st.has_video,
+        };
+        drop(st);
+        (stream, snapshot)
+    }
+
+    /// Unregisters a player on `worker`; forgets the stream when nobody
+    /// publishes or plays it.
+    pub fn leave(&self, stream: &Arc<Stream>, worker: usize) {
+        let mut map = self.map();
+        let mut st = stream.lock();
+        st.players[worker] = st.players[worker].saturating_sub(1);
+        let empty = st.player_count() == 0 && st.publisher.is_none();
+        drop(st);
+        if empty {
+            remove_if_same(&mut map, stream);
+        }
+    }
+
+    /// Number of streams known (live or awaited by players).
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// True when no stream is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn remove_if_same(map: &mut HashMap<String, Arc<Stream>>, stream: &Arc<Stream>) {
+    if map.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+        map.remove(&stream.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_keeps_smooth_timestamps_unchanged() {
+        let mut t = Timeline::default();
+        assert_eq!(t.map(1000), 1000);
+        assert_eq!(t.map(1033), 1033);
+        assert_eq!(
+            t.map(1010),
+            1010,
+            "audio slightly behind video is not a jump"
+        );
+    }
+
+    #[test]
+    fn timeline_wraps_at_2_pow_32_without_resync() {
+        let mut t = Timeline::default();
+        assert_eq!(t.map(u32::MAX - 10), u32::MAX - 10);
+        assert_eq!(t.map(5), 5);
+    }
+
+    #[test]
+    fn timeline_resyncs_backward_and_huge_forward_jumps() {
+        let mut t = Timeline::default();
+        t.map(50_000);
+        assert_eq!(
+            t.map(0),
+            50_001,
+            "backwards: continue after the last output"
+        );
+        assert_eq!(t.map(33), 50_034);
+        let jumped = t.map(33 + 3_600_000);
+        assert_eq!(jumped, 50_035, "an hour forward: continue");
+    }
+
+    #[test]
+    fn timeline_continues_across_publishers() {
+        let mut t = Timeline::default();
+        t.map(8000);
+        t.new_publisher();
+        assert_eq!(t.map(0), 8001);
+        assert_eq!(t.map(40), 8041);
+    }
+}

@@ -1,0 +1,948 @@
+//! One worker: a thread with its own mio `Poll`, its own SO_REUSEPORT
+//! listener and a slab of connections, each a [`ServerSession`] plus a socket
+//! and an [`OutQueue`].
+//!
+//! The loop (mio's `tcp_server.rs`, rustls's `tlsserver-mio.rs`): wait;
+//! accept; read each readable socket until `WouldBlock` (bounded per wakeup,
+//! for fairness), feeding the session and acting on its events; deliver what
+//! other workers posted in this worker's inbox; then write every connection
+//! that got new bytes with vectored writes until `WouldBlock`. Sockets are
+//! registered readable and writable once: edge-triggered writable events only
+//! arrive when a full socket drains, which is exactly when to write again.
+//!
+//! Fan-out: the publisher's worker builds each frame once
+//! ([`Stream::push`]), queues it to its own players directly, and posts one
+//! `Arc` per frame to each other worker with players, waking each once per
+//! loop iteration. Those workers queue the same `Arc` to their players.
+
+use super::queue::{Item, OutQueue};
+use super::stream::{
+    Frame, Notice, PublishError, PublisherInfo, Registry, Stream, SHARED_MESSAGE_STREAM_ID,
+};
+use crate::config::{Config, SHUTDOWN_FLUSH_TIMEOUT};
+use crate::protocol::session::{
+    Event, MediaKind, PlayRequest, PublishRejection, PublishRequest, ServerSession, SessionConfig,
+};
+use bytes::BytesMut;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Bytes asked of the kernel per `read`.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection per wakeup before the others get a turn.
+const READ_BUDGET: usize = 1024 * 1024;
+/// A read buffer holding more unconsumed bytes than this means the decoder
+/// is not making progress; the peer is closed. The chunk decoder consumes
+/// partial chunk bodies as they arrive, so in practice the buffer holds less
+/// than one chunk header.
+const MAX_READ_BUFFER: usize = 1024 * 1024;
+/// How often deadlines (handshake, ping, idle publisher, stalled player) are checked.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What one worker posts to another.
+#[derive(Debug)]
+pub enum Delivery {
+    Frame(Arc<Frame>, u64),
+    Published { stream: u64, seq: u64 },
+    Unpublished { stream: u64, seq: u64 },
+}
+
+impl Delivery {
+    fn stream(&self) -> u64 {
+        match self {
+            Delivery::Frame(_, s) => *s,
+            Delivery::Published { stream, .. } | Delivery::Unpublished { stream, .. } => *stream,
+        }
+    }
+}
+
+/// The part of a worker other threads may touch.
+pub struct WorkerHandle {
+    pub waker: Waker,
+    pub inbox: Mutex<Vec<Delivery>>,
+}
+
+/// State shared by every worker.
+pub struct Shared {
+    pub config: Config,
+    pub registry: Registry,
+    pub workers: Vec<WorkerHandle>,
+    pub shutdown: AtomicBool,
+    pub next_conn_id: AtomicU64,
+}
+
+impl Shared {
+    /// Asks every worker to shut down gracefully.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for w in &self.workers {
+            if let Err(e) = w.waker.wake() {
+                log::warn!("waking a worker for shutdown: {e}");
+            }
+        }
+    }
+}
+
+/// A player's view of one stream.
+struct Subscription {
+    msid: u32,
+    stream: Arc<Stream>,
+    /// Deliveries with a lower sequence number were in the join snapshot.
+    next_seq: u64,
+    /// Waiting for a start point (join without GOP, after an overflow, a
+    /// pause, or a new publisher).
+    skipping: bool,
+    paused: bool,
+    audio: bool,
+    video: bool,
+    /// Sequence numbers of the header frames this player has been sent.
+    sent_headers: Vec<u64>,
+    dropped: u64,
+}
+
+struct Publication {
+    msid: u32,
+    stream: Arc<Stream>,
+}
+
+struct Conn {
+    id: u64,
+    socket: TcpStream,
+    peer: SocketAddr,
+    session: ServerSession,
+    read_buf: BytesMut,
+    out: OutQueue,
+    publications: Vec<Publication>,
+    subscriptions: Vec<Subscription>,
+    dirty: bool,
+    /// Last write progress, or when the queue last became non-empty.
+    last_progress: Instant,
+    bytes_out: u64,
+}
+
+impl Conn {
+    fn push(&mut self, item: Item, now: Instant) {
+        if self.out.is_empty() {
+            self.last_progress = now;
+        }
+        self.out.push(item);
+    }
+
+    /// Moves the session's pending bytes to the output queue.
+    fn pull_transmit(&mut self, now: Instant) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.push(Item::Control(bytes), now);
+        }
+    }
+
+    fn role(&self) -> &'static str {
+        match (self.publications.is_empty(), self.subscriptions.is_empty()) {
+            (false, _) => "publisher",
+            (true, false) => "player",
+            (true, true) => "client",
+        }
+    }
+}
+
+/// Limits a worker applies to every player.
+#[derive(Clone, Copy)]
+struct PlayerLimits {
+    queue_bytes: usize,
+    control_bytes: usize,
+    stall: Duration,
+}
+
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    shared: Arc<Shared>,
+    /// Stream id → tokens of local players.
+    locals: HashMap<u64, Vec<usize>>,
+    dirty: Vec<usize>,
+    outgoing: Vec<Vec<Delivery>>,
+    inbox_scratch: Vec<Delivery>,
+    events_scratch: Vec<Event>,
+    read_again: Vec<usize>,
+    session_config: SessionConfig,
+    limits: PlayerLimits,
+    seed: u64,
+    shutting_down: Option<Instant>,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        listener: TcpListener,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        let mut listener = listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let c = &shared.config;
+        let limits = PlayerLimits {
+            queue_bytes: c.player_queue_bytes,
+            control_bytes: c.control_queue_bytes,
+            stall: c.player_stall_timeout,
+        };
+        let session_config = SessionConfig::from(c);
+        let workers = shared.workers.len();
+        Ok(Self {
+            index,
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            locals: HashMap::new(),
+            dirty: Vec::new(),
+            outgoing: (0..workers).map(|_| Vec::new()).collect(),
+            inbox_scratch: Vec::new(),
+            events_scratch: Vec::new(),
+            read_again: Vec::new(),
+            session_config,
+            limits,
+            seed: 0x9E37_79B9_7F4A_7C15 ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            shutting_down: None,
+            shared,
+        })
+    }
+
+    /// Runs until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = if self.read_again.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("worker={}: poll failed: {e}; stopping", self.index);
+                break;
+            }
+            let now = Instant::now();
+            let mut woken = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(now),
+                    WAKER => woken = true,
+                    Token(k) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(now, k);
+                        }
+                        if ev.is_writable() {
+                            self.mark_dirty(k);
+                        }
+                    }
+                }
+            }
+            for k in std::mem::take(&mut self.read_again) {
+                self.on_readable(now, k);
+            }
+            if woken {
+                self.drain_inbox(now);
+            }
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+            if self.shutting_down.is_none() && self.shared.shutdown.load(Ordering::SeqCst) {
+                self.begin_shutdown(now);
+            }
+            self.flush_dirty(now);
+            self.send_outgoing();
+            if let Some(deadline) = self.shutting_down {
+                let drained = self.conns.iter().all(|(_, c)| c.out.is_empty());
+                if drained || now >= deadline {
+                    break;
+                }
+            }
+        }
+        let n = self.conns.len();
+        for k in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
+            self.close(k, "server shutting down");
+        }
+        log::debug!("worker={}: stopped, closed {n} connections", self.index);
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        // splitmix64: distinct S1 bytes per connection; nothing secret.
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut socket, peer)) => {
+                    if self.conns.len() >= self.shared.config.max_connections_per_worker {
+                        log::warn!(
+                            "worker={}: refusing {peer}: {} connections is the limit",
+                            self.index,
+                            self.conns.len()
+                        );
+                        continue;
+                    }
+                    if let Err(e) = socket.set_nodelay(true) {
+                        log::debug!("{peer}: TCP_NODELAY: {e}");
+                    }
+                    let entry = self.conns.vacant_entry();
+                    let k = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut socket,
+                        Token(k),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("{peer}: register: {e}");
+                        continue;
+                    }
+                    let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+                    let seed = self.next_seed();
+                    log::debug!("conn={id} peer={peer} worker={}: accepted", self.index);
+                    self.conns.insert(Conn {
+                        id,
+                        socket,
+                        peer,
+                        session: ServerSession::new(self.session_config.clone(), now, seed),
+                        read_buf: BytesMut::new(),
+                        out: OutQueue::default(),
+                        publications: Vec::new(),
+                        subscriptions: Vec::new(),
+                        dirty: false,
+                        last_progress: now,
+                        bytes_out: 0,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the pending connection stays queued
+                    // and is retried on the next accept event.
+                    log::warn!("worker={}: accept: {e}", self.index);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, k: usize) {
+        if let Some(c) = self.conns.get_mut(k) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(k);
+            }
+        }
+    }
+
+    fn on_readable(&mut self, now: Instant, k: usize) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(k) else {
+                return;
+            };
+            let len = conn.read_buf.len();
+            conn.read_buf.resize(len + READ_CHUNK, 0);
+            let r = conn.socket.read(&mut conn.read_buf[len..]);
+            let n = match r {
+                Ok(n) => n,
+                Err(e) => {
+                    conn.read_buf.truncate(len);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => return,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => return self.close(k, &format!("read error: {e}")),
+                    }
+                }
+            };
+            conn.read_buf.truncate(len + n);
+            if n == 0 {
+                return self.close(k, "closed by peer");
+            }
+            let result = conn.session.handle_input(now, &mut conn.read_buf);
+            conn.pull_transmit(now);
+            let mut events = std::mem::take(&mut self.events_scratch);
+            while let Some(ev) = conn.session.poll_event() {
+                events.push(ev);
+            }
+            let leftover = conn.read_buf.len();
+            // Events before an error are valid (media already received).
+            for ev in events.drain(..) {
+                self.handle_event(now, k, ev);
+            }
+            self.events_scratch = events;
+            self.mark_dirty(k);
+            if let Err(e) = result {
+                return self.close(k, &e.to_string());
+            }
+            if leftover > MAX_READ_BUFFER {
+                return self.close(
+                    k,
+                    &format!("{leftover} unconsumed bytes in the read buffer"),
+                );
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.read_again.push(k);
+                return;
+            }
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, k: usize, ev: Event) {
+        match ev {
+            Event::Connected { app, tc_url } => {
+                if let Some(c) = self.conns.get(k) {
+                    log::debug!(
+                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?}",
+                        c.id,
+                        c.peer
+                    );
+                }
+            }
+            Event::PublishRequested(req) => self.on_publish(now, k, req),
+            Event::Media {
+                stream_id,
+                kind,
+                timestamp,
+                payload,
+            } => {
+                let Some(conn) = self.conns.get(k) else {
+                    return;
+                };
+                let Some(p) = conn.publications.iter().find(|p| p.msid == stream_id) else {
+                    return;
+                };
+                let stream = p.stream.clone();
+                let (frame, interest) = stream.push(kind, timestamp, payload);
+                self.fan_out(now, interest, Delivery::Frame(frame, stream.id));
+            }
+            Event::PublishStopped { stream_id } => {
+                self.stop_publication(now, k, stream_id, "unpublished")
+            }
+            Event::PlayRequested(req) => self.on_play(now, k, req),
+            Event::PlayStopped { stream_id } => {
+                self.stop_subscription(k, stream_id, "stopped by player")
+            }
+            Event::Pause { stream_id, paused } => {
+                if let Some(s) = self.subscription(k, stream_id) {
+                    s.paused = paused;
+                    s.skipping |= !paused; // resume on a keyframe
+                }
+            }
+            Event::Receive {
+                stream_id,
+                kind,
+                enabled,
+            } => {
+                if let Some(s) = self.subscription(k, stream_id) {
+                    match kind {
+                        MediaKind::Audio => s.audio = enabled,
+                        _ => {
+                            s.skipping |= enabled && !s.video;
+                            s.video = enabled;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(c) = self.conns.get_mut(k) {
+            c.pull_transmit(now);
+        }
+    }
+
+    fn subscription(&mut self, k: usize, msid: u32) -> Option<&mut Subscription> {
+        self.conns
+            .get_mut(k)?
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.msid == msid)
+    }
+
+    fn on_publish(&mut self, now: Instant, k: usize, req: PublishRequest) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let key = format!("{}/{}", req.app, req.name);
+        let info = PublisherInfo {
+            conn_id: conn.id,
+            worker: self.index,
+            peer: conn.peer,
+        };
+        match self.shared.registry.publish(&key, info) {
+            Ok((stream, notice)) => {
+                conn.session.accept_publish(req.stream_id);
+                conn.publications.push(Publication {
+                    msid: req.stream_id,
+                    stream: stream.clone(),
+                });
+                log::info!(
+                    "publish start stream={key} conn={} peer={} worker={} type={}",
+                    conn.id,
+                    conn.peer,
+                    self.index,
+                    req.publish_type
+                );
+                self.notify(now, &stream, notice, true);
+            }
+            Err(PublishError::AlreadyPublishing { peer }) => {
+                conn.session
+                    .reject_publish(req.stream_id, PublishRejection::BadName);
+                log::info!(
+                    "publish refused stream={key} conn={} peer={} worker={}: already published by {peer}",
+                    conn.id,
+                    conn.peer,
+                    self.index
+                );
+            }
+        }
+    }
+
+    fn on_play(&mut self, now: Instant, k: usize, req: PlayRequest) {
+        let key = format!("{}/{}", req.app, req.name);
+        let (stream, snap) = self.shared.registry.join(&key, self.index);
+        let limits = self.limits;
+        let Some(conn) = self.conns.get_mut(k) else {
+            self.shared.registry.leave(&stream, self.index);
+            return;
+        };
+        conn.session.accept_play(req.stream_id, req.reset);
+        conn.pull_transmit(now);
+        let mut sub = Subscription {
+            msid: req.stream_id,
+            stream: stream.clone(),
+            next_seq: snap.next_seq,
+            skipping: true,
+            paused: false,
+            audio: true,
+            video: true,
+            sent_headers: Vec::new(),
+            dropped: 0,
+        };
+        if snap.live && (!snap.gop.is_empty() || snap.audio_only) {
+            // Instant start: headers, then the cached GOP from its keyframe.
+            sub.skipping = false;
+            for f in snap.headers.iter().chain(snap.gop.iter()) {
+                enqueue_frame(conn, &mut sub, f, &limits, now);
+            }
+        }
+        log::info!(
+            "play start stream={key} conn={} peer={} worker={} live={} cached_frames={}",
+            conn.id,
+            conn.peer,
+            self.index,
+            snap.live,
+            snap.gop.len()
+        );
+        conn.subscriptions.push(sub);
+        self.locals.entry(stream.id).or_default().push(k);
+    }
+
+    fn stop_publication(&mut self, now: Instant, k: usize, msid: u32, why: &str) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Some(pos) = conn.publications.iter().position(|p| p.msid == msid) else {
+            return;
+        };
+        let p = conn.publications.remove(pos);
+        let (id, peer) = (conn.id, conn.peer);
+        self.end_publication(now, id, peer, p, why);
+    }
+
+    fn end_publication(
+        &mut self,
+        now: Instant,
+        conn_id: u64,
+        peer: SocketAddr,
+        p: Publication,
+        why: &str,
+    ) {
+        let (frames, bytes) = p.stream.with_state(|s| (s.frames_in, s.bytes_in));
+        log::info!(
+            "publish stop stream={} conn={conn_id} peer={peer} worker={} frames={frames} bytes={bytes}: {why}",
+            p.stream.key,
+            self.index
+        );
+        if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
+            self.notify(now, &p.stream, notice, false);
+        }
+    }
+
+    fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Some(pos) = conn.subscriptions.iter().position(|s| s.msid == msid) else {
+            return;
+        };
+        let s = conn.subscriptions.remove(pos);
+        let (id, peer) = (conn.id, conn.peer);
+        self.end_subscription(k, id, peer, s, why);
+    }
+
+    fn end_subscription(
+        &mut self,
+        k: usize,
+        conn_id: u64,
+        peer: SocketAddr,
+        s: Subscription,
+        why: &str,
+    ) {
+        log::info!(
+            "play stop stream={} conn={conn_id} peer={peer} worker={} dropped_frames={}: {why}",
+            s.stream.key,
+            self.index,
+            s.dropped
+        );
+        if let Some(list) = self.locals.get_mut(&s.stream.id) {
+            list.retain(|&t| t != k);
+            if list.is_empty() {
+                self.locals.remove(&s.stream.id);
+            }
+        }
+        self.shared.registry.leave(&s.stream, self.index);
+    }
+
+    /// Tells the workers with players that `stream` got or lost its publisher.
+    fn notify(&mut self, now: Instant, stream: &Stream, notice: Notice, published: bool) {
+        let d = |stream, seq| {
+            if published {
+                Delivery::Published { stream, seq }
+            } else {
+                Delivery::Unpublished { stream, seq }
+            }
+        };
+        for w in workers_in(notice.interest) {
+            if w == self.index {
+                self.deliver_local(now, &d(stream.id, notice.seq));
+            } else if let Some(q) = self.outgoing.get_mut(w) {
+                q.push(d(stream.id, notice.seq));
+            }
+        }
+    }
+
+    fn fan_out(&mut self, now: Instant, interest: u64, delivery: Delivery) {
+        let mut local = false;
+        for w in workers_in(interest) {
+            if w == self.index {
+                local = true;
+            } else if let (Some(q), Delivery::Frame(f, s)) = (self.outgoing.get_mut(w), &delivery) {
+                q.push(Delivery::Frame(f.clone(), *s));
+            }
+        }
+        if local {
+            self.deliver_local(now, &delivery);
+        }
+    }
+
+    /// Queues a delivery to this worker's players of its stream.
+    fn deliver_local(&mut self, now: Instant, d: &Delivery) {
+        let Some(tokens) = self.locals.get(&d.stream()) else {
+            return;
+        };
+        let limits = self.limits;
+        for &k in tokens {
+            let Some(conn) = self.conns.get_mut(k) else {
+                continue;
+            };
+            let Some(i) = conn
+                .subscriptions
+                .iter()
+                .position(|s| s.stream.id == d.stream())
+            else {
+                continue;
+            };
+            // Take the subscription out so the connection can be borrowed whole.
+            let mut sub = conn.subscriptions.swap_remove(i);
+            match d {
+                Delivery::Frame(f, _) => {
+                    if f.seq >= sub.next_seq {
+                        sub.next_seq = f.seq + 1;
+                        enqueue_frame(conn, &mut sub, f, &limits, now);
+                    }
+                }
+                Delivery::Published { seq, .. } | Delivery::Unpublished { seq, .. } => {
+                    if *seq >= sub.next_seq {
+                        sub.next_seq = seq + 1;
+                        sub.skipping = true;
+                        sub.sent_headers.clear();
+                        if matches!(d, Delivery::Published { .. }) {
+                            conn.session.notify_published(sub.msid);
+                        } else {
+                            conn.session.notify_unpublished(sub.msid);
+                        }
+                        conn.pull_transmit(now);
+                    }
+                }
+            }
+            conn.subscriptions.push(sub);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(k);
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self, now: Instant) {
+        let mut batch = std::mem::take(&mut self.inbox_scratch);
+        {
+            let mut inbox = self.shared.workers[self.index]
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *inbox, &mut batch);
+        }
+        for d in batch.drain(..) {
+            self.deliver_local(now, &d);
+        }
+        self.inbox_scratch = batch;
+    }
+
+    /// Posts this iteration's deliveries to the other workers, one lock and
+    /// one wake per worker.
+    fn send_outgoing(&mut self) {
+        for (w, out) in self.outgoing.iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let handle = &self.shared.workers[w];
+            {
+                let mut inbox = handle.inbox.lock().unwrap_or_else(|p| p.into_inner());
+                if inbox.is_empty() {
+                    std::mem::swap(&mut *inbox, out);
+                } else {
+                    inbox.append(out);
+                }
+            }
+            if let Err(e) = handle.waker.wake() {
+                log::warn!("worker={}: waking worker {w}: {e}", self.index);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for k in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.conns.get_mut(k) else {
+                continue;
+            };
+            conn.dirty = false;
+            while !conn.out.is_empty() {
+                match conn.out.write_to(&mut conn.socket) {
+                    Ok(n) => {
+                        conn.last_progress = now;
+                        conn.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed.push((k, format!("write error: {e}")));
+                        break;
+                    }
+                }
+            }
+            if conn.out.control_bytes() > self.limits.control_bytes {
+                failed.push((
+                    k,
+                    format!(
+                        "{} bytes of unread control replies (limit {})",
+                        conn.out.control_bytes(),
+                        self.limits.control_bytes
+                    ),
+                ));
+            }
+        }
+        for (k, why) in failed {
+            self.close(k, &why);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (k, conn) in self.conns.iter_mut() {
+            if let Err(e) = conn.session.handle_timeout(now) {
+                failed.push((k, e.to_string()));
+                continue;
+            }
+            conn.pull_transmit(now);
+            if !conn.out.is_empty() {
+                let stalled = now.saturating_duration_since(conn.last_progress);
+                if stalled >= self.limits.stall {
+                    failed.push((k, format!("no write progress for {stalled:?}")));
+                    continue;
+                }
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(k);
+                }
+            }
+        }
+        for (k, why) in failed {
+            self.close(k, &why);
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        log::info!(
+            "worker={}: shutting down, {} connections",
+            self.index,
+            self.conns.len()
+        );
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        for (k, conn) in self.conns.iter_mut() {
+            conn.out.drop_unstarted_media();
+            conn.session.notify_shutdown();
+            conn.pull_transmit(now);
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(k);
+            }
+        }
+        self.shutting_down = Some(now + SHUTDOWN_FLUSH_TIMEOUT);
+    }
+
+    fn close(&mut self, k: usize, why: &str) {
+        let Some(mut conn) = self.conns.try_remove(k) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let role = conn.role();
+        let now = Instant::now();
+        for p in std::mem::take(&mut conn.publications) {
+            self.end_publication(now, conn.id, conn.peer, p, why);
+        }
+        for s in std::mem::take(&mut conn.subscriptions) {
+            self.end_subscription(k, conn.id, conn.peer, s, why);
+        }
+        if role == "client" {
+            log::debug!(
+                "conn={} peer={} worker={}: closed: {why}",
+                conn.id,
+                conn.peer,
+                self.index
+            );
+        } else {
+            log::info!(
+                "close {role} conn={} peer={} worker={} bytes_in={} bytes_out={}: {why}",
+                conn.id,
+                conn.peer,
+                self.index,
+                conn.session.bytes_received(),
+                conn.bytes_out
+            );
+        }
+    }
+}
+
+/// Queues one frame for one player, applying its filters, the skip-to-
+/// keyframe policy and the queue bound.
+fn enqueue_frame(
+    conn: &mut Conn,
+    sub: &mut Subscription,
+    f: &Arc<Frame>,
+    limits: &PlayerLimits,
+    now: Instant,
+) {
+    if sub.paused
+        || (f.kind == MediaKind::Audio && !sub.audio)
+        || (f.kind == MediaKind::Video && !sub.video)
+    {
+        return;
+    }
+    if f.header.is_some() {
+        // While skipping, headers are sent with the frame that resumes play.
+        if !sub.skipping {
+            push_frame(conn, sub, f, now);
+            sub.sent_headers.push(f.seq);
+        }
+        return;
+    }
+    if sub.skipping {
+        if !f.start_point {
+            sub.dropped += 1;
+            return;
+        }
+        let mut headers = sub.stream.headers();
+        headers.sort_by_key(|h| h.seq);
+        for h in headers {
+            if !sub.sent_headers.contains(&h.seq) {
+                push_frame(conn, sub, &h, now);
+                sub.sent_headers.push(h.seq);
+            }
+        }
+        sub.skipping = false;
+    }
+    if conn.out.media_bytes() + f.rtmp.len() > limits.queue_bytes {
+        let dropped = conn.out.drop_unstarted_media();
+        sub.dropped += dropped as u64;
+        // Dropped frames may include headers: resend them all on resume.
+        sub.sent_headers.clear();
+        if !(f.start_point && conn.out.media_bytes() + f.rtmp.len() <= limits.queue_bytes) {
+            sub.skipping = true;
+            sub.dropped += 1;
+            log::debug!(
+                "conn={} stream={}: player queue over {} bytes; skipping to the next keyframe ({} frames dropped so far)",
+                conn.id,
+                sub.stream.key,
+                limits.queue_bytes,
+                sub.dropped
+            );
+            return;
+        }
+        let mut headers = sub.stream.headers();
+        headers.sort_by_key(|h| h.seq);
+        for h in headers {
+            push_frame(conn, sub, &h, now);
+            sub.sent_headers.push(h.seq);
+        }
+    }
+    push_frame(conn, sub, f, now);
+}
+
+fn push_frame(conn: &mut Conn, sub: &Subscription, f: &Arc<Frame>, now: Instant) {
+    let item = if sub.msid == SHARED_MESSAGE_STREAM_ID {
+        Item::Frame(f.clone())
+    } else {
+        // Frames are written at the chunk size announced at connect.
+        Item::OwnFrame(f.rtmp_for(conn.session.chunk_size(), sub.msid))
+    };
+    conn.push(item, now);
+}
+
+/// The worker indices whose bit is set in `mask`.
+fn workers_in(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let w = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(w)
+    })
+}

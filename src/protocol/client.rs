@@ -40,6 +40,8 @@ pub enum ClientEvent {
     },
     /// A user control event (StreamBegin, StreamEOF...).
     UserControl(UserControl),
+    /// The server acknowledged this many bytes (wrapping at 2^32).
+    Acknowledgement(u32),
     /// Any other command (`onFCPublish`, `_error`...), with its arguments.
     Command { name: String, args: Vec<Amf0Value> },
 }
@@ -183,7 +185,11 @@ impl ClientSession {
         for a in args {
             amf::encode(a, &mut p);
         }
-        let csid = if stream_id == 0 { csid::COMMAND } else { csid::STREAM_DATA };
+        let csid = if stream_id == 0 {
+            csid::COMMAND
+        } else {
+            csid::STREAM_DATA
+        };
         self.send(&Message {
             csid,
             timestamp: 0,
@@ -201,7 +207,10 @@ impl ClientSession {
         }
         let obj = Amf0Value::object([
             ("app", Amf0Value::string(self.config.app.clone())),
-            ("flashVer", Amf0Value::string("FMLE/3.0 (compatible; sluice)")),
+            (
+                "flashVer",
+                Amf0Value::string("FMLE/3.0 (compatible; sluice)"),
+            ),
             ("tcUrl", Amf0Value::string(self.config.tc_url.clone())),
             ("fpad", Amf0Value::Boolean(false)),
             ("capabilities", Amf0Value::Number(15.0)),
@@ -224,7 +233,11 @@ impl ClientSession {
         self.send_command(
             stream_id,
             "publish",
-            &[Amf0Value::Null, Amf0Value::string(name), Amf0Value::string("live")],
+            &[
+                Amf0Value::Null,
+                Amf0Value::string(name),
+                Amf0Value::string("live"),
+            ],
         );
     }
 
@@ -233,7 +246,11 @@ impl ClientSession {
         self.send_command(
             stream_id,
             "play",
-            &[Amf0Value::Null, Amf0Value::string(name), Amf0Value::Number(-1.0)],
+            &[
+                Amf0Value::Null,
+                Amf0Value::string(name),
+                Amf0Value::Number(-1.0),
+            ],
         );
     }
 
@@ -266,6 +283,10 @@ impl ClientSession {
             type_id::ABORT => {
                 let csid = message::read_u32(msg.type_id, &msg.payload)?;
                 self.decoder.abort(csid);
+            }
+            type_id::ACKNOWLEDGEMENT => {
+                let seq = message::read_u32(msg.type_id, &msg.payload)?;
+                self.events.push_back(ClientEvent::Acknowledgement(seq));
             }
             type_id::WINDOW_ACK_SIZE => {
                 self.peer_window = message::read_u32(msg.type_id, &msg.payload)?;
@@ -300,7 +321,10 @@ impl ClientSession {
     fn handle_command(&mut self, payload: &[u8], stream_id: u32) -> Result<(), SessionError> {
         let values = amf::decode_all(payload, &AmfLimits::default())?;
         let mut it = values.into_iter();
-        let name = it.next().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let name = it
+            .next()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         let txid = it.next().and_then(|v| v.as_number()).unwrap_or(0.0);
         let args: Vec<Amf0Value> = it.collect();
         match name.as_str() {
@@ -310,11 +334,16 @@ impl ClientSession {
             }
             "_result" if self.pending_create.contains(&txid) => {
                 self.pending_create.retain(|t| *t != txid);
-                let id = args.get(1).and_then(|v| v.as_number()).ok_or(ProtocolError::BadCommand {
-                    name: "createStream _result".into(),
-                    reason: "no stream id",
-                })?;
-                self.events.push_back(ClientEvent::StreamCreated { stream_id: id as u32 });
+                let id =
+                    args.get(1)
+                        .and_then(|v| v.as_number())
+                        .ok_or(ProtocolError::BadCommand {
+                            name: "createStream _result".into(),
+                            reason: "no stream id",
+                        })?;
+                self.events.push_back(ClientEvent::StreamCreated {
+                    stream_id: id as u32,
+                });
             }
             "onStatus" => {
                 let info = args.get(1);

@@ -8,11 +8,13 @@
 //! * [`message`]: message type ids, protocol control and user control
 //!   messages (spec 5.4, 6.2).
 //! * [`amf`]: AMF0 and AMF3 values (commands are AMF0, spec 7).
+//! * [`client`]: the client side (tests, load generator, relays).
 //! * [`session`]: one server-side connection: handshake → connect →
 //!   createStream → publish / play, with limits and deadlines.
 
 pub mod amf;
 pub mod chunk;
+pub mod client;
 pub mod handshake;
 pub mod message;
 pub mod session;

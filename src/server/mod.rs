@@ -13,7 +13,7 @@ use crate::config::Config;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use stream::{GopLimits, Registry, MAX_WORKERS};
@@ -43,6 +43,7 @@ impl ShutdownHandle {
 
 /// A server running on its own threads (for tests and embedding).
 pub struct RunningServer {
+    shared: Arc<Shared>,
     handle: ShutdownHandle,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -55,6 +56,20 @@ impl RunningServer {
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.handle.clone()
+    }
+
+    /// Connections each worker holds now.
+    pub fn connections_per_worker(&self) -> Vec<usize> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| w.connections.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Streams the registry knows (live, or awaited by players).
+    pub fn stream_count(&self) -> usize {
+        self.shared.registry.len()
     }
 
     /// Shuts down and waits for every worker to return.
@@ -94,6 +109,7 @@ impl Server {
             handles.push(WorkerHandle {
                 waker,
                 inbox: Mutex::new(Vec::new()),
+                connections: AtomicUsize::new(0),
             });
             polls.push(poll);
         }
@@ -150,6 +166,7 @@ impl Server {
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(RunningServer {
+            shared: self.shared.clone(),
             handle,
             threads,
             local_addr,

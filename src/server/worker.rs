@@ -30,7 +30,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,8 @@ impl Delivery {
 pub struct WorkerHandle {
     pub waker: Waker,
     pub inbox: Mutex<Vec<Delivery>>,
+    /// Connections this worker holds now.
+    pub connections: AtomicUsize,
 }
 
 /// State shared by every worker.
@@ -320,6 +322,9 @@ impl Worker {
                     let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
                     let seed = self.next_seed();
                     log::debug!("conn={id} peer={peer} worker={}: accepted", self.index);
+                    self.shared.workers[self.index]
+                        .connections
+                        .fetch_add(1, Ordering::Relaxed);
                     self.conns.insert(Conn {
                         id,
                         socket,

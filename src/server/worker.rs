@@ -127,23 +127,23 @@ struct Conn {
     publications: Vec<Publication>,
     subscriptions: Vec<Subscription>,
     dirty: bool,
-    /// Last write progress, or when the queue last became non-empty.
-    last_progress: Instant,
+    /// Since when the socket has refused bytes (`WouldBlock`) with no
+    /// progress since. Cleared by a write that makes progress or by a
+    /// writable edge (the kernel drained the socket). Dropping queued frames
+    /// does not clear it: a player skipping frames is still stalled.
+    blocked_since: Option<Instant>,
     bytes_out: u64,
 }
 
 impl Conn {
-    fn push(&mut self, item: Item, now: Instant) {
-        if self.out.is_empty() {
-            self.last_progress = now;
-        }
+    fn push(&mut self, item: Item) {
         self.out.push(item);
     }
 
     /// Moves the session's pending bytes to the output queue.
-    fn pull_transmit(&mut self, now: Instant) {
+    fn pull_transmit(&mut self) {
         while let Some(bytes) = self.session.poll_transmit() {
-            self.push(Item::Control(bytes), now);
+            self.push(Item::Control(bytes));
         }
     }
 
@@ -248,6 +248,9 @@ impl Worker {
                             self.on_readable(now, k);
                         }
                         if ev.is_writable() {
+                            if let Some(c) = self.conns.get_mut(k) {
+                                c.blocked_since = None;
+                            }
                             self.mark_dirty(k);
                         }
                     }
@@ -257,7 +260,7 @@ impl Worker {
                 self.on_readable(now, k);
             }
             if woken {
-                self.drain_inbox(now);
+                self.drain_inbox();
             }
             if now >= next_tick {
                 self.tick(now);
@@ -335,7 +338,7 @@ impl Worker {
                         publications: Vec::new(),
                         subscriptions: Vec::new(),
                         dirty: false,
-                        last_progress: now,
+                        blocked_since: None,
                         bytes_out: 0,
                     });
                 }
@@ -388,7 +391,7 @@ impl Worker {
                 return self.close(k, "closed by peer");
             }
             let result = conn.session.handle_input(now, &mut conn.read_buf);
-            conn.pull_transmit(now);
+            conn.pull_transmit();
             let mut events = std::mem::take(&mut self.events_scratch);
             while let Some(ev) = conn.session.poll_event() {
                 events.push(ev);
@@ -396,7 +399,7 @@ impl Worker {
             let leftover = conn.read_buf.len();
             // Events before an error are valid (media already received).
             for ev in events.drain(..) {
-                self.handle_event(now, k, ev);
+                self.handle_event(k, ev);
             }
             self.events_scratch = events;
             self.mark_dirty(k);
@@ -417,7 +420,7 @@ impl Worker {
         }
     }
 
-    fn handle_event(&mut self, now: Instant, k: usize, ev: Event) {
+    fn handle_event(&mut self, k: usize, ev: Event) {
         match ev {
             Event::Connected { app, tc_url } => {
                 if let Some(c) = self.conns.get(k) {
@@ -428,7 +431,7 @@ impl Worker {
                     );
                 }
             }
-            Event::PublishRequested(req) => self.on_publish(now, k, req),
+            Event::PublishRequested(req) => self.on_publish(k, req),
             Event::Media {
                 stream_id,
                 kind,
@@ -443,12 +446,12 @@ impl Worker {
                 };
                 let stream = p.stream.clone();
                 let (frame, interest) = stream.push(kind, timestamp, payload);
-                self.fan_out(now, interest, Delivery::Frame(frame, stream.id));
+                self.fan_out(interest, Delivery::Frame(frame, stream.id));
             }
             Event::PublishStopped { stream_id } => {
-                self.stop_publication(now, k, stream_id, "unpublished")
+                self.stop_publication(k, stream_id, "unpublished")
             }
-            Event::PlayRequested(req) => self.on_play(now, k, req),
+            Event::PlayRequested(req) => self.on_play(k, req),
             Event::PlayStopped { stream_id } => {
                 self.stop_subscription(k, stream_id, "stopped by player")
             }
@@ -475,7 +478,7 @@ impl Worker {
             }
         }
         if let Some(c) = self.conns.get_mut(k) {
-            c.pull_transmit(now);
+            c.pull_transmit();
         }
     }
 
@@ -487,7 +490,7 @@ impl Worker {
             .find(|s| s.msid == msid)
     }
 
-    fn on_publish(&mut self, now: Instant, k: usize, req: PublishRequest) {
+    fn on_publish(&mut self, k: usize, req: PublishRequest) {
         let Some(conn) = self.conns.get_mut(k) else {
             return;
         };
@@ -511,7 +514,7 @@ impl Worker {
                     self.index,
                     req.publish_type
                 );
-                self.notify(now, &stream, notice, true);
+                self.notify(&stream, notice, true);
             }
             Err(PublishError::AlreadyPublishing { peer }) => {
                 conn.session
@@ -526,7 +529,7 @@ impl Worker {
         }
     }
 
-    fn on_play(&mut self, now: Instant, k: usize, req: PlayRequest) {
+    fn on_play(&mut self, k: usize, req: PlayRequest) {
         let key = format!("{}/{}", req.app, req.name);
         let (stream, snap) = self.shared.registry.join(&key, self.index);
         let limits = self.limits;
@@ -535,7 +538,7 @@ impl Worker {
             return;
         };
         conn.session.accept_play(req.stream_id, req.reset);
-        conn.pull_transmit(now);
+        conn.pull_transmit();
         let mut sub = Subscription {
             msid: req.stream_id,
             stream: stream.clone(),
@@ -551,7 +554,7 @@ impl Worker {
             // Instant start: headers, then the cached GOP from its keyframe.
             sub.skipping = false;
             for f in snap.headers.iter().chain(snap.gop.iter()) {
-                enqueue_frame(conn, &mut sub, f, &limits, now);
+                enqueue_frame(conn, &mut sub, f, &limits);
             }
         }
         log::info!(
@@ -566,7 +569,7 @@ impl Worker {
         self.locals.entry(stream.id).or_default().push(k);
     }
 
-    fn stop_publication(&mut self, now: Instant, k: usize, msid: u32, why: &str) {
+    fn stop_publication(&mut self, k: usize, msid: u32, why: &str) {
         let Some(conn) = self.conns.get_mut(k) else {
             return;
         };
@@ -575,17 +578,10 @@ impl Worker {
         };
         let p = conn.publications.remove(pos);
         let (id, peer) = (conn.id, conn.peer);
-        self.end_publication(now, id, peer, p, why);
+        self.end_publication(id, peer, p, why);
     }
 
-    fn end_publication(
-        &mut self,
-        now: Instant,
-        conn_id: u64,
-        peer: SocketAddr,
-        p: Publication,
-        why: &str,
-    ) {
+    fn end_publication(&mut self, conn_id: u64, peer: SocketAddr, p: Publication, why: &str) {
         let (frames, bytes) = p.stream.with_state(|s| (s.frames_in, s.bytes_in));
         log::info!(
             "publish stop stream={} conn={conn_id} peer={peer} worker={} frames={frames} bytes={bytes}: {why}",
@@ -593,7 +589,7 @@ impl Worker {
             self.index
         );
         if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
-            self.notify(now, &p.stream, notice, false);
+            self.notify(&p.stream, notice, false);
         }
     }
 
@@ -633,7 +629,7 @@ impl Worker {
     }
 
     /// Tells the workers with players that `stream` got or lost its publisher.
-    fn notify(&mut self, now: Instant, stream: &Stream, notice: Notice, published: bool) {
+    fn notify(&mut self, stream: &Stream, notice: Notice, published: bool) {
         let d = |stream, seq| {
             if published {
                 Delivery::Published { stream, seq }
@@ -643,14 +639,14 @@ impl Worker {
         };
         for w in workers_in(notice.interest) {
             if w == self.index {
-                self.deliver_local(now, &d(stream.id, notice.seq));
+                self.deliver_local(&d(stream.id, notice.seq));
             } else if let Some(q) = self.outgoing.get_mut(w) {
                 q.push(d(stream.id, notice.seq));
             }
         }
     }
 
-    fn fan_out(&mut self, now: Instant, interest: u64, delivery: Delivery) {
+    fn fan_out(&mut self, interest: u64, delivery: Delivery) {
         let mut local = false;
         for w in workers_in(interest) {
             if w == self.index {
@@ -660,12 +656,12 @@ impl Worker {
             }
         }
         if local {
-            self.deliver_local(now, &delivery);
+            self.deliver_local(&delivery);
         }
     }
 
     /// Queues a delivery to this worker's players of its stream.
-    fn deliver_local(&mut self, now: Instant, d: &Delivery) {
+    fn deliver_local(&mut self, d: &Delivery) {
         let Some(tokens) = self.locals.get(&d.stream()) else {
             return;
         };
@@ -687,7 +683,7 @@ impl Worker {
                 Delivery::Frame(f, _) => {
                     if f.seq >= sub.next_seq {
                         sub.next_seq = f.seq + 1;
-                        enqueue_frame(conn, &mut sub, f, &limits, now);
+                        enqueue_frame(conn, &mut sub, f, &limits);
                     }
                 }
                 Delivery::Published { seq, .. } | Delivery::Unpublished { seq, .. } => {
@@ -700,7 +696,7 @@ impl Worker {
                         } else {
                             conn.session.notify_unpublished(sub.msid);
                         }
-                        conn.pull_transmit(now);
+                        conn.pull_transmit();
                     }
                 }
             }
@@ -712,7 +708,7 @@ impl Worker {
         }
     }
 
-    fn drain_inbox(&mut self, now: Instant) {
+    fn drain_inbox(&mut self) {
         let mut batch = std::mem::take(&mut self.inbox_scratch);
         {
             let mut inbox = self.shared.workers[self.index]
@@ -722,7 +718,7 @@ impl Worker {
             std::mem::swap(&mut *inbox, &mut batch);
         }
         for d in batch.drain(..) {
-            self.deliver_local(now, &d);
+            self.deliver_local(&d);
         }
         self.inbox_scratch = batch;
     }
@@ -759,10 +755,13 @@ impl Worker {
             while !conn.out.is_empty() {
                 match conn.out.write_to(&mut conn.socket) {
                     Ok(n) => {
-                        conn.last_progress = now;
+                        conn.blocked_since = None;
                         conn.bytes_out += n as u64;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        conn.blocked_since.get_or_insert(now);
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         failed.push((k, format!("write error: {e}")));
@@ -793,17 +792,17 @@ impl Worker {
                 failed.push((k, e.to_string()));
                 continue;
             }
-            conn.pull_transmit(now);
-            if !conn.out.is_empty() {
-                let stalled = now.saturating_duration_since(conn.last_progress);
+            conn.pull_transmit();
+            if let Some(since) = conn.blocked_since {
+                let stalled = now.saturating_duration_since(since);
                 if stalled >= self.limits.stall {
-                    failed.push((k, format!("no write progress for {stalled:?}")));
+                    failed.push((k, format!("socket accepted nothing for {stalled:?}")));
                     continue;
                 }
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(k);
-                }
+            }
+            if !conn.out.is_empty() && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(k);
             }
         }
         for (k, why) in failed {
@@ -823,7 +822,7 @@ impl Worker {
         for (k, conn) in self.conns.iter_mut() {
             conn.out.drop_unstarted_media();
             conn.session.notify_shutdown();
-            conn.pull_transmit(now);
+            conn.pull_transmit();
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(k);
@@ -836,11 +835,13 @@ impl Worker {
         let Some(mut conn) = self.conns.try_remove(k) else {
             return;
         };
+        self.shared.workers[self.index]
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
         let _ = self.poll.registry().deregister(&mut conn.socket);
         let role = conn.role();
-        let now = Instant::now();
         for p in std::mem::take(&mut conn.publications) {
-            self.end_publication(now, conn.id, conn.peer, p, why);
+            self.end_publication(conn.id, conn.peer, p, why);
         }
         for s in std::mem::take(&mut conn.subscriptions) {
             self.end_subscription(k, conn.id, conn.peer, s, why);
@@ -867,13 +868,7 @@ impl Worker {
 
 /// Queues one frame for one player, applying its filters, the skip-to-
 /// keyframe policy and the queue bound.
-fn enqueue_frame(
-    conn: &mut Conn,
-    sub: &mut Subscription,
-    f: &Arc<Frame>,
-    limits: &PlayerLimits,
-    now: Instant,
-) {
+fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits: &PlayerLimits) {
     if sub.paused
         || (f.kind == MediaKind::Audio && !sub.audio)
         || (f.kind == MediaKind::Video && !sub.video)
@@ -883,7 +878,7 @@ fn enqueue_frame(
     if f.header.is_some() {
         // While skipping, headers are sent with the frame that resumes play.
         if !sub.skipping {
-            push_frame(conn, sub, f, now);
+            push_frame(conn, sub, f);
             sub.sent_headers.push(f.seq);
         }
         return;
@@ -897,7 +892,7 @@ fn enqueue_frame(
         headers.sort_by_key(|h| h.seq);
         for h in headers {
             if !sub.sent_headers.contains(&h.seq) {
-                push_frame(conn, sub, &h, now);
+                push_frame(conn, sub, &h);
                 sub.sent_headers.push(h.seq);
             }
         }
@@ -923,21 +918,21 @@ fn enqueue_frame(
         let mut headers = sub.stream.headers();
         headers.sort_by_key(|h| h.seq);
         for h in headers {
-            push_frame(conn, sub, &h, now);
+            push_frame(conn, sub, &h);
             sub.sent_headers.push(h.seq);
         }
     }
-    push_frame(conn, sub, f, now);
+    push_frame(conn, sub, f);
 }
 
-fn push_frame(conn: &mut Conn, sub: &Subscription, f: &Arc<Frame>, now: Instant) {
+fn push_frame(conn: &mut Conn, sub: &Subscription, f: &Arc<Frame>) {
     let item = if sub.msid == SHARED_MESSAGE_STREAM_ID {
         Item::Frame(f.clone())
     } else {
         // Frames are written at the chunk size announced at connect.
         Item::OwnFrame(f.rtmp_for(conn.session.chunk_size(), sub.msid))
     };
-    conn.push(item, now);
+    conn.push(item);
 }
 
 /// The worker indices whose bit is set in `mask`.

@@ -1,0 +1,1580 @@
+//! End-to-end harness: runs the `sluice` binary on loopback and drives it with real RTMP
+//! peers (ffmpeg, rtmpdump, GStreamer's rtmp2src), then compares what the players wrote
+//! to disk with the published clip, packet by packet, using ffprobe's MD5 data hashes.
+//!
+//! Everything here is std-only. Every external process:
+//! - runs under coreutils `timeout --foreground -s KILL <secs>`, so it cannot outlive its
+//!   hard deadline even if the test binary itself dies;
+//! - is killed (SIGALRM to the wrapper -> SIGKILL to the peer) when its handle is dropped;
+//! - has its stderr captured in memory, printed when a test fails.
+//!
+//! Peer behaviour worth knowing (observed with nginx-rtmp as the server):
+//! - ffmpeg and rtmpdump players exit at once on `NetStream.Play.UnpublishNotify`; the
+//!   StreamEOF user-control message alone does not end them. So players also get an idle
+//!   timeout (ffmpeg `-rw_timeout`, rtmpdump `--timeout`, rtmp2src `idle-timeout`) and end
+//!   cleanly a few seconds after the last data even if the server never says "stopped".
+//! - rtmp2src goes EOS on StreamEOF (or UnpublishNotify) and drops the one message it still
+//!   held at that moment: its file misses the last published packet.
+//! - An ffmpeg player blocked in a network read ignores the first SIGTERM (it only sets a
+//!   flag); the second one aborts all I/O, including the output file: no trailer and a
+//!   truncated last packet. Signals are therefore only a last resort for ffmpeg players.
+#![allow(dead_code)] // each integration-test binary uses a different subset
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Length of the generated clip.
+pub const CLIP_SECS: u64 = 8;
+/// Video frame rate and GOP length of the generated clip (keyframe every 2 s).
+pub const CLIP_FPS: u64 = 30;
+pub const CLIP_GOP: u64 = 60;
+
+/// Default hard deadline for a player process.
+pub const PLAYER_HARD_TIMEOUT: Duration = Duration::from_secs(45);
+/// Hard deadline for a publisher process (clip length + margin).
+pub const PUBLISHER_HARD_TIMEOUT: Duration = Duration::from_secs(CLIP_SECS + 25);
+
+// ---------------------------------------------------------------------------------------
+// Temp dirs
+// ---------------------------------------------------------------------------------------
+
+/// A unique directory per test under `std::env::temp_dir()`. Removed on drop when the test
+/// passed; kept (and its path printed) when the thread is panicking.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let thread = thread::current();
+        let label: String = thread
+            .name()
+            .unwrap_or("test")
+            .rsplit("::")
+            .next()
+            .unwrap_or("test")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "sluice-it-{}-{}-{}",
+            label,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        TestDir::new()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("[harness] test failed: keeping {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals and waiting (no libc: `kill` via std::process::Command)
+// ---------------------------------------------------------------------------------------
+
+/// Sends `signal` (a name such as "TERM") to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .arg("-s")
+        .arg(signal)
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Polls `child` until it exits or `limit` elapses.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => panic!("try_wait: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Drains a pipe into shared memory on a thread.
+fn capture(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buf);
+    let handle = thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (buf, handle)
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------
+
+/// A free loopback port: bind 127.0.0.1:0, read the port, drop the listener.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// `sluice --rtmp 127.0.0.1:PORT --workers N EXTRA...`, RUST_LOG=sluice=debug, stderr to `log`.
+fn spawn_sluice(port: u16, workers: usize, extra_args: &[&str], log: fs::File) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--rtmp")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--workers")
+        .arg(workers.to_string())
+        .args(extra_args)
+        .env("RUST_LOG", "sluice=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn sluice")
+}
+
+/// The `sluice` binary listening on 127.0.0.1:port, stderr (env_logger) in `dir/sluice.log`.
+pub struct Server {
+    child: Option<Child>,
+    port: u16,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+    // Declared last: dropped after the process has been stopped.
+    dir: TestDir,
+}
+
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// Starts `sluice --rtmp 127.0.0.1:PORT --workers N EXTRA...` in a fresh [`TestDir`] and
+    /// waits (≤ 10 s) until a TCP connect to the port succeeds. Retries on another port if
+    /// the process exits early (e.g. the port was taken in between).
+    pub fn start(workers: usize, extra_args: &[&str]) -> Server {
+        let dir = TestDir::new();
+        let log_path = dir.join("sluice.log");
+        let mut last_failure = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let log = fs::File::create(&log_path).expect("create server log");
+            let mut child = spawn_sluice(port, workers, extra_args, log);
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = Instant::now() + SERVER_READY_TIMEOUT;
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait sluice") {
+                    last_failure = format!(
+                        "sluice exited during startup with {status}; log tail:\n{}",
+                        tail(&fs::read_to_string(&log_path).unwrap_or_default(), 40)
+                    );
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    // (not someone else's listener on a port we failed to bind)
+                    && child.try_wait().expect("try_wait sluice").is_none()
+                {
+                    return Server {
+                        child: Some(child),
+                        port,
+                        log_path,
+                        exit: None,
+                        dir,
+                    };
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "sluice did not accept TCP connections on {addr} within {:?}; log tail:\n{}",
+                        SERVER_READY_TIMEOUT,
+                        tail(&fs::read_to_string(&log_path).unwrap_or_default(), 40)
+                    );
+                }
+                thread::sleep(Duration::from_millis(25));
+            }
+        }
+        panic!("could not start sluice: {last_failure}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// `rtmp://127.0.0.1:PORT/APP/NAME`
+    pub fn url(&self, app: &str, name: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}/{name}", self.port)
+    }
+
+    /// The test's temp dir (output files of players go here).
+    pub fn dir(&self) -> &TestDir {
+        &self.dir
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `limit`. Returns the exit status (None if still running)
+    /// and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (Option<ExitStatus>, Duration) {
+        let start = Instant::now();
+        let Some(child) = self.child.as_mut() else {
+            return (self.exit, Duration::ZERO);
+        };
+        if let Some(status) = child.try_wait().expect("try_wait sluice") {
+            self.exit = Some(status);
+            return (self.exit, Duration::ZERO);
+        }
+        send_signal(child.id(), "TERM");
+        let status = wait_timeout(child, limit);
+        if status.is_some() {
+            self.exit = status;
+        }
+        (status, start.elapsed())
+    }
+
+    /// SIGTERM, then asserts the process exits with status 0 within `limit`.
+    pub fn assert_sigterm_exits_zero(&mut self, limit: Duration) -> Duration {
+        let (status, took) = self.terminate(limit);
+        match status {
+            Some(s) if s.success() => took,
+            Some(s) => panic!(
+                "sluice exited with {s} after SIGTERM (expected 0); log tail:\n{}",
+                tail(&self.log(), 40)
+            ),
+            None => panic!(
+                "sluice still running {limit:?} after SIGTERM; log tail:\n{}",
+                tail(&self.log(), 40)
+            ),
+        }
+    }
+
+    /// Distinct `worker=N` ids on play-start log lines (lines mentioning "play").
+    pub fn play_worker_ids(&self) -> BTreeSet<usize> {
+        worker_ids(&self.log(), "play")
+    }
+}
+
+/// Distinct N of `worker=N` on log lines containing `keyword` (case-insensitive).
+pub fn worker_ids(log: &str, keyword: &str) -> BTreeSet<usize> {
+    let keyword = keyword.to_ascii_lowercase();
+    let mut ids = BTreeSet::new();
+    for line in log.lines() {
+        if !line.to_ascii_lowercase().contains(&keyword) {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("worker=") {
+            rest = &rest[at + "worker=".len()..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if let Ok(id) = digits.parse() {
+                ids.insert(id);
+            }
+        }
+    }
+    ids
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                send_signal(child.id(), "TERM");
+                if wait_timeout(&mut child, SERVER_STOP_TIMEOUT).is_none() {
+                    eprintln!(
+                        "[harness] sluice ignored SIGTERM for {SERVER_STOP_TIMEOUT:?}: killing it"
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        if thread::panicking() {
+            eprintln!(
+                "[harness] sluice log ({}), last 60 lines:\n{}",
+                self.log_path.display(),
+                tail(&self.log(), 60)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Peers (ffmpeg / rtmpdump / gst-launch)
+// ---------------------------------------------------------------------------------------
+
+/// An external peer process under `timeout --foreground -s KILL <hard timeout>`.
+/// Signals sent to the wrapper (TERM, INT) are forwarded to the peer exactly once;
+/// SIGALRM makes the wrapper SIGKILL the peer.
+pub struct Peer {
+    name: String,
+    command_line: String,
+    child: Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+    started: Instant,
+    status: Option<ExitStatus>,
+    ended_at: Option<Instant>,
+    /// Graceful stop: signals to forward, each followed by a wait.
+    stop_sequence: &'static [(&'static str, u64)],
+    output: Option<PathBuf>,
+}
+
+/// How a peer ended.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerEnd {
+    pub status: ExitStatus,
+    /// false when it had to be stopped with signals.
+    pub by_itself: bool,
+    /// Time from spawn to exit.
+    pub lifetime: Duration,
+    /// When the exit was noticed (20 ms polling).
+    pub ended_at: Instant,
+}
+
+impl Peer {
+    pub fn spawn(
+        name: &str,
+        program: &str,
+        args: &[String],
+        hard_timeout: Duration,
+        stop_sequence: &'static [(&'static str, u64)],
+        output: Option<&Path>,
+    ) -> Peer {
+        let command_line = format!("{program} {}", args.join(" "));
+        let mut child = Command::new("timeout")
+            .arg("--foreground")
+            .arg("-s")
+            .arg("KILL")
+            .arg(format!("{}s", hard_timeout.as_secs().max(1)))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({command_line}): {e}"));
+        let (stderr, reader) = capture(child.stderr.take().expect("stderr pipe"));
+        Peer {
+            name: name.to_string(),
+            command_line,
+            child,
+            stderr,
+            reader: Some(reader),
+            started: Instant::now(),
+            status: None,
+            ended_at: None,
+            stop_sequence,
+            output: output.map(Path::to_path_buf),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    pub fn output(&self) -> Option<&Path> {
+        self.output.as_deref()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait peer");
+            if self.status.is_some() {
+                self.ended_at = Some(Instant::now());
+            }
+        }
+        self.status
+    }
+
+    /// Waits up to `limit` for the peer to exit by itself.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn end(&mut self, by_itself: bool) -> PeerEnd {
+        self.join_reader();
+        let ended_at = self.ended_at.unwrap_or_else(Instant::now);
+        PeerEnd {
+            status: self.status.expect("peer has exited"),
+            by_itself,
+            lifetime: ended_at - self.started,
+            ended_at,
+        }
+    }
+
+    /// Waits up to `limit` for the peer to exit by itself; if it does not, stops it
+    /// gracefully (so it finishes its output file) and, as a last resort, kills it.
+    pub fn wait_or_stop(&mut self, limit: Duration) -> PeerEnd {
+        if self.wait(limit).is_some() {
+            return self.end(true);
+        }
+        self.stop();
+        self.end(false)
+    }
+
+    /// Graceful stop (peer-specific signal sequence), then SIGKILL.
+    pub fn stop(&mut self) -> ExitStatus {
+        for (signal, wait_ms) in self.stop_sequence {
+            if let Some(status) = self.try_status() {
+                self.join_reader();
+                return status;
+            }
+            send_signal(self.child.id(), signal);
+            if let Some(status) = self.wait(Duration::from_millis(*wait_ms)) {
+                self.join_reader();
+                return status;
+            }
+        }
+        self.kill()
+    }
+
+    /// Hard kill: SIGALRM makes the `timeout` wrapper SIGKILL the peer; if the wrapper
+    /// does not go away, SIGKILL the wrapper too.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.try_status() {
+            self.join_reader();
+            return status;
+        }
+        send_signal(self.child.id(), "ALRM");
+        let status = match self.wait(Duration::from_secs(2)) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                let status = self.child.wait().expect("wait peer");
+                self.status = Some(status);
+                self.ended_at = Some(Instant::now());
+                status
+            }
+        };
+        self.join_reader();
+        status
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+
+    /// Panics with the peer's stderr unless it exited with status 0.
+    pub fn assert_success(&mut self, end: &PeerEnd) {
+        assert!(
+            end.status.success(),
+            "{} exited with {} ({}); stderr:\n{}",
+            self.name,
+            end.status,
+            self.command_line,
+            tail(&self.stderr(), 30)
+        );
+    }
+}
+
+/// Waits (polling all of them) up to `limit` for every peer to exit by itself, then stops
+/// the ones still running. Exit times are accurate to the polling interval for all peers.
+pub fn wait_all_or_stop(peers: &mut [Peer], limit: Duration) -> Vec<PeerEnd> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut running = 0;
+        for p in peers.iter_mut() {
+            if p.try_status().is_none() {
+                running += 1;
+            }
+        }
+        if running == 0 || Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    peers
+        .iter_mut()
+        .map(|p| {
+            if p.try_status().is_some() {
+                p.end(true)
+            } else {
+                p.stop();
+                p.end(false)
+            }
+        })
+        .collect()
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.name, self.command_line)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+        if thread::panicking() {
+            eprintln!(
+                "[harness] {} ({}) exit {:?}, stderr tail:\n{}",
+                self.name,
+                self.command_line,
+                self.status,
+                tail(&self.stderr(), 20)
+            );
+        }
+    }
+}
+
+/// Players end by themselves when no data arrived for this long (a fallback for servers that
+/// do not send NetStream.Play.UnpublishNotify when the publisher goes away).
+pub const PLAYER_IDLE_TIMEOUT_S: &str = "4";
+const FFMPEG_RW_TIMEOUT_US: &str = "3000000";
+/// Upper bound for a player to end by itself after the last data it got.
+pub const PLAYER_END_GRACE: Duration = Duration::from_secs(9);
+
+/// ffmpeg ignores the first SIGTERM while it is blocked in a network read (it only sets a
+/// flag); the second one interrupts the read and ffmpeg still writes its trailer.
+const FFMPEG_STOP: &[(&str, u64)] = &[("TERM", 400), ("TERM", 3000)];
+const RTMPDUMP_STOP: &[(&str, u64)] = &[("TERM", 3000)];
+/// gst-launch -e turns SIGINT into an EOS, so filesink flushes.
+const GST_STOP: &[(&str, u64)] = &[("INT", 3000), ("TERM", 1000)];
+
+fn s(x: impl AsRef<std::ffi::OsStr>) -> String {
+    x.as_ref().to_string_lossy().into_owned()
+}
+
+/// `ffmpeg -re -i CLIP -c copy -f flv URL`
+pub fn publish_ffmpeg(url: &str, clip: &Path) -> Peer {
+    let args = [
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "warning",
+        "-re",
+        "-i",
+        &s(clip),
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        url,
+    ]
+    .map(String::from);
+    Peer::spawn(
+        "ffmpeg publisher",
+        "ffmpeg",
+        &args,
+        PUBLISHER_HARD_TIMEOUT,
+        FFMPEG_STOP,
+        None,
+    )
+}
+
+/// `ffmpeg -rw_timeout 3000000 -i URL -c copy -f flv OUT`
+pub fn play_ffmpeg(url: &str, out: &Path) -> Peer {
+    let args = [
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "warning",
+        "-y",
+        // No data for this long (µs) ends the input cleanly (trailer written, exit 0). It is
+        // applied at both the rtmp and the tcp layer, so ffmpeg gives up after about twice
+        // that. Only matters if the server does not send NetStream.Play.UnpublishNotify.
+        "-rw_timeout",
+        FFMPEG_RW_TIMEOUT_US,
+        "-i",
+        url,
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        &s(out),
+    ]
+    .map(String::from);
+    Peer::spawn(
+        "ffmpeg player",
+        "ffmpeg",
+        &args,
+        PLAYER_HARD_TIMEOUT,
+        FFMPEG_STOP,
+        Some(out),
+    )
+}
+
+/// `rtmpdump -q -r URL --live --timeout 4 -o OUT` (rtmpdump splits app/playpath from the URL itself:
+/// app = first path segment, playpath = the rest).
+pub fn play_rtmpdump(url: &str, out: &Path) -> Peer {
+    let args = [
+        "-q",
+        "-r",
+        url,
+        "--live",
+        "--timeout",
+        PLAYER_IDLE_TIMEOUT_S,
+        "-o",
+        &s(out),
+    ]
+    .map(String::from);
+    Peer::spawn(
+        "rtmpdump",
+        "rtmpdump",
+        &args,
+        PLAYER_HARD_TIMEOUT,
+        RTMPDUMP_STOP,
+        Some(out),
+    )
+}
+
+/// `gst-launch-1.0 -q -e rtmp2src location=URL idle-timeout=4 ! filesink location=OUT`
+/// (rtmp2src already emits a complete FLV byte stream, no remux needed).
+pub fn play_gst(url: &str, out: &Path) -> Peer {
+    let args = [
+        "-q".to_string(),
+        "-e".to_string(),
+        "rtmp2src".to_string(),
+        format!("location={url}"),
+        format!("idle-timeout={PLAYER_IDLE_TIMEOUT_S}"),
+        "!".to_string(),
+        "filesink".to_string(),
+        format!("location={}", out.display()),
+    ];
+    Peer::spawn(
+        "gst rtmp2src",
+        "gst-launch-1.0",
+        &args,
+        PLAYER_HARD_TIMEOUT,
+        GST_STOP,
+        Some(out),
+    )
+}
+
+/// Runs a short helper command (ffmpeg/ffprobe) with a hard timeout; returns
+/// (status, stdout, stderr).
+pub fn run_tool(program: &str, args: &[String], limit: Duration) -> (ExitStatus, String, String) {
+    let mut child = Command::new("timeout")
+        .arg("-s")
+        .arg("KILL")
+        .arg(format!("{}s", limit.as_secs().max(1)))
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let (out, out_reader) = capture(child.stdout.take().unwrap());
+    let (err, err_reader) = capture(child.stderr.take().unwrap());
+    let status = child.wait().expect("wait tool");
+    let _ = out_reader.join();
+    let _ = err_reader.join();
+    let out = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&err.lock().unwrap()).into_owned();
+    (status, out, err)
+}
+
+// ---------------------------------------------------------------------------------------
+// The clip
+// ---------------------------------------------------------------------------------------
+
+/// H.264 + AAC FLV, 640x360 30 fps, keyframe every 2 s, 8 s. Generated once per test
+/// binary (concurrent callers block on the OnceLock) into CARGO_TARGET_TMPDIR.
+pub fn clip() -> &'static Path {
+    static CLIP: OnceLock<PathBuf> = OnceLock::new();
+    CLIP.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(&dir).expect("create CARGO_TARGET_TMPDIR");
+        remove_stale_clips(&dir);
+        let path = dir.join(format!("sluice-clip-{}.flv", std::process::id()));
+        let args: Vec<String> = [
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size=640x360:rate={CLIP_FPS}"),
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            &CLIP_SECS.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "1500k",
+            "-g",
+            &CLIP_GOP.to_string(),
+            "-keyint_min",
+            &CLIP_GOP.to_string(),
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-ar",
+            "44100",
+            "-ac",
+            "2",
+            "-b:a",
+            "128k",
+            "-f",
+            "flv",
+            &s(&path),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let (status, _, err) = run_tool("ffmpeg", &args, Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "generating the clip failed ({status}):\n{err}"
+        );
+        path
+    })
+}
+
+fn remove_stale_clips(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("sluice-clip-") {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The clip's packets (ffprobe'd once per test binary).
+pub fn clip_packets() -> &'static [Packet] {
+    static PACKETS: OnceLock<Vec<Packet>> = OnceLock::new();
+    PACKETS.get_or_init(|| {
+        let packets = packets(clip());
+        let video = packets.iter().filter(|p| p.media == Media::Video).count() as u64;
+        assert_eq!(
+            video,
+            CLIP_SECS * CLIP_FPS,
+            "unexpected clip video packet count"
+        );
+        packets
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// ffprobe
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    Video,
+    Audio,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub media: Media,
+    pub dts: i64,
+    pub pts: i64,
+    pub keyframe: bool,
+    pub size: u32,
+    /// "MD5:<hex>" of the packet payload
+    pub hash: String,
+}
+
+impl fmt::Display for Packet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} dts={} pts={} key={} size={} {}",
+            self.media, self.dts, self.pts, self.keyframe, self.size, self.hash
+        )
+    }
+}
+
+/// All audio/video packets of `file`, in file order, via
+/// `ffprobe -v error -show_entries packet=stream_index,codec_type,pts,dts,flags,size,data_hash
+///  -show_data_hash MD5 -of csv=nokey=0 FILE`
+/// (`data_hash` must be named in -show_entries or ffprobe prints no hash at all.)
+pub fn packets(file: &Path) -> Vec<Packet> {
+    let args: Vec<String> = [
+        "-v",
+        "error",
+        "-show_entries",
+        "packet=stream_index,codec_type,pts,dts,flags,size,data_hash",
+        "-show_data_hash",
+        "MD5",
+        "-of",
+        "csv=nokey=0",
+        &s(file),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (status, out, err) = run_tool("ffprobe", &args, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "ffprobe {} failed ({status}): {err}",
+        file.display()
+    );
+    parse_packets(&out)
+        .unwrap_or_else(|e| panic!("parsing ffprobe output of {}: {e}", file.display()))
+}
+
+/// Parses `packet,codec_type=video,stream_index=0,pts=..,dts=..,size=..,flags=K_,data_hash=MD5:..`
+pub fn parse_packets(csv: &str) -> Result<Vec<Packet>, String> {
+    let mut packets = Vec::new();
+    for line in csv.lines() {
+        let mut fields = line.split(',');
+        if fields.next() != Some("packet") {
+            continue;
+        }
+        let (mut media, mut dts, mut pts, mut key, mut size, mut hash) =
+            (None, None, None, None, None, None);
+        for field in fields {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            match k {
+                "codec_type" => {
+                    media = match v {
+                        "video" => Some(Some(Media::Video)),
+                        "audio" => Some(Some(Media::Audio)),
+                        _ => Some(None),
+                    }
+                }
+                "dts" => dts = v.parse::<i64>().ok(),
+                "pts" => pts = v.parse::<i64>().ok(),
+                "flags" => key = Some(v.starts_with('K')),
+                "size" => size = v.parse::<u32>().ok(),
+                "data_hash" => hash = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        let media = match media {
+            Some(Some(m)) => m,
+            Some(None) => continue, // data/subtitle streams
+            None => return Err(format!("no codec_type in {line:?}")),
+        };
+        let dts = dts
+            .or(pts)
+            .ok_or_else(|| format!("no dts/pts in {line:?}"))?;
+        packets.push(Packet {
+            media,
+            dts,
+            pts: pts.unwrap_or(dts),
+            keyframe: key.ok_or_else(|| format!("no flags in {line:?}"))?,
+            size: size.ok_or_else(|| format!("no size in {line:?}"))?,
+            hash: hash.ok_or_else(|| format!("no data_hash in {line:?}"))?,
+        });
+    }
+    Ok(packets)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StreamInfo {
+    pub codec_type: String,
+    pub codec_name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Streams of `file` as ffprobe sees them (codec_name, width/height from the codec config).
+pub fn streams(file: &Path) -> Vec<StreamInfo> {
+    let args: Vec<String> = [
+        "-v",
+        "error",
+        "-show_entries",
+        "stream=codec_type,codec_name,width,height",
+        "-of",
+        "csv=nokey=0",
+        &s(file),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (status, out, err) = run_tool("ffprobe", &args, Duration::from_secs(30));
+    assert!(status.success(), "ffprobe {} failed: {err}", file.display());
+    out.lines()
+        .filter(|l| l.starts_with("stream,"))
+        .map(|line| {
+            let mut info = StreamInfo::default();
+            for (k, v) in line.split(',').filter_map(|f| f.split_once('=')) {
+                match k {
+                    "codec_type" => info.codec_type = v.to_string(),
+                    "codec_name" => info.codec_name = v.to_string(),
+                    "width" => info.width = v.parse().unwrap_or(0),
+                    "height" => info.height = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            info
+        })
+        .collect()
+}
+
+/// Asserts the file has an H.264 video stream whose codec config says 640x360.
+pub fn assert_h264_640x360(file: &Path) {
+    let streams = streams(file);
+    let video = streams.iter().find(|s| s.codec_type == "video");
+    assert!(
+        video.is_some_and(|v| v.codec_name == "h264" && v.width == 640 && v.height == 360),
+        "{}: expected an h264 640x360 video stream (AVC sequence header), ffprobe says {streams:?}",
+        file.display()
+    );
+}
+
+/// Decodes the whole file (`ffmpeg -v error -i FILE -f null -`); asserts exit 0 and no
+/// error output.
+pub fn assert_decodes_cleanly(file: &Path) {
+    let args: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        &s(file),
+        "-f",
+        "null",
+        "-",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let (status, _, err) = run_tool("ffmpeg", &args, Duration::from_secs(60));
+    assert!(
+        status.success() && err.trim().is_empty(),
+        "decoding {} failed ({status}):\n{}",
+        file.display(),
+        tail(&err, 30)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparing received with published
+// ---------------------------------------------------------------------------------------
+
+/// Where the received stream joined the published one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Join {
+    /// Index (among published video packets) of the keyframe the player started on.
+    pub video_from: usize,
+    /// Index of the first received video packet that was compared (the first keyframe).
+    pub received_video_from: usize,
+    /// Index (among published audio packets) of the first received audio packet.
+    pub audio_from: usize,
+    /// Published dts of the first received audio packet relative to the join keyframe's dts
+    /// (≤ 0: no audio missing from the keyframe's time on).
+    pub audio_from_rel_ms: i64,
+    pub video_compared: usize,
+    pub audio_compared: usize,
+    /// Published packets at the very end that the player did not write (≤ tail slack).
+    pub missing_at_end: usize,
+}
+
+/// Audio must be present from this long after the join keyframe on.
+pub const AUDIO_JOIN_GRACE_MS: i64 = 200;
+
+/// See [`compare_from_first_keyframe`]; panics with its message.
+pub fn assert_same_from_first_keyframe(published: &[Packet], received: &[Packet]) -> Join {
+    compare_from_first_keyframe(published, received, 0).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`assert_same_from_first_keyframe`], but tolerates the player not writing the last
+/// `tail_slack` published packets (in published file order; rtmp2src drops the message it
+/// holds when the stream ends).
+pub fn assert_same_from_first_keyframe_with_tail_slack(
+    published: &[Packet],
+    received: &[Packet],
+    tail_slack: usize,
+) -> Join {
+    compare_from_first_keyframe(published, received, tail_slack).unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Track<'a> {
+    /// (index in the full list, packet)
+    packets: Vec<(usize, &'a Packet)>,
+}
+
+impl<'a> Track<'a> {
+    fn new(all: &'a [Packet], media: Media) -> Track<'a> {
+        Track {
+            packets: all
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.media == media)
+                .collect(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.packets.len()
+    }
+    fn get(&self, i: usize) -> Option<&'a Packet> {
+        self.packets.get(i).map(|(_, p)| *p)
+    }
+}
+
+/// Compares what a player received with what was published, from the first received
+/// video keyframe on:
+/// - video: from that keyframe (located in the published stream by hash), packet for packet
+///   to the end of the published stream: same hash, size, keyframe flag, and dts/pts
+///   relative to the join keyframe (players rebase timestamps);
+/// - audio: the received audio must be one contiguous run of the published audio (same
+///   checks, timestamps relative to the same video keyframe, so A/V sync is checked too),
+///   starting no later than the join keyframe's time + 200 ms and running to the end.
+///
+/// The last `tail_slack` packets of the published stream (file order) may be missing.
+pub fn compare_from_first_keyframe(
+    published: &[Packet],
+    received: &[Packet],
+    tail_slack: usize,
+) -> Result<Join, String> {
+    let pv = Track::new(published, Media::Video);
+    let pa = Track::new(published, Media::Audio);
+    let rv = Track::new(received, Media::Video);
+    let ra = Track::new(received, Media::Audio);
+    let slack_from = published.len().saturating_sub(tail_slack);
+
+    if rv.len() == 0 {
+        return Err(format!(
+            "received no video at all ({} audio packets); published {} video packets",
+            ra.len(),
+            pv.len()
+        ));
+    }
+    let k = (0..rv.len())
+        .find(|&i| rv.get(i).unwrap().keyframe)
+        .ok_or_else(|| {
+            format!(
+                "none of the {} received video packets is a keyframe",
+                rv.len()
+            )
+        })?;
+    let key = rv.get(k).unwrap();
+    let j = (0..pv.len())
+        .find(|&i| {
+            let p = pv.get(i).unwrap();
+            p.keyframe && p.hash == key.hash && p.size == key.size
+        })
+        .ok_or_else(|| {
+            format!(
+                "the first received keyframe (received video #{k}: {key}) is not a keyframe of the \
+                 published stream"
+            )
+        })?;
+    let p_base = pv.get(j).unwrap().dts;
+    let r_base = key.dts;
+
+    let (video_compared, video_missing) =
+        compare_track("video", &pv, j, &rv, k, p_base, r_base, slack_from)?;
+
+    // Audio.
+    let mut audio_from = 0;
+    let mut audio_from_rel_ms = 0;
+    let mut audio_compared = 0;
+    let mut audio_missing = 0;
+    if pa.len() > 0 {
+        let first = ra.get(0).ok_or_else(|| {
+            format!(
+                "received no audio; published {} audio packets from the join point on",
+                pa.len()
+            )
+        })?;
+        let candidates: Vec<usize> = (0..pa.len())
+            .filter(|&i| {
+                let p = pa.get(i).unwrap();
+                p.hash == first.hash && p.size == first.size
+            })
+            .collect();
+        let s = candidates
+            .iter()
+            .copied()
+            .find(|&i| pa.get(i).unwrap().dts - p_base == first.dts - r_base)
+            .or_else(|| candidates.first().copied())
+            .ok_or_else(|| {
+                format!(
+                    "the first received audio packet ({first}) is not part of the published audio"
+                )
+            })?;
+        let must_start = (0..pa.len())
+            .find(|&i| pa.get(i).unwrap().dts >= p_base + AUDIO_JOIN_GRACE_MS)
+            .unwrap_or(pa.len());
+        if s > must_start {
+            let p = pa.get(must_start).unwrap();
+            return Err(format!(
+                "audio starts too late: received audio begins with published audio #{s} (dts {} \
+                 relative to the join keyframe), but everything from published audio #{must_start} \
+                 ({} ms after the keyframe) on is required",
+                pa.get(s).unwrap().dts - p_base,
+                p.dts - p_base
+            ));
+        }
+        (audio_compared, audio_missing) =
+            compare_track("audio", &pa, s, &ra, 0, p_base, r_base, slack_from)?;
+        audio_from = s;
+        audio_from_rel_ms = pa.get(s).unwrap().dts - p_base;
+    }
+
+    Ok(Join {
+        video_from: j,
+        received_video_from: k,
+        audio_from,
+        audio_from_rel_ms,
+        video_compared,
+        audio_compared,
+        missing_at_end: video_missing + audio_missing,
+    })
+}
+
+/// Compares `received[r0..]` with `published[p0..]`; returns (compared, missing at the end).
+#[allow(clippy::too_many_arguments)]
+fn compare_track(
+    what: &str,
+    published: &Track,
+    p0: usize,
+    received: &Track,
+    r0: usize,
+    p_base: i64,
+    r_base: i64,
+    slack_from: usize,
+) -> Result<(usize, usize), String> {
+    let rel = |p: &Packet, base: i64| (p.dts - base, p.pts - base);
+    let same = |p: &Packet, r: &Packet| {
+        p.hash == r.hash
+            && p.size == r.size
+            && p.keyframe == r.keyframe
+            && rel(p, p_base) == rel(r, r_base)
+    };
+    let show = |p: &Packet, base: i64| {
+        let (d, t) = rel(p, base);
+        format!(
+            "rel dts={d} pts={t} key={} size={} {}",
+            p.keyframe, p.size, p.hash
+        )
+    };
+    let mut i = 0;
+    loop {
+        let (pi, ri) = (p0 + i, r0 + i);
+        match (published.get(pi), received.get(ri)) {
+            (None, None) => return Ok((i, 0)),
+            (Some(p), Some(r)) => {
+                if !same(p, r) {
+                    let next_p = published.get(pi + 1);
+                    let next_r = received.get(ri + 1);
+                    let hash_eq =
+                        |a: Option<&Packet>, b: &Packet| a.is_some_and(|a| a.hash == b.hash);
+                    let what_happened = if hash_eq(next_p, r) && hash_eq(next_r, p) {
+                        format!(
+                            "published {what} #{pi} and #{} arrived swapped (reordered)",
+                            pi + 1
+                        )
+                    } else if hash_eq(next_p, r) {
+                        format!(
+                            "published {what} #{pi} is missing (dropped): received {what} #{ri} is published #{}",
+                            pi + 1
+                        )
+                    } else if hash_eq(next_r, p) {
+                        format!("received {what} #{ri} is extra: it is not in the published stream here")
+                    } else if p.hash == r.hash && p.size == r.size && p.keyframe == r.keyframe {
+                        format!("timestamps differ at received {what} #{ri} / published #{pi}")
+                    } else if p.hash == r.hash && p.size == r.size {
+                        format!("keyframe flag differs at received {what} #{ri} / published #{pi}")
+                    } else {
+                        format!("payload differs at received {what} #{ri} / published #{pi}")
+                    };
+                    return Err(format!(
+                        "{what} mismatch, {} packets in after the join: {what_happened}\n  \
+                         published #{pi}: {}\n  received  #{ri}: {}",
+                        i,
+                        show(p, p_base),
+                        show(r, r_base)
+                    ));
+                }
+            }
+            (Some(p), None) => {
+                let missing = published.len() - pi;
+                let all_in_slack = published.packets[pi..]
+                    .iter()
+                    .all(|(idx, _)| *idx >= slack_from);
+                if all_in_slack {
+                    return Ok((i, missing));
+                }
+                let last = published.get(published.len() - 1).unwrap();
+                return Err(format!(
+                    "received {what} ends early: the last {missing} published {what} packets \
+                     (#{pi}..#{}, rel dts {}..{}) are missing; first missing: {}",
+                    published.len() - 1,
+                    p.dts - p_base,
+                    last.dts - p_base,
+                    show(p, p_base)
+                ));
+            }
+            (None, Some(r)) => {
+                return Err(format!(
+                    "received {} extra {what} packets after the end of the published stream; \
+                     first extra (received #{ri}): {}",
+                    received.len() - ri,
+                    show(r, r_base)
+                ));
+            }
+        }
+        i += 1;
+    }
+}
+
+/// Prints how a player ended (relative to `since`, e.g. when the publisher finished) and
+/// asserts it wrote a file; returns its packets.
+pub fn received_packets(peer: &Peer, end: &PeerEnd, since: Instant) -> Vec<Packet> {
+    let out = peer.output().expect("player has an output file");
+    let rel = if end.ended_at >= since {
+        format!("{:.2}s after", (end.ended_at - since).as_secs_f64())
+    } else {
+        format!("{:.2}s before", (since - end.ended_at).as_secs_f64())
+    };
+    eprintln!(
+        "[harness] {}: {}, {} {rel} the reference point (ran {:.1}s)",
+        peer.name(),
+        end.status,
+        if end.by_itself {
+            "ended by itself"
+        } else {
+            "had to be stopped"
+        },
+        end.lifetime.as_secs_f64()
+    );
+    let len = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len > 0,
+        "{} wrote nothing to {} (exit {}); stderr:\n{}",
+        peer.name(),
+        out.display(),
+        end.status,
+        tail(&peer.stderr(), 30)
+    );
+    packets(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Unit tests of the comparison itself
+// ---------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+
+    /// 6 GOPs of 4 video frames (33 ms) interleaved with audio every 23 ms.
+    fn synthetic() -> Vec<Packet> {
+        let mut v = Vec::new();
+        let mut audio_t = 0;
+        for n in 0..24i64 {
+            let t = n * 33 + 10;
+            while audio_t <= t {
+                v.push(Packet {
+                    media: Media::Audio,
+                    dts: audio_t,
+                    pts: audio_t,
+                    keyframe: true,
+                    size: 300 + (audio_t % 7) as u32,
+                    hash: format!("MD5:a{audio_t}"),
+                });
+                audio_t += 23;
+            }
+            v.push(Packet {
+                media: Media::Video,
+                dts: t,
+                pts: t,
+                keyframe: n % 4 == 0,
+                size: 1000 + n as u32,
+                hash: format!("MD5:v{n}"),
+            });
+        }
+        v
+    }
+
+    /// What a late joiner at frame 4 sees: rebased timestamps, audio from just before.
+    fn joined_at_second_gop(published: &[Packet]) -> Vec<Packet> {
+        let key_pos = published
+            .iter()
+            .position(|p| p.media == Media::Video && p.hash == "MD5:v4")
+            .unwrap();
+        let base = published[key_pos].dts - 5;
+        published[key_pos - 1..]
+            .iter()
+            .map(|p| Packet {
+                dts: p.dts - base,
+                pts: p.pts - base,
+                ..p.clone()
+            })
+            .collect()
+    }
+
+    fn video_positions(list: &[Packet]) -> Vec<usize> {
+        list.iter()
+            .enumerate()
+            .filter(|(_, p)| p.media == Media::Video)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn identical_passes() {
+        let p = synthetic();
+        let j = compare_from_first_keyframe(&p, &p, 0).unwrap();
+        assert_eq!(j.video_from, 0);
+        assert_eq!(j.audio_from, 0);
+        assert_eq!(j.video_compared, 24);
+    }
+
+    #[test]
+    fn late_join_with_rebased_timestamps_passes() {
+        let p = synthetic();
+        let r = joined_at_second_gop(&p);
+        let j = compare_from_first_keyframe(&p, &r, 0).unwrap();
+        assert_eq!(j.video_from, 4);
+        assert_eq!(j.video_compared, 20);
+    }
+
+    #[test]
+    fn leading_non_keyframes_are_skipped() {
+        let p = synthetic();
+        let vp = video_positions(&p);
+        let r = p[vp[2]..].to_vec(); // starts on frame 2, first keyframe is frame 4
+        let j = compare_from_first_keyframe(&p, &r, 0).unwrap();
+        assert_eq!((j.video_from, j.received_video_from), (4, 2));
+    }
+
+    #[test]
+    fn dropped_frame_fails() {
+        let p = synthetic();
+        let mut r = p.clone();
+        r.remove(video_positions(&p)[6]);
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("video #6 is missing"), "{e}");
+    }
+
+    #[test]
+    fn reordered_frame_fails() {
+        let p = synthetic();
+        let mut r = p.clone();
+        let vp = video_positions(&p);
+        r.swap(vp[6], vp[7]);
+        // keep timestamps in place, swap payloads only
+        let (a, b) = (r[vp[6]].dts, r[vp[7]].dts);
+        r[vp[6]].dts = a.min(b);
+        r[vp[6]].pts = a.min(b);
+        r[vp[7]].dts = a.max(b);
+        r[vp[7]].pts = a.max(b);
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("swapped"), "{e}");
+    }
+
+    #[test]
+    fn changed_hash_fails() {
+        let p = synthetic();
+        let mut r = p.clone();
+        r[video_positions(&p)[9]].hash = "MD5:corrupt".into();
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("payload differs at received video #9"), "{e}");
+    }
+
+    #[test]
+    fn changed_timestamp_fails() {
+        let p = synthetic();
+        let mut r = p.clone();
+        r[video_positions(&p)[3]].dts += 1;
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("timestamps differ"), "{e}");
+    }
+
+    #[test]
+    fn audio_shifted_against_video_fails() {
+        let p = synthetic();
+        let r: Vec<Packet> = p
+            .iter()
+            .map(|x| match x.media {
+                Media::Audio => Packet {
+                    dts: x.dts + 40,
+                    pts: x.pts + 40,
+                    ..x.clone()
+                },
+                Media::Video => x.clone(),
+            })
+            .collect();
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(
+            e.contains("audio mismatch") && e.contains("timestamps differ"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncated_end_fails_unless_within_slack() {
+        let p = synthetic();
+        let r = p[..p.len() - 1].to_vec();
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("ends early"), "{e}");
+        let j = compare_from_first_keyframe(&p, &r, 1).unwrap();
+        assert_eq!(j.missing_at_end, 1);
+        let r = p[..p.len() - 4].to_vec();
+        assert!(compare_from_first_keyframe(&p, &r, 1).is_err());
+    }
+
+    #[test]
+    fn extra_packet_at_end_fails() {
+        let p = synthetic();
+        let mut r = p.clone();
+        let mut extra = r[r.len() - 1].clone();
+        extra.dts += 33;
+        extra.pts += 33;
+        extra.hash = "MD5:extra".into();
+        r.push(extra);
+        assert!(compare_from_first_keyframe(&p, &r, 0).is_err());
+    }
+
+    #[test]
+    fn audio_starting_late_fails() {
+        let p = synthetic();
+        let mut r = joined_at_second_gop(&p);
+        // drop the first 12 received audio packets (≈ 276 ms)
+        let mut dropped = 0;
+        r.retain(|x| {
+            if x.media == Media::Audio && dropped < 12 {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("audio starts too late"), "{e}");
+    }
+
+    #[test]
+    fn gap_in_audio_fails() {
+        let p = synthetic();
+        let mut r = p.clone();
+        let a = r
+            .iter()
+            .position(|x| x.media == Media::Audio && x.dts == 23 * 5)
+            .unwrap();
+        r.remove(a);
+        let e = compare_from_first_keyframe(&p, &r, 0).unwrap_err();
+        assert!(e.contains("audio #5 is missing"), "{e}");
+    }
+
+    #[test]
+    fn parses_ffprobe_csv() {
+        let csv = "packet,codec_type=audio,stream_index=1,pts=0,dts=0,size=338,flags=K_,data_hash=MD5:1fc8\n\
+                   packet,codec_type=video,stream_index=0,pts=23,dts=23,size=15615,flags=K_,data_hash=MD5:c782\n\
+                   packet,codec_type=video,stream_index=0,pts=56,dts=56,size=7737,flags=__,data_hash=MD5:35cb\n";
+        let p = parse_packets(csv).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[1].media, Media::Video);
+        assert!(p[1].keyframe && !p[2].keyframe);
+        assert_eq!(
+            (p[2].dts, p[2].size, p[2].hash.as_str()),
+            (56, 7737, "MD5:35cb")
+        );
+    }
+
+    #[test]
+    fn counts_workers_on_play_lines() {
+        let log = "[INFO sluice] publish start live/a worker=1\n\
+                   [DEBUG sluice] play start live/a worker=0\n\
+                   [DEBUG sluice] play start live/a worker=0\n";
+        assert_eq!(
+            worker_ids(log, "play").into_iter().collect::<Vec<_>>(),
+            vec![0]
+        );
+        assert_eq!(worker_ids(log, "publish").len(), 1);
+    }
+}

@@ -18,6 +18,11 @@ use std::sync::Arc;
 /// Most iovecs handed to one `writev` (Linux's IOV_MAX is 1024). 256 covers
 /// ~512 KiB of 4 KiB chunks: more than a socket buffer takes at once.
 pub const MAX_IOVECS: usize = 256;
+/// The iovec array used when the queue holds few pieces (the common case for
+/// a player keeping up: one frame, a few chunks).
+const SMALL_IOVECS: usize = 16;
+/// Enough for a 100 KB keyframe at 4 KiB chunks (50 pieces).
+const MEDIUM_IOVECS: usize = 64;
 
 /// One queued message.
 #[derive(Debug)]
@@ -113,7 +118,24 @@ impl OutQueue {
     /// Writes as much as `w` takes in one vectored call. Returns the bytes
     /// written (0 only when the queue is empty).
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
-        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        // A player between frames has a piece or two queued: don't pay for
+        // initialising a large iovec array on every write.
+        let mut needed = 0;
+        for item in &self.items {
+            needed += item.pieces().len();
+            if needed > MEDIUM_IOVECS {
+                return self.write_with::<MAX_IOVECS, W>(w);
+            }
+        }
+        if needed > SMALL_IOVECS {
+            self.write_with::<MEDIUM_IOVECS, W>(w)
+        } else {
+            self.write_with::<SMALL_IOVECS, W>(w)
+        }
+    }
+
+    fn write_with<const N: usize, W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+        let mut iov = [IoSlice::new(&[]); N];
         let mut n = 0;
         'fill: for (i, item) in self.items.iter().enumerate() {
             let pieces = item.pieces();
@@ -126,7 +148,7 @@ impl OutQueue {
                 let from = if j == first { skip } else { 0 };
                 iov[n] = IoSlice::new(&piece[from..]);
                 n += 1;
-                if n == MAX_IOVECS {
+                if n == N {
                     break 'fill;
                 }
             }
@@ -246,6 +268,25 @@ mod tests {
         q.push(own(&[b"12345"]));
         q.push(Item::Control(Bytes::from_static(b"abc")));
         assert_eq!((q.media_bytes(), q.control_bytes()), (5, 3));
+    }
+
+    #[test]
+    fn writes_every_piece_whatever_the_iovec_tier() {
+        for pieces in [1usize, 16, 17, 64, 65, 300] {
+            let mut q = OutQueue::default();
+            let mut want = Vec::new();
+            for i in 0..pieces {
+                let b = Bytes::from(vec![i as u8; 3]);
+                want.extend_from_slice(&b);
+                q.push(Item::Control(b));
+            }
+            let mut w = Trickle {
+                cap: 1000,
+                got: Vec::new(),
+            };
+            while q.write_to(&mut w).unwrap() > 0 {}
+            assert_eq!(w.got, want, "{pieces} pieces");
+        }
     }
 
     #[test]

@@ -407,10 +407,28 @@ impl ServerSession {
     }
 
     fn decode_messages(&mut self, now: Instant, buf: &mut BytesMut) -> Result<(), SessionError> {
-        while let Some(msg) = self.decoder.decode(buf)? {
-            self.handle_message(now, msg)?;
+        // Stop at a pending decision: what follows a publish (its media) must
+        // be read once the server has answered, not dropped before it.
+        while !self.is_awaiting_decision() {
+            match self.decoder.decode(buf)? {
+                Some(msg) => self.handle_message(now, msg)?,
+                None => break,
+            }
         }
         Ok(())
+    }
+
+    /// True while a publish or play request waits for `accept_*` /
+    /// `reject_*`. Input is not consumed meanwhile: call
+    /// [`ServerSession::handle_input`] again with the same buffer once the
+    /// decision is made.
+    pub fn is_awaiting_decision(&self) -> bool {
+        self.streams.iter().any(|s| {
+            matches!(
+                s.role,
+                StreamRole::AwaitingPublishDecision | StreamRole::AwaitingPlayDecision
+            )
+        })
     }
 
     /// Sends an Acknowledgement when the bytes since the last one reach the

@@ -390,27 +390,39 @@ impl Worker {
             if n == 0 {
                 return self.close(k, "closed by peer");
             }
-            let result = conn.session.handle_input(now, &mut conn.read_buf);
-            conn.pull_transmit();
-            let mut events = std::mem::take(&mut self.events_scratch);
-            while let Some(ev) = conn.session.poll_event() {
-                events.push(ev);
-            }
-            let leftover = conn.read_buf.len();
-            // Events before an error are valid (media already received).
-            for ev in events.drain(..) {
-                self.handle_event(k, ev);
-            }
-            self.events_scratch = events;
-            self.mark_dirty(k);
-            if let Err(e) = result {
-                return self.close(k, &e.to_string());
-            }
-            if leftover > MAX_READ_BUFFER {
-                return self.close(
-                    k,
-                    &format!("{leftover} unconsumed bytes in the read buffer"),
-                );
+            // Feed until the session stops making progress: it pauses at a
+            // publish/play decision, which handling its events makes.
+            loop {
+                let Some(conn) = self.conns.get_mut(k) else {
+                    return;
+                };
+                let before = conn.read_buf.len();
+                let result = conn.session.handle_input(now, &mut conn.read_buf);
+                conn.pull_transmit();
+                let mut events = std::mem::take(&mut self.events_scratch);
+                while let Some(ev) = conn.session.poll_event() {
+                    events.push(ev);
+                }
+                let leftover = conn.read_buf.len();
+                let decided = !events.is_empty();
+                // Events before an error are valid (media already received).
+                for ev in events.drain(..) {
+                    self.handle_event(k, ev);
+                }
+                self.events_scratch = events;
+                self.mark_dirty(k);
+                if let Err(e) = result {
+                    return self.close(k, &e.to_string());
+                }
+                if leftover > MAX_READ_BUFFER {
+                    return self.close(
+                        k,
+                        &format!("{leftover} unconsumed bytes in the read buffer"),
+                    );
+                }
+                if leftover == 0 || (leftover == before && !decided) {
+                    break;
+                }
             }
             budget = budget.saturating_sub(n);
             if budget == 0 {

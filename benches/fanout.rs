@@ -6,7 +6,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sluice::protocol::session::MediaKind;
 use sluice::server::queue::{Item, OutQueue};
-use sluice::server::stream::{GopLimits, PublisherInfo, Registry};
+use sluice::server::stream::{Format, GopLimits, PublisherInfo, Registry};
 use std::hint::black_box;
 
 const SUBSCRIBERS: usize = 1_000;
@@ -33,6 +33,8 @@ fn fanout(c: &mut Criterion) {
                 conn_id: 1,
                 worker: 0,
                 peer: "127.0.0.1:1".parse().unwrap(),
+                protocol: "rtmp",
+                since: std::time::SystemTime::now(),
             },
         )
         .unwrap();
@@ -47,7 +49,7 @@ fn fanout(c: &mut Criterion) {
                 ts = ts.wrapping_add(33);
                 let (frame, _) = stream.push(MediaKind::Video, ts, payload.clone());
                 for q in &mut queues {
-                    q.push(Item::Frame(frame.clone()));
+                    q.push(Item::Frame(frame.clone(), Format::Rtmp));
                 }
                 let mut sink = std::io::sink();
                 for q in &mut queues {
@@ -66,7 +68,7 @@ fn fanout(c: &mut Criterion) {
                 },
                 |queues| {
                     for q in queues.iter_mut() {
-                        q.push(Item::Frame(frame.clone()));
+                        q.push(Item::Frame(frame.clone(), Format::Rtmp));
                     }
                     black_box(queues);
                 },

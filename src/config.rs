@@ -7,6 +7,13 @@ use std::time::Duration;
 /// Default RTMP listen address (the registered RTMP port).
 pub const DEFAULT_RTMP_ADDR: &str = "0.0.0.0:1935";
 
+/// Default HTTP listen address (HTTP-FLV, ws-flv, the API and /metrics).
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+/// Time an HTTP client has to send a complete request head (and body), and
+/// an idle keep-alive connection to send its next one: slowloris bound.
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Outbound chunk size. 4096 is what ffmpeg and OBS use; larger chunks mean
 /// fewer headers and fewer iovecs per frame, and every client handles it.
 pub const DEFAULT_CHUNK_SIZE: u32 = 4096;
@@ -78,6 +85,15 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub rtmp_addr: SocketAddr,
+    /// HTTP-FLV, ws-flv, and the API unless `api_addr` is set. None: off.
+    pub http_addr: Option<SocketAddr>,
+    /// The API and /metrics on their own address (then not on `http_addr`).
+    pub api_addr: Option<SocketAddr>,
+    /// Bearer token the API and /metrics require, if set.
+    pub api_token: Option<String>,
+    /// `Access-Control-Allow-Origin` on HTTP responses.
+    pub cors_origin: String,
+    pub http_request_timeout: Duration,
     pub workers: usize,
     pub chunk_size: u32,
     pub max_message_len: u32,
@@ -100,6 +116,11 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             rtmp_addr: DEFAULT_RTMP_ADDR.parse().expect("valid default address"),
+            http_addr: Some(DEFAULT_HTTP_ADDR.parse().expect("valid default address")),
+            api_addr: None,
+            api_token: None,
+            cors_origin: "*".into(),
+            http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,

@@ -20,6 +20,43 @@ fn options() -> Options {
     );
     o.optopt(
         "",
+        "http",
+        &format!(
+            "HTTP-FLV / ws-flv / API listen address [{}]",
+            config::DEFAULT_HTTP_ADDR
+        ),
+        "ADDR",
+    );
+    o.optflag("", "no-http", "do not listen for HTTP");
+    o.optopt(
+        "",
+        "api",
+        "serve the API and /metrics on this address only (not on --http)",
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        "api-token",
+        "bearer token the API and /metrics require",
+        "TOKEN",
+    );
+    o.optopt(
+        "",
+        "cors-origin",
+        "Access-Control-Allow-Origin for HTTP responses [*]",
+        "ORIGIN",
+    );
+    o.optopt(
+        "",
+        "http-request-timeout",
+        &format!(
+            "time to send an HTTP request head [{}]",
+            d.http_request_timeout.as_secs()
+        ),
+        "SECS",
+    );
+    o.optopt(
+        "",
         "workers",
         &format!("worker threads, one poll loop each [{}: cores]", d.workers),
         "N",
@@ -151,6 +188,18 @@ fn parse_secs(m: &getopts::Matches, name: &str, into: &mut Duration) -> Result<(
 fn config_from(m: &getopts::Matches) -> Result<Config, String> {
     let mut c = Config::default();
     parse(m, "rtmp", &mut c.rtmp_addr)?;
+    if let Some(a) = m.opt_str("http") {
+        c.http_addr = Some(a.parse().map_err(|e| format!("--http {a:?}: {e}"))?);
+    }
+    if m.opt_present("no-http") {
+        c.http_addr = None;
+    }
+    if let Some(a) = m.opt_str("api") {
+        c.api_addr = Some(a.parse().map_err(|e| format!("--api {a:?}: {e}"))?);
+    }
+    c.api_token = m.opt_str("api-token").or(c.api_token);
+    parse(m, "cors-origin", &mut c.cors_origin)?;
+    parse_secs(m, "http-request-timeout", &mut c.http_request_timeout)?;
     parse(m, "workers", &mut c.workers)?;
     parse(m, "chunk-size", &mut c.chunk_size)?;
     parse(m, "max-message-len", &mut c.max_message_len)?;
@@ -231,11 +280,17 @@ fn main() -> ExitCode {
             handle.shutdown();
         }
     });
+    let addrs = server.addrs();
     log::info!(
-        "sluice {} listening for RTMP on {} with {} workers",
+        "sluice {} with {} workers: RTMP on {}, HTTP-FLV on {}, API on {}",
         env!("CARGO_PKG_VERSION"),
-        server.local_addr(),
-        config.workers.clamp(1, sluice::server::stream::MAX_WORKERS)
+        config.workers.clamp(1, sluice::server::stream::MAX_WORKERS),
+        addrs.rtmp,
+        addrs.http.map_or("off".into(), |a| a.to_string()),
+        addrs
+            .api
+            .or(addrs.http)
+            .map_or("off".into(), |a| a.to_string()),
     );
     match server.run() {
         Ok(()) => {

@@ -379,17 +379,30 @@ fn media_sent_before_the_publish_answer_waits_for_it() {
     let id = p.created_stream();
     p.client.publish(id, "cam");
     // No waiting for Publish.Start: media right behind the command.
-    p.client
-        .send_media(id, MediaKind::Video, 0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1]));
+    p.client.send_media(
+        id,
+        MediaKind::Video,
+        0,
+        Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1]),
+    );
     p.pump().unwrap();
-    assert!(matches!(p.server_events.as_slice(), [Event::PublishRequested(_)]));
+    assert!(matches!(
+        p.server_events.as_slice(),
+        [Event::PublishRequested(_)]
+    ));
     assert!(p.server.is_awaiting_decision());
     p.server_events.clear();
     p.server.accept_publish(id);
     // The server feeds the bytes it kept once it has decided.
     p.pump().unwrap();
     assert!(
-        matches!(p.server_events.as_slice(), [Event::Media { kind: MediaKind::Video, .. }]),
+        matches!(
+            p.server_events.as_slice(),
+            [Event::Media {
+                kind: MediaKind::Video,
+                ..
+            }]
+        ),
         "{:?}",
         p.server_events
     );

@@ -1,11 +1,18 @@
 //! The server: sockets, workers and the stream registry (everything the
 //! sans-IO [`crate::protocol`] core leaves out).
 //!
-//! [`Server::bind`] opens one SO_REUSEPORT listener per worker on the same
-//! address (the kernel spreads connections across them), [`Server::run`]
-//! runs one thread per worker until [`ShutdownHandle::shutdown`].
+//! [`Server::bind`] opens, for each worker, one SO_REUSEPORT listener per
+//! address (RTMP, HTTP, the API's own if set; the kernel spreads connections
+//! across workers), and [`Server::run`] runs one thread per worker until
+//! [`ShutdownHandle::shutdown`].
 
+pub mod api;
+pub mod flv;
+pub mod http;
+mod http_conn;
 pub mod queue;
+mod rtmp_conn;
+pub mod stats;
 pub mod stream;
 pub mod worker;
 
@@ -17,16 +24,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use stream::{GopLimits, Registry, MAX_WORKERS};
-use worker::{Shared, Worker, WorkerHandle};
+use worker::{ListenerKind, Shared, Worker, WorkerHandle};
 
 /// Pending connections the kernel queues per listener before accept.
 const LISTEN_BACKLOG: i32 = 1024;
+
+/// Where a server listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub rtmp: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+}
 
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
     workers: Vec<Worker>,
-    local_addr: SocketAddr,
+    addrs: Addrs,
 }
 
 /// Stops a running server gracefully; cheap to clone and send to threads.
@@ -46,12 +61,23 @@ pub struct RunningServer {
     shared: Arc<Shared>,
     handle: ShutdownHandle,
     threads: Vec<JoinHandle<()>>,
-    local_addr: SocketAddr,
+    addrs: Addrs,
 }
 
 impl RunningServer {
+    /// The RTMP address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.rtmp
+    }
+
+    /// Every address the server listens on.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// Process-wide counters.
+    pub fn stats(&self) -> &stats::Stats {
+        &self.shared.stats
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -81,35 +107,74 @@ impl RunningServer {
     }
 }
 
+/// Fails when another process listens on `addr`. SO_REUSEPORT would let a
+/// second Sluice (same user) share the port silently and receive half the
+/// connections; an exclusive bind first turns that into "address in use".
+fn check_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))
+}
+
 fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
 
+/// One listener per worker on `addr` (port 0: the first picks, the rest share).
+fn listeners(addr: SocketAddr, n: usize) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    check_port_free(addr)?;
+    let first = listener(addr)?;
+    let local = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(listener(local)?);
+    }
+    Ok((local, all))
+}
+
 impl Server {
-    /// Binds one listener per worker (port 0 picks a free port shared by all).
+    /// Binds every listener of every worker.
     pub fn bind(mut config: Config) -> io::Result<Server> {
         config.workers = config.workers.clamp(1, MAX_WORKERS);
-        let first = listener(config.rtmp_addr)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..config.workers {
-            listeners.push(listener(local_addr)?);
-        }
+        let n = config.workers;
+        let mut per_worker: Vec<Vec<(ListenerKind, std::net::TcpListener)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        let mut bind = |addr: Option<SocketAddr>, kind| -> io::Result<Option<SocketAddr>> {
+            let Some(addr) = addr else { return Ok(None) };
+            let (local, ls) = listeners(addr, n)?;
+            for (w, l) in per_worker.iter_mut().zip(ls) {
+                w.push((kind, l));
+            }
+            Ok(Some(local))
+        };
+        let rtmp = bind(Some(config.rtmp_addr), ListenerKind::Rtmp)?.unwrap_or(config.rtmp_addr);
+        let http = bind(config.http_addr, ListenerKind::Http)?;
+        let api = bind(config.api_addr, ListenerKind::Api)?;
+        let addrs = Addrs { rtmp, http, api };
         let mut polls = Vec::new();
         let mut handles = Vec::new();
-        for _ in 0..config.workers {
+        for _ in 0..n {
             let poll = mio::Poll::new()?;
-            let waker = mio::Waker::new(poll.registry(), mio::Token(usize::MAX - 2))?;
+            let waker = mio::Waker::new(poll.registry(), worker::WAKER)?;
             handles.push(WorkerHandle {
                 waker,
                 inbox: Mutex::new(Vec::new()),
                 connections: AtomicUsize::new(0),
+                iterations: AtomicU64::new(0),
+                clients: Mutex::new(Default::default()),
             });
             polls.push(poll);
         }
@@ -126,25 +191,35 @@ impl Server {
             workers: handles,
             shutdown: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
+            stats: Default::default(),
         });
         let workers = polls
             .into_iter()
-            .zip(listeners)
+            .zip(per_worker)
             .enumerate()
-            .map(|(i, (poll, l))| {
-                Worker::new(i, poll, mio::net::TcpListener::from_std(l), shared.clone())
+            .map(|(i, (poll, ls))| {
+                let ls = ls
+                    .into_iter()
+                    .map(|(kind, l)| (kind, mio::net::TcpListener::from_std(l)))
+                    .collect();
+                Worker::new(i, poll, ls, shared.clone())
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Server {
             shared,
             workers,
-            local_addr,
+            addrs,
         })
     }
 
-    /// The address the listeners are bound to.
+    /// The RTMP address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.addrs.rtmp
+    }
+
+    /// Every address the server listens on.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -154,7 +229,7 @@ impl Server {
     /// Starts one thread per worker and returns at once.
     pub fn spawn(self) -> io::Result<RunningServer> {
         let handle = self.shutdown_handle();
-        let local_addr = self.local_addr;
+        let addrs = self.addrs;
         let threads = self
             .workers
             .into_iter()
@@ -169,7 +244,7 @@ impl Server {
             shared: self.shared.clone(),
             handle,
             threads,
-            local_addr,
+            addrs,
         })
     }
 

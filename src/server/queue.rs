@@ -8,7 +8,7 @@
 //! dropped (the peer's chunk stream would break). Control bytes are bounded
 //! separately: a peer that never reads its replies is closed.
 
-use super::stream::Frame;
+use super::stream::{Format, Frame};
 use crate::wire::WireForm;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -27,33 +27,39 @@ const MEDIUM_IOVECS: usize = 64;
 /// One queued message.
 #[derive(Debug)]
 pub enum Item {
-    /// A shared frame's RTMP form (on the shared message stream id).
-    Frame(Arc<Frame>),
+    /// A shared frame's form for one format (RTMP on the shared message
+    /// stream id, FLV tag, or FLV tag in a WebSocket message).
+    Frame(Arc<Frame>, Format),
     /// A frame's form built for this connection alone (another stream id).
     OwnFrame(WireForm),
     /// This connection's own bytes: handshake, control messages, replies.
     Control(Bytes),
+    /// A connection's own bytes in several pieces (an HTTP response, a
+    /// WebSocket-wrapped FLV header).
+    OwnControl(WireForm),
 }
 
 impl Item {
     fn pieces(&self) -> &[Bytes] {
         match self {
-            Item::Frame(f) => f.rtmp.pieces(),
+            Item::Frame(f, format) => f.form(*format).pieces(),
             Item::OwnFrame(w) => w.pieces(),
             Item::Control(b) => std::slice::from_ref(b),
+            Item::OwnControl(w) => w.pieces(),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Item::Frame(f) => f.rtmp.len(),
+            Item::Frame(f, format) => f.form(*format).len(),
             Item::OwnFrame(w) => w.len(),
             Item::Control(b) => b.len(),
+            Item::OwnControl(w) => w.len(),
         }
     }
 
     fn is_media(&self) -> bool {
-        !matches!(self, Item::Control(_))
+        matches!(self, Item::Frame(..) | Item::OwnFrame(_))
     }
 }
 

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 /// The message stream id every shared RTMP wire form is built for. The
 /// session hands out ids from 1, so nearly every player plays on 1; a player
@@ -63,9 +64,50 @@ pub struct Frame {
     pub start_point: bool,
     /// The RTMP chunked form on [`SHARED_MESSAGE_STREAM_ID`], built once.
     pub rtmp: WireForm,
+    /// The FLV tag form, built by the first HTTP-FLV player that needs it.
+    flv: OnceLock<WireForm>,
+    /// The FLV tag in a WebSocket binary message, likewise.
+    ws: OnceLock<WireForm>,
+}
+
+/// How a player receives frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Rtmp,
+    Flv,
+    WsFlv,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Rtmp, Format::Flv, Format::WsFlv];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Rtmp => "rtmp",
+            Format::Flv => "http-flv",
+            Format::WsFlv => "ws-flv",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Frame {
+    /// This frame's shared wire form for `format` (built at most once).
+    pub fn form(&self, format: Format) -> &WireForm {
+        match format {
+            Format::Rtmp => &self.rtmp,
+            Format::Flv => self.flv.get_or_init(|| {
+                super::flv::tag_form(self.kind.type_id(), self.timestamp, &self.payload, false)
+            }),
+            Format::WsFlv => self.ws.get_or_init(|| {
+                super::flv::tag_form(self.kind.type_id(), self.timestamp, &self.payload, true)
+            }),
+        }
+    }
+
     /// The RTMP wire form for a player on `stream_id` at `chunk_size`.
     pub fn rtmp_for(&self, chunk_size: u32, stream_id: u32) -> WireForm {
         chunk::wire_form(
@@ -114,6 +156,65 @@ pub struct PublisherInfo {
     pub conn_id: u64,
     pub worker: usize,
     pub peer: SocketAddr,
+    /// `rtmp` (later `rtmps`, relays).
+    pub protocol: &'static str,
+    pub since: std::time::SystemTime,
+}
+
+/// What the stream's headers and metadata say about its media (for the API).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaSummary {
+    pub video_codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// From onMetaData `framerate`, else measured.
+    pub frame_rate: Option<f64>,
+    pub audio_codec: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub channels: Option<u8>,
+}
+
+/// Bitrate and frame rate over the last few seconds.
+#[derive(Debug)]
+struct RateWindow {
+    start: Instant,
+    bytes: u64,
+    video_frames: u64,
+    /// (bits per second, video frames per second) of the last full window.
+    last: Option<(f64, f64)>,
+}
+
+/// How long a rate window lasts.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl RateWindow {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            bytes: 0,
+            video_frames: 0,
+            last: None,
+        }
+    }
+
+    fn add(&mut self, now: Instant, bytes: usize, video: bool) {
+        self.bytes += bytes as u64;
+        self.video_frames += u64::from(video);
+        let elapsed = now.saturating_duration_since(self.start);
+        if elapsed >= RATE_WINDOW {
+            let secs = elapsed.as_secs_f64();
+            self.last = Some((
+                self.bytes as f64 * 8.0 / secs,
+                self.video_frames as f64 / secs,
+            ));
+            *self = Self {
+                start: now,
+                bytes: 0,
+                video_frames: 0,
+                last: self.last,
+            };
+        }
+    }
 }
 
 /// Maps a publisher's timestamps onto the stream's output timeline: unchanged
@@ -189,6 +290,11 @@ pub struct StreamState {
     /// Frames published by the current publisher, for logs.
     pub frames_in: u64,
     pub bytes_in: u64,
+    /// Players per format (rtmp, http-flv, ws-flv).
+    players_by_format: [u32; 3],
+    has_audio: bool,
+    media: MediaSummary,
+    rate: RateWindow,
 }
 
 impl StreamState {
@@ -214,6 +320,36 @@ impl StreamState {
     pub fn publisher(&self) -> Option<&PublisherInfo> {
         self.publisher.as_ref()
     }
+
+    /// Players of each format.
+    pub fn players(&self, format: Format) -> u32 {
+        self.players_by_format[format.index()]
+    }
+
+    /// What the headers and metadata say, with the measured frame rate
+    /// when metadata gives none.
+    pub fn media(&self) -> MediaSummary {
+        let mut m = self.media.clone();
+        if m.frame_rate.is_none() {
+            m.frame_rate = self.rate.last.map(|(_, fps)| fps).filter(|f| *f > 0.0);
+        }
+        m
+    }
+
+    /// Measured bitrate in, bits per second (None until a window completes).
+    pub fn bitrate_in(&self) -> Option<f64> {
+        self.rate.last.map(|(bps, _)| bps)
+    }
+
+    /// GOP cache size: frames, bytes.
+    pub fn gop_cache(&self) -> (usize, usize) {
+        (self.gop.frames.len(), self.gop.bytes)
+    }
+
+    /// Whether audio / video have been seen from the current publisher.
+    pub fn has_audio_video(&self) -> (bool, bool) {
+        (self.has_audio, self.has_video)
+    }
 }
 
 /// One live stream name (APP/NAME).
@@ -226,6 +362,10 @@ pub struct Stream {
     chunk_size: u32,
     gop_limits: GopLimits,
     state: Mutex<StreamState>,
+    /// Bytes written to this stream's players.
+    pub bytes_out: AtomicU64,
+    /// Frames skipped for slow players.
+    pub frames_dropped: AtomicU64,
 }
 
 /// What a publish or unpublish tells the workers with players.
@@ -248,6 +388,7 @@ pub struct JoinSnapshot {
     pub next_seq: u64,
     /// True when the stream has no video: start with the next audio frame.
     pub audio_only: bool,
+    pub has_audio: bool,
 }
 
 impl Stream {
@@ -265,8 +406,15 @@ impl Stream {
         let mut st = self.lock();
         st.frames_in += 1;
         st.bytes_in += payload.len() as u64;
-        if kind == MediaKind::Video {
-            st.has_video = true;
+        match kind {
+            MediaKind::Video => st.has_video = true,
+            MediaKind::Audio => st.has_audio = true,
+            MediaKind::Data => {}
+        }
+        st.rate
+            .add(Instant::now(), payload.len(), kind == MediaKind::Video);
+        if let Some(slot) = header {
+            summarize(&mut st.media, slot, &info, &payload);
         }
         let timestamp = st.timeline.map(timestamp);
         let start_point = match kind {
@@ -293,6 +441,8 @@ impl Stream {
             header,
             start_point,
             rtmp,
+            flv: OnceLock::new(),
+            ws: OnceLock::new(),
         });
         if let Some(slot) = header {
             st.headers.retain(|h| h.header != Some(slot));
@@ -338,6 +488,65 @@ impl Stream {
     /// Runs `f` on the state (for logs and stats).
     pub fn with_state<T>(&self, f: impl FnOnce(&StreamState) -> T) -> T {
         f(&self.lock())
+    }
+}
+
+/// Updates the media summary from a header frame.
+fn summarize(m: &mut MediaSummary, slot: HeaderSlot, info: &MediaInfo, payload: &[u8]) {
+    match slot {
+        HeaderSlot::Metadata => {
+            let values =
+                crate::protocol::amf::decode_all(payload, &Default::default()).unwrap_or_default();
+            let Some(meta) = values.get(1) else { return };
+            let num = |k: &str| {
+                meta.get(k)
+                    .and_then(|v| v.as_number())
+                    .filter(|n| n.is_finite() && *n > 0.0)
+            };
+            m.width = m.width.or(num("width").map(|n| n as u32));
+            m.height = m.height.or(num("height").map(|n| n as u32));
+            m.frame_rate = num("framerate").or(num("fps")).or(m.frame_rate);
+            m.sample_rate = m.sample_rate.or(num("audiosamplerate").map(|n| n as u32));
+            if m.channels.is_none() {
+                m.channels =
+                    meta.get("stereo")
+                        .and_then(|v| v.as_bool())
+                        .map(|s| if s { 2 } else { 1 });
+            }
+        }
+        HeaderSlot::Config {
+            kind: MediaKind::Video,
+            track: 0,
+        } => {
+            m.video_codec = Some(info.codec.name().into_owned());
+            if let Some((w, h)) = media::avc_dimensions(payload) {
+                m.width = Some(w);
+                m.height = Some(h);
+            }
+        }
+        HeaderSlot::Config {
+            kind: MediaKind::Audio,
+            track: 0,
+        } => {
+            m.audio_codec = Some(info.codec.name().into_owned());
+            // AAC AudioSpecificConfig: 5 bits object type, 4 bits sampling
+            // frequency index, 4 bits channel configuration.
+            if info.codec == media::Codec::Aac && payload.len() >= 4 {
+                const RATES: [u32; 13] = [
+                    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025,
+                    8000, 7350,
+                ];
+                let asc = u16::from_be_bytes([payload[2], payload[3]]);
+                if let Some(rate) = RATES.get(usize::from(asc >> 7 & 0x0F)) {
+                    m.sample_rate = Some(*rate);
+                }
+                let ch = (asc >> 3 & 0x0F) as u8;
+                if (1..=7).contains(&ch) {
+                    m.channels = Some(ch);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -393,6 +602,8 @@ impl Registry {
                     key: key.to_owned(),
                     chunk_size: self.chunk_size,
                     gop_limits: self.gop_limits,
+                    bytes_out: AtomicU64::new(0),
+                    frames_dropped: AtomicU64::new(0),
                     state: Mutex::new(StreamState {
                         publisher: None,
                         players: [0; MAX_WORKERS],
@@ -403,6 +614,10 @@ impl Registry {
                         timeline: Timeline::default(),
                         frames_in: 0,
                         bytes_in: 0,
+                        players_by_format: [0; 3],
+                        has_audio: false,
+                        media: MediaSummary::default(),
+                        rate: RateWindow::new(),
                     }),
                 })
             })
@@ -425,6 +640,8 @@ impl Registry {
         st.publisher = Some(publisher);
         st.frames_in = 0;
         st.bytes_in = 0;
+        st.media = MediaSummary::default();
+        st.rate = RateWindow::new();
         st.timeline.new_publisher();
         let notice = Notice {
             seq: st.take_seq(),
@@ -446,6 +663,7 @@ impl Registry {
         st.gop.clear();
         st.headers.clear();
         st.has_video = false;
+        st.has_audio = false;
         let notice = Notice {
             seq: st.take_seq(),
             interest: st.interest(),
@@ -459,11 +677,12 @@ impl Registry {
 
     /// Registers a player on `worker` for `key` (waiting if nobody publishes
     /// yet) and takes what it needs to start.
-    pub fn join(&self, key: &str, worker: usize) -> (Arc<Stream>, JoinSnapshot) {
+    pub fn join(&self, key: &str, worker: usize, format: Format) -> (Arc<Stream>, JoinSnapshot) {
         let mut map = self.map();
         let stream = self.get_or_create(&mut map, key);
         let mut st = stream.lock();
         st.players[worker] += 1;
+        st.players_by_format[format.index()] += 1;
         let mut headers = st.headers.clone();
         headers.sort_by_key(|f| header_rank(f));
         let snapshot = JoinSnapshot {
@@ -472,6 +691,7 @@ impl Registry {
             gop: st.gop.frames.clone(),
             next_seq: st.next_seq,
             audio_only: !st.has_video,
+            has_audio: st.has_audio,
         };
         drop(st);
         (stream, snapshot)
@@ -479,15 +699,35 @@ impl Registry {
 
     /// Unregisters a player on `worker`; forgets the stream when nobody
     /// publishes or plays it.
-    pub fn leave(&self, stream: &Arc<Stream>, worker: usize) {
+    pub fn leave(&self, stream: &Arc<Stream>, worker: usize, format: Format) {
         let mut map = self.map();
         let mut st = stream.lock();
         st.players[worker] = st.players[worker].saturating_sub(1);
+        let f = &mut st.players_by_format[format.index()];
+        *f = f.saturating_sub(1);
         let empty = st.player_count() == 0 && st.publisher.is_none();
         drop(st);
         if empty {
             remove_if_same(&mut map, stream);
         }
+    }
+
+    /// The stream named `key`, if known.
+    pub fn get(&self, key: &str) -> Option<Arc<Stream>> {
+        self.map().get(key).cloned()
+    }
+
+    /// True when `key` has a publisher now.
+    pub fn is_live(&self, key: &str) -> bool {
+        self.get(key)
+            .is_some_and(|s| s.with_state(|st| st.publisher.is_some()))
+    }
+
+    /// Every known stream, sorted by name.
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        let mut v: Vec<_> = self.map().values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
     }
 
     /// Number of streams known (live or awaited by players).

@@ -1,28 +1,33 @@
 //! One worker: a thread with its own mio `Poll`, its own SO_REUSEPORT
-//! listener and a slab of connections, each a [`ServerSession`] plus a socket
-//! and an [`OutQueue`].
+//! listeners (RTMP, HTTP, optionally the API) and a slab of connections.
+//! Each connection is a socket, a read buffer, an [`OutQueue`], the streams
+//! it plays, and its protocol state: an RTMP [`ServerSession`]
+//! (`rtmp_conn.rs`) or an HTTP request / HTTP-FLV / ws-flv state
+//! (`http_conn.rs`).
 //!
 //! The loop (mio's `tcp_server.rs`, rustls's `tlsserver-mio.rs`): wait;
 //! accept; read each readable socket until `WouldBlock` (bounded per wakeup,
-//! for fairness), feeding the session and acting on its events; deliver what
-//! other workers posted in this worker's inbox; then write every connection
-//! that got new bytes with vectored writes until `WouldBlock`. Sockets are
-//! registered readable and writable once: edge-triggered writable events only
-//! arrive when a full socket drains, which is exactly when to write again.
+//! for fairness), feeding the protocol and acting on what it says; deliver
+//! what other workers posted in this worker's inbox; then write every
+//! connection that got new bytes with vectored writes until `WouldBlock`.
+//! Sockets are registered readable and writable once: edge-triggered
+//! writable events only arrive when a full socket drains, which is exactly
+//! when to write again.
 //!
 //! Fan-out: the publisher's worker builds each frame once
 //! ([`Stream::push`]), queues it to its own players directly, and posts one
 //! `Arc` per frame to each other worker with players, waking each once per
-//! loop iteration. Those workers queue the same `Arc` to their players.
+//! loop iteration. Those workers queue the same `Arc` to their players, in
+//! the player's format (RTMP, FLV tag, FLV tag in a WebSocket message), each
+//! form built once per frame.
 
+use super::http_conn::HttpState;
 use super::queue::{Item, OutQueue};
-use super::stream::{
-    Frame, Notice, PublishError, PublisherInfo, Registry, Stream, SHARED_MESSAGE_STREAM_ID,
-};
+use super::rtmp_conn::RtmpConn;
+use super::stats::{CloseReason, Protocol, Stats};
+use super::stream::{Format, Frame, Notice, Registry, Stream, SHARED_MESSAGE_STREAM_ID};
 use crate::config::{Config, SHUTDOWN_FLUSH_TIMEOUT};
-use crate::protocol::session::{
-    Event, MediaKind, PlayRequest, PublishRejection, PublishRequest, ServerSession, SessionConfig,
-};
+use crate::protocol::session::{MediaKind, ServerSession, SessionConfig};
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -32,10 +37,11 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-const LISTENER: Token = Token(usize::MAX - 1);
-const WAKER: Token = Token(usize::MAX - 2);
+pub(super) const WAKER: Token = Token(usize::MAX - 1);
+/// Listener tokens count down from here, one per listener kind.
+const LISTENER_BASE: usize = usize::MAX - 2;
 
 /// Bytes asked of the kernel per `read`.
 const READ_CHUNK: usize = 64 * 1024;
@@ -44,26 +50,56 @@ const READ_BUDGET: usize = 1024 * 1024;
 /// A read buffer holding more unconsumed bytes than this means the decoder
 /// is not making progress; the peer is closed. The chunk decoder consumes
 /// partial chunk bodies as they arrive, so in practice the buffer holds less
-/// than one chunk header.
-const MAX_READ_BUFFER: usize = 1024 * 1024;
-/// How often deadlines (handshake, ping, idle publisher, stalled player) are checked.
+/// than one chunk header; an HTTP head is bounded far below this.
+pub(super) const MAX_READ_BUFFER: usize = 1024 * 1024;
+/// How often deadlines (handshake, ping, idle publisher, stalled player,
+/// HTTP request) are checked.
 const TICK: Duration = Duration::from_millis(500);
 
-/// What one worker posts to another.
+/// What a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Rtmp,
+    /// HTTP-FLV, ws-flv, and the API unless it has its own listener.
+    Http,
+    /// The API and /metrics only.
+    Api,
+}
+
+/// What one worker posts to another (or the API to a worker).
 #[derive(Debug)]
 pub enum Delivery {
     Frame(Arc<Frame>, u64),
-    Published { stream: u64, seq: u64 },
-    Unpublished { stream: u64, seq: u64 },
+    Published {
+        stream: u64,
+        seq: u64,
+    },
+    Unpublished {
+        stream: u64,
+        seq: u64,
+    },
+    /// Close connection `id` (HTTP API).
+    Close(u64),
 }
 
-impl Delivery {
-    fn stream(&self) -> u64 {
-        match self {
-            Delivery::Frame(_, s) => *s,
-            Delivery::Published { stream, .. } | Delivery::Unpublished { stream, .. } => *stream,
-        }
-    }
+/// A connection's byte counters, readable by the API from any thread.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// What the API lists about a connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub protocol: Protocol,
+    /// `handshake`, `connected`, `publishing`, `playing`, `http`, ...
+    pub state: &'static str,
+    pub stream: Option<String>,
+    pub since: SystemTime,
+    pub counters: Arc<ConnCounters>,
 }
 
 /// The part of a worker other threads may touch.
@@ -72,6 +108,11 @@ pub struct WorkerHandle {
     pub inbox: Mutex<Vec<Delivery>>,
     /// Connections this worker holds now.
     pub connections: AtomicUsize,
+    /// Event loop iterations.
+    pub iterations: AtomicU64,
+    /// The API's view of this worker's connections, updated when one opens,
+    /// changes state or closes (never per byte).
+    pub clients: Mutex<HashMap<u64, ClientInfo>>,
 }
 
 /// State shared by every worker.
@@ -81,6 +122,7 @@ pub struct Shared {
     pub workers: Vec<WorkerHandle>,
     pub shutdown: AtomicBool,
     pub next_conn_id: AtomicU64,
+    pub stats: Stats,
 }
 
 impl Shared {
@@ -96,103 +138,138 @@ impl Shared {
 }
 
 /// A player's view of one stream.
-struct Subscription {
-    msid: u32,
-    stream: Arc<Stream>,
+pub(super) struct Subscription {
+    /// RTMP message stream id (0 for HTTP players).
+    pub msid: u32,
+    pub format: Format,
+    pub stream: Arc<Stream>,
     /// Deliveries with a lower sequence number were in the join snapshot.
-    next_seq: u64,
+    pub next_seq: u64,
     /// Waiting for a start point (join without GOP, after an overflow, a
     /// pause, or a new publisher).
-    skipping: bool,
-    paused: bool,
-    audio: bool,
-    video: bool,
+    pub skipping: bool,
+    pub paused: bool,
+    pub audio: bool,
+    pub video: bool,
     /// Sequence numbers of the header frames this player has been sent.
-    sent_headers: Vec<u64>,
-    dropped: u64,
+    pub sent_headers: Vec<u64>,
+    pub dropped: u64,
 }
 
-struct Publication {
-    msid: u32,
-    stream: Arc<Stream>,
+impl Subscription {
+    pub fn new(msid: u32, format: Format, stream: Arc<Stream>, next_seq: u64) -> Self {
+        Self {
+            msid,
+            format,
+            stream,
+            next_seq,
+            skipping: true,
+            paused: false,
+            audio: true,
+            video: true,
+            sent_headers: Vec::new(),
+            dropped: 0,
+        }
+    }
 }
 
-struct Conn {
-    id: u64,
-    socket: TcpStream,
-    peer: SocketAddr,
-    session: ServerSession,
-    read_buf: BytesMut,
-    out: OutQueue,
-    publications: Vec<Publication>,
-    subscriptions: Vec<Subscription>,
-    dirty: bool,
+/// A connection's protocol state.
+pub(super) enum Proto {
+    Rtmp(Box<RtmpConn>),
+    Http(HttpState),
+}
+
+pub(super) struct Conn {
+    pub id: u64,
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: ListenerKind,
+    pub proto: Proto,
+    pub read_buf: BytesMut,
+    pub out: OutQueue,
+    pub subscriptions: Vec<Subscription>,
+    pub dirty: bool,
     /// Since when the socket has refused bytes (`WouldBlock`) with no
     /// progress since. Cleared by a write that makes progress or by a
     /// writable edge (the kernel drained the socket). Dropping queued frames
     /// does not clear it: a player skipping frames is still stalled.
-    blocked_since: Option<Instant>,
-    bytes_out: u64,
+    pub blocked_since: Option<Instant>,
+    /// Close once the queue is written (HTTP responses, ended streams).
+    pub close_after_flush: Option<(CloseReason, String)>,
+    pub counters: Arc<ConnCounters>,
 }
 
 impl Conn {
-    fn push(&mut self, item: Item) {
+    pub fn push(&mut self, item: Item) {
         self.out.push(item);
     }
 
-    /// Moves the session's pending bytes to the output queue.
-    fn pull_transmit(&mut self) {
-        while let Some(bytes) = self.session.poll_transmit() {
-            self.push(Item::Control(bytes));
+    /// Moves an RTMP session's pending bytes to the output queue.
+    pub fn pull_transmit(&mut self) {
+        if let Proto::Rtmp(r) = &mut self.proto {
+            while let Some(bytes) = r.session.poll_transmit() {
+                self.out.push(Item::Control(bytes));
+            }
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self.proto {
+            Proto::Rtmp(_) => Protocol::Rtmp,
+            Proto::Http(_) => Protocol::Http,
         }
     }
 
     fn role(&self) -> &'static str {
-        match (self.publications.is_empty(), self.subscriptions.is_empty()) {
-            (false, _) => "publisher",
-            (true, false) => "player",
-            (true, true) => "client",
+        let publishing = matches!(&self.proto, Proto::Rtmp(r) if !r.publications.is_empty());
+        match (publishing, self.subscriptions.is_empty()) {
+            (true, _) => "publisher",
+            (false, false) => "player",
+            (false, true) => "client",
         }
     }
 }
 
 /// Limits a worker applies to every player.
 #[derive(Clone, Copy)]
-struct PlayerLimits {
-    queue_bytes: usize,
-    control_bytes: usize,
-    stall: Duration,
+pub(super) struct PlayerLimits {
+    pub queue_bytes: usize,
+    pub control_bytes: usize,
+    pub stall: Duration,
 }
 
 pub struct Worker {
-    index: usize,
-    poll: Poll,
-    listener: Option<TcpListener>,
-    conns: Slab<Conn>,
-    shared: Arc<Shared>,
+    pub(super) index: usize,
+    pub(super) poll: Poll,
+    listeners: Vec<(ListenerKind, TcpListener)>,
+    pub(super) conns: Slab<Conn>,
+    /// Connection id → slab key, for API close requests.
+    ids: HashMap<u64, usize>,
+    pub(super) shared: Arc<Shared>,
     /// Stream id → tokens of local players.
-    locals: HashMap<u64, Vec<usize>>,
+    pub(super) locals: HashMap<u64, Vec<usize>>,
     dirty: Vec<usize>,
-    outgoing: Vec<Vec<Delivery>>,
+    pub(super) outgoing: Vec<Vec<Delivery>>,
     inbox_scratch: Vec<Delivery>,
-    events_scratch: Vec<Event>,
     read_again: Vec<usize>,
-    session_config: SessionConfig,
-    limits: PlayerLimits,
+    pub(super) session_config: SessionConfig,
+    pub(super) limits: PlayerLimits,
     seed: u64,
-    shutting_down: Option<Instant>,
+    pub(super) shutting_down: Option<Instant>,
 }
 
 impl Worker {
     pub fn new(
         index: usize,
         poll: Poll,
-        listener: TcpListener,
+        listeners: Vec<(ListenerKind, TcpListener)>,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
-        let mut listener = listener;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut listeners = listeners;
+        for (i, (_, l)) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(l, Token(LISTENER_BASE - i), Interest::READABLE)?;
+        }
         let c = &shared.config;
         let limits = PlayerLimits {
             queue_bytes: c.player_queue_bytes,
@@ -204,13 +281,13 @@ impl Worker {
         Ok(Self {
             index,
             poll,
-            listener: Some(listener),
+            listeners,
             conns: Slab::new(),
+            ids: HashMap::new(),
             locals: HashMap::new(),
             dirty: Vec::new(),
             outgoing: (0..workers).map(|_| Vec::new()).collect(),
             inbox_scratch: Vec::new(),
-            events_scratch: Vec::new(),
             read_again: Vec::new(),
             session_config,
             limits,
@@ -237,12 +314,17 @@ impl Worker {
                 log::error!("worker={}: poll failed: {e}; stopping", self.index);
                 break;
             }
+            self.shared.workers[self.index]
+                .iterations
+                .fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             let mut woken = false;
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(now),
                     WAKER => woken = true,
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() => {
+                        self.accept(now, LISTENER_BASE - t)
+                    }
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.on_readable(now, k);
@@ -280,7 +362,7 @@ impl Worker {
         }
         let n = self.conns.len();
         for k in self.conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
-            self.close(k, "server shutting down");
+            self.close(k, CloseReason::Shutdown, "server shutting down");
         }
         log::debug!("worker={}: stopped, closed {n} connections", self.index);
     }
@@ -294,12 +376,13 @@ impl Worker {
         z ^ (z >> 31)
     }
 
-    fn accept(&mut self, now: Instant) {
+    fn accept(&mut self, now: Instant, listener: usize) {
         loop {
-            let Some(listener) = &self.listener else {
+            let Some((kind, l)) = self.listeners.get(listener) else {
                 return;
             };
-            match listener.accept() {
+            let kind = *kind;
+            match l.accept() {
                 Ok((mut socket, peer)) => {
                     if self.conns.len() >= self.shared.config.max_connections_per_worker {
                         log::warn!(
@@ -323,24 +406,59 @@ impl Worker {
                         continue;
                     }
                     let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-                    let seed = self.next_seed();
-                    log::debug!("conn={id} peer={peer} worker={}: accepted", self.index);
-                    self.shared.workers[self.index]
-                        .connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.conns.insert(Conn {
+                    let proto = match kind {
+                        ListenerKind::Rtmp => Proto::Rtmp(Box::new(RtmpConn::new(
+                            ServerSession::new(self.session_config.clone(), now, self.next_seed()),
+                        ))),
+                        ListenerKind::Http | ListenerKind::Api => {
+                            Proto::Http(HttpState::awaiting_request(
+                                now,
+                                self.shared.config.http_request_timeout,
+                            ))
+                        }
+                    };
+                    let conn = Conn {
                         id,
                         socket,
                         peer,
-                        session: ServerSession::new(self.session_config.clone(), now, seed),
+                        listener: kind,
+                        proto,
                         read_buf: BytesMut::new(),
                         out: OutQueue::default(),
-                        publications: Vec::new(),
                         subscriptions: Vec::new(),
                         dirty: false,
                         blocked_since: None,
-                        bytes_out: 0,
-                    });
+                        close_after_flush: None,
+                        counters: Arc::new(ConnCounters::default()),
+                    };
+                    log::debug!(
+                        "conn={id} peer={peer} worker={} listener={kind:?}: accepted",
+                        self.index
+                    );
+                    let handle = &self.shared.workers[self.index];
+                    handle.connections.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.opened(conn.protocol());
+                    handle
+                        .clients
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(
+                            id,
+                            ClientInfo {
+                                id,
+                                peer,
+                                protocol: conn.protocol(),
+                                state: match kind {
+                                    ListenerKind::Rtmp => "handshake",
+                                    _ => "http",
+                                },
+                                stream: None,
+                                since: SystemTime::now(),
+                                counters: conn.counters.clone(),
+                            },
+                        );
+                    self.ids.insert(id, k);
+                    self.conns.insert(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -354,7 +472,22 @@ impl Worker {
         }
     }
 
-    fn mark_dirty(&mut self, k: usize) {
+    /// Updates the API's view of connection `k`.
+    pub(super) fn set_client_state(&self, k: usize, state: &'static str, stream: Option<&str>) {
+        let Some(c) = self.conns.get(k) else { return };
+        let mut map = self.shared.workers[self.index]
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(info) = map.get_mut(&c.id) {
+            info.state = state;
+            if let Some(s) = stream {
+                info.stream = Some(s.to_owned());
+            }
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, k: usize) {
         if let Some(c) = self.conns.get_mut(k) {
             if !c.dirty {
                 c.dirty = true;
@@ -382,47 +515,37 @@ impl Worker {
                     match e.kind() {
                         io::ErrorKind::WouldBlock => return,
                         io::ErrorKind::Interrupted => continue,
-                        _ => return self.close(k, &format!("read error: {e}")),
+                        _ => return self.close(k, CloseReason::Peer, &format!("read error: {e}")),
                     }
                 }
             };
             conn.read_buf.truncate(len + n);
             if n == 0 {
-                return self.close(k, "closed by peer");
+                return self.close(k, CloseReason::Peer, "closed by peer");
             }
-            // Feed until the session stops making progress: it pauses at a
-            // publish/play decision, which handling its events makes.
-            loop {
-                let Some(conn) = self.conns.get_mut(k) else {
-                    return;
-                };
-                let before = conn.read_buf.len();
-                let result = conn.session.handle_input(now, &mut conn.read_buf);
-                conn.pull_transmit();
-                let mut events = std::mem::take(&mut self.events_scratch);
-                while let Some(ev) = conn.session.poll_event() {
-                    events.push(ev);
-                }
-                let leftover = conn.read_buf.len();
-                let decided = !events.is_empty();
-                // Events before an error are valid (media already received).
-                for ev in events.drain(..) {
-                    self.handle_event(k, ev);
-                }
-                self.events_scratch = events;
-                self.mark_dirty(k);
-                if let Err(e) = result {
-                    return self.close(k, &e.to_string());
-                }
-                if leftover > MAX_READ_BUFFER {
-                    return self.close(
-                        k,
-                        &format!("{leftover} unconsumed bytes in the read buffer"),
-                    );
-                }
-                if leftover == 0 || (leftover == before && !decided) {
-                    break;
-                }
+            conn.counters
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.shared
+                .stats
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let rtmp = matches!(conn.proto, Proto::Rtmp(_));
+            if rtmp {
+                self.rtmp_input(now, k);
+            } else {
+                self.http_input(now, k);
+            }
+            let Some(conn) = self.conns.get(k) else {
+                return;
+            };
+            if conn.read_buf.len() > MAX_READ_BUFFER {
+                let n = conn.read_buf.len();
+                return self.close(
+                    k,
+                    CloseReason::Protocol,
+                    &format!("{n} unconsumed bytes in the read buffer"),
+                );
             }
             budget = budget.saturating_sub(n);
             if budget == 0 {
@@ -432,69 +555,7 @@ impl Worker {
         }
     }
 
-    fn handle_event(&mut self, k: usize, ev: Event) {
-        match ev {
-            Event::Connected { app, tc_url } => {
-                if let Some(c) = self.conns.get(k) {
-                    log::debug!(
-                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?}",
-                        c.id,
-                        c.peer
-                    );
-                }
-            }
-            Event::PublishRequested(req) => self.on_publish(k, req),
-            Event::Media {
-                stream_id,
-                kind,
-                timestamp,
-                payload,
-            } => {
-                let Some(conn) = self.conns.get(k) else {
-                    return;
-                };
-                let Some(p) = conn.publications.iter().find(|p| p.msid == stream_id) else {
-                    return;
-                };
-                let stream = p.stream.clone();
-                let (frame, interest) = stream.push(kind, timestamp, payload);
-                self.fan_out(interest, Delivery::Frame(frame, stream.id));
-            }
-            Event::PublishStopped { stream_id } => {
-                self.stop_publication(k, stream_id, "unpublished")
-            }
-            Event::PlayRequested(req) => self.on_play(k, req),
-            Event::PlayStopped { stream_id } => {
-                self.stop_subscription(k, stream_id, "stopped by player")
-            }
-            Event::Pause { stream_id, paused } => {
-                if let Some(s) = self.subscription(k, stream_id) {
-                    s.paused = paused;
-                    s.skipping |= !paused; // resume on a keyframe
-                }
-            }
-            Event::Receive {
-                stream_id,
-                kind,
-                enabled,
-            } => {
-                if let Some(s) = self.subscription(k, stream_id) {
-                    match kind {
-                        MediaKind::Audio => s.audio = enabled,
-                        _ => {
-                            s.skipping |= enabled && !s.video;
-                            s.video = enabled;
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(c) = self.conns.get_mut(k) {
-            c.pull_transmit();
-        }
-    }
-
-    fn subscription(&mut self, k: usize, msid: u32) -> Option<&mut Subscription> {
+    pub(super) fn subscription(&mut self, k: usize, msid: u32) -> Option<&mut Subscription> {
         self.conns
             .get_mut(k)?
             .subscriptions
@@ -502,122 +563,38 @@ impl Worker {
             .find(|s| s.msid == msid)
     }
 
-    fn on_publish(&mut self, k: usize, req: PublishRequest) {
-        let Some(conn) = self.conns.get_mut(k) else {
-            return;
-        };
-        let key = format!("{}/{}", req.app, req.name);
-        let info = PublisherInfo {
-            conn_id: conn.id,
-            worker: self.index,
-            peer: conn.peer,
-        };
-        match self.shared.registry.publish(&key, info) {
-            Ok((stream, notice)) => {
-                conn.session.accept_publish(req.stream_id);
-                conn.publications.push(Publication {
-                    msid: req.stream_id,
-                    stream: stream.clone(),
-                });
-                log::info!(
-                    "publish start stream={key} conn={} peer={} worker={} type={}",
-                    conn.id,
-                    conn.peer,
-                    self.index,
-                    req.publish_type
-                );
-                self.notify(&stream, notice, true);
-            }
-            Err(PublishError::AlreadyPublishing { peer }) => {
-                conn.session
-                    .reject_publish(req.stream_id, PublishRejection::BadName);
-                log::info!(
-                    "publish refused stream={key} conn={} peer={} worker={}: already published by {peer}",
-                    conn.id,
-                    conn.peer,
-                    self.index
-                );
-            }
-        }
-    }
-
-    fn on_play(&mut self, k: usize, req: PlayRequest) {
-        let key = format!("{}/{}", req.app, req.name);
-        let (stream, snap) = self.shared.registry.join(&key, self.index);
+    /// Starts a player on connection `k`: registers it, queues the latest
+    /// headers and the cached GOP when the stream is live, and adds it to the
+    /// local fan-out list. Returns (live, cached frames).
+    pub(super) fn start_player(
+        &mut self,
+        k: usize,
+        key: &str,
+        msid: u32,
+        format: Format,
+    ) -> (bool, usize) {
+        let (stream, snap) = self.shared.registry.join(key, self.index, format);
         let limits = self.limits;
+        let stats = self.shared.clone();
         let Some(conn) = self.conns.get_mut(k) else {
-            self.shared.registry.leave(&stream, self.index);
-            return;
+            self.shared.registry.leave(&stream, self.index, format);
+            return (false, 0);
         };
-        conn.session.accept_play(req.stream_id, req.reset);
-        conn.pull_transmit();
-        let mut sub = Subscription {
-            msid: req.stream_id,
-            stream: stream.clone(),
-            next_seq: snap.next_seq,
-            skipping: true,
-            paused: false,
-            audio: true,
-            video: true,
-            sent_headers: Vec::new(),
-            dropped: 0,
-        };
+        let mut sub = Subscription::new(msid, format, stream.clone(), snap.next_seq);
         if snap.live && (!snap.gop.is_empty() || snap.audio_only) {
             // Instant start: headers, then the cached GOP from its keyframe.
             sub.skipping = false;
             for f in snap.headers.iter().chain(snap.gop.iter()) {
-                enqueue_frame(conn, &mut sub, f, &limits);
+                enqueue_frame(conn, &mut sub, f, &limits, &stats.stats);
             }
         }
-        log::info!(
-            "play start stream={key} conn={} peer={} worker={} live={} cached_frames={}",
-            conn.id,
-            conn.peer,
-            self.index,
-            snap.live,
-            snap.gop.len()
-        );
         conn.subscriptions.push(sub);
         self.locals.entry(stream.id).or_default().push(k);
+        self.mark_dirty(k);
+        (snap.live, snap.gop.len())
     }
 
-    fn stop_publication(&mut self, k: usize, msid: u32, why: &str) {
-        let Some(conn) = self.conns.get_mut(k) else {
-            return;
-        };
-        let Some(pos) = conn.publications.iter().position(|p| p.msid == msid) else {
-            return;
-        };
-        let p = conn.publications.remove(pos);
-        let (id, peer) = (conn.id, conn.peer);
-        self.end_publication(id, peer, p, why);
-    }
-
-    fn end_publication(&mut self, conn_id: u64, peer: SocketAddr, p: Publication, why: &str) {
-        let (frames, bytes) = p.stream.with_state(|s| (s.frames_in, s.bytes_in));
-        log::info!(
-            "publish stop stream={} conn={conn_id} peer={peer} worker={} frames={frames} bytes={bytes}: {why}",
-            p.stream.key,
-            self.index
-        );
-        if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
-            self.notify(&p.stream, notice, false);
-        }
-    }
-
-    fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {
-        let Some(conn) = self.conns.get_mut(k) else {
-            return;
-        };
-        let Some(pos) = conn.subscriptions.iter().position(|s| s.msid == msid) else {
-            return;
-        };
-        let s = conn.subscriptions.remove(pos);
-        let (id, peer) = (conn.id, conn.peer);
-        self.end_subscription(k, id, peer, s, why);
-    }
-
-    fn end_subscription(
+    pub(super) fn end_subscription(
         &mut self,
         k: usize,
         conn_id: u64,
@@ -626,9 +603,10 @@ impl Worker {
         why: &str,
     ) {
         log::info!(
-            "play stop stream={} conn={conn_id} peer={peer} worker={} dropped_frames={}: {why}",
+            "play stop stream={} conn={conn_id} peer={peer} worker={} protocol={} dropped_frames={}: {why}",
             s.stream.key,
             self.index,
+            s.format.name(),
             s.dropped
         );
         if let Some(list) = self.locals.get_mut(&s.stream.id) {
@@ -637,11 +615,11 @@ impl Worker {
                 self.locals.remove(&s.stream.id);
             }
         }
-        self.shared.registry.leave(&s.stream, self.index);
+        self.shared.registry.leave(&s.stream, self.index, s.format);
     }
 
     /// Tells the workers with players that `stream` got or lost its publisher.
-    fn notify(&mut self, stream: &Stream, notice: Notice, published: bool) {
+    pub(super) fn notify(&mut self, stream: &Stream, notice: Notice, published: bool) {
         let d = |stream, seq| {
             if published {
                 Delivery::Published { stream, seq }
@@ -658,23 +636,33 @@ impl Worker {
         }
     }
 
-    fn fan_out(&mut self, interest: u64, delivery: Delivery) {
+    pub(super) fn fan_out(&mut self, interest: u64, frame: Arc<Frame>, stream: u64) {
         let mut local = false;
         for w in workers_in(interest) {
             if w == self.index {
                 local = true;
-            } else if let (Some(q), Delivery::Frame(f, s)) = (self.outgoing.get_mut(w), &delivery) {
-                q.push(Delivery::Frame(f.clone(), *s));
+            } else if let Some(q) = self.outgoing.get_mut(w) {
+                q.push(Delivery::Frame(frame.clone(), stream));
             }
         }
         if local {
-            self.deliver_local(&delivery);
+            self.deliver_local(&Delivery::Frame(frame, stream));
         }
     }
 
     /// Queues a delivery to this worker's players of its stream.
     fn deliver_local(&mut self, d: &Delivery) {
-        let Some(tokens) = self.locals.get(&d.stream()) else {
+        let stream_id = match d {
+            Delivery::Frame(_, s) => *s,
+            Delivery::Published { stream, .. } | Delivery::Unpublished { stream, .. } => *stream,
+            Delivery::Close(id) => {
+                if let Some(&k) = self.ids.get(id) {
+                    self.close(k, CloseReason::Api, "closed through the API");
+                }
+                return;
+            }
+        };
+        let Some(tokens) = self.locals.get(&stream_id) else {
             return;
         };
         let limits = self.limits;
@@ -685,7 +673,7 @@ impl Worker {
             let Some(i) = conn
                 .subscriptions
                 .iter()
-                .position(|s| s.stream.id == d.stream())
+                .position(|s| s.stream.id == stream_id)
             else {
                 continue;
             };
@@ -695,7 +683,7 @@ impl Worker {
                 Delivery::Frame(f, _) => {
                     if f.seq >= sub.next_seq {
                         sub.next_seq = f.seq + 1;
-                        enqueue_frame(conn, &mut sub, f, &limits);
+                        enqueue_frame(conn, &mut sub, f, &limits, &self.shared.stats);
                     }
                 }
                 Delivery::Published { seq, .. } | Delivery::Unpublished { seq, .. } => {
@@ -703,14 +691,22 @@ impl Worker {
                         sub.next_seq = seq + 1;
                         sub.skipping = true;
                         sub.sent_headers.clear();
-                        if matches!(d, Delivery::Published { .. }) {
-                            conn.session.notify_published(sub.msid);
-                        } else {
-                            conn.session.notify_unpublished(sub.msid);
+                        let published = matches!(d, Delivery::Published { .. });
+                        match &mut conn.proto {
+                            Proto::Rtmp(r) if published => r.session.notify_published(sub.msid),
+                            Proto::Rtmp(r) => r.session.notify_unpublished(sub.msid),
+                            // HTTP-FLV has no in-band notice: the response
+                            // ends with the stream (players reconnect).
+                            Proto::Http(_) if !published => {
+                                conn.close_after_flush =
+                                    Some((CloseReason::StreamEnded, "the publisher left".into()));
+                            }
+                            Proto::Http(_) => {}
                         }
                         conn.pull_transmit();
                     }
                 }
+                Delivery::Close(_) => {}
             }
             conn.subscriptions.push(sub);
             if !conn.dirty {
@@ -764,11 +760,12 @@ impl Worker {
                 continue;
             };
             conn.dirty = false;
+            let mut written = 0u64;
             while !conn.out.is_empty() {
                 match conn.out.write_to(&mut conn.socket) {
                     Ok(n) => {
                         conn.blocked_since = None;
-                        conn.bytes_out += n as u64;
+                        written += n as u64;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         conn.blocked_since.get_or_insert(now);
@@ -776,39 +773,73 @@ impl Worker {
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        failed.push((k, format!("write error: {e}")));
+                        failed.push((k, CloseReason::Peer, format!("write error: {e}")));
                         break;
                     }
+                }
+            }
+            if written > 0 {
+                conn.counters
+                    .bytes_out
+                    .fetch_add(written, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .bytes_out
+                    .fetch_add(written, Ordering::Relaxed);
+                if let [sub] = conn.subscriptions.as_slice() {
+                    sub.stream.bytes_out.fetch_add(written, Ordering::Relaxed);
                 }
             }
             if conn.out.control_bytes() > self.limits.control_bytes {
                 failed.push((
                     k,
+                    CloseReason::Overflow,
                     format!(
                         "{} bytes of unread control replies (limit {})",
                         conn.out.control_bytes(),
                         self.limits.control_bytes
                     ),
                 ));
+            } else if conn.out.is_empty() {
+                if let Some((reason, why)) = conn.close_after_flush.take() {
+                    failed.push((k, reason, why));
+                }
             }
         }
-        for (k, why) in failed {
-            self.close(k, &why);
+        for (k, reason, why) in failed {
+            self.close(k, reason, &why);
         }
     }
 
     fn tick(&mut self, now: Instant) {
         let mut failed = Vec::new();
         for (k, conn) in self.conns.iter_mut() {
-            if let Err(e) = conn.session.handle_timeout(now) {
-                failed.push((k, e.to_string()));
+            let deadline = match &mut conn.proto {
+                Proto::Rtmp(r) => r.session.handle_timeout(now).map_err(|e| {
+                    let handshake = !r.session.is_connected();
+                    (e.to_string(), handshake)
+                }),
+                Proto::Http(h) => h.check_deadline(now).map_err(|e| (e, false)),
+            };
+            if let Err((why, handshake)) = deadline {
+                if handshake {
+                    self.shared
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                failed.push((k, CloseReason::Timeout, why));
                 continue;
             }
             conn.pull_transmit();
             if let Some(since) = conn.blocked_since {
                 let stalled = now.saturating_duration_since(since);
                 if stalled >= self.limits.stall {
-                    failed.push((k, format!("socket accepted nothing for {stalled:?}")));
+                    failed.push((
+                        k,
+                        CloseReason::Stalled,
+                        format!("socket accepted nothing for {stalled:?}"),
+                    ));
                     continue;
                 }
             }
@@ -817,8 +848,8 @@ impl Worker {
                 self.dirty.push(k);
             }
         }
-        for (k, why) in failed {
-            self.close(k, &why);
+        for (k, reason, why) in failed {
+            self.close(k, reason, &why);
         }
     }
 
@@ -828,13 +859,17 @@ impl Worker {
             self.index,
             self.conns.len()
         );
-        if let Some(mut l) = self.listener.take() {
+        for (_, mut l) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
         for (k, conn) in self.conns.iter_mut() {
             conn.out.drop_unstarted_media();
-            conn.session.notify_shutdown();
+            match &mut conn.proto {
+                Proto::Rtmp(r) => r.session.notify_shutdown(),
+                Proto::Http(h) => h.shutdown(&mut conn.out),
+            }
             conn.pull_transmit();
+            conn.close_after_flush = Some((CloseReason::Shutdown, "server shutting down".into()));
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(k);
@@ -843,36 +878,47 @@ impl Worker {
         self.shutting_down = Some(now + SHUTDOWN_FLUSH_TIMEOUT);
     }
 
-    fn close(&mut self, k: usize, why: &str) {
+    pub(super) fn close(&mut self, k: usize, reason: CloseReason, why: &str) {
         let Some(mut conn) = self.conns.try_remove(k) else {
             return;
         };
-        self.shared.workers[self.index]
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
+        let handle = &self.shared.workers[self.index];
+        handle.connections.fetch_sub(1, Ordering::Relaxed);
+        handle
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn.id);
+        self.ids.remove(&conn.id);
+        self.shared.stats.dropped(conn.protocol());
+        self.shared.stats.closed(reason);
         let _ = self.poll.registry().deregister(&mut conn.socket);
         let role = conn.role();
-        for p in std::mem::take(&mut conn.publications) {
-            self.end_publication(conn.id, conn.peer, p, why);
+        if let Proto::Rtmp(r) = &mut conn.proto {
+            for p in std::mem::take(&mut r.publications) {
+                self.end_publication(conn.id, conn.peer, p, why);
+            }
         }
         for s in std::mem::take(&mut conn.subscriptions) {
             self.end_subscription(k, conn.id, conn.peer, s, why);
         }
         if role == "client" {
             log::debug!(
-                "conn={} peer={} worker={}: closed: {why}",
-                conn.id,
-                conn.peer,
-                self.index
-            );
-        } else {
-            log::info!(
-                "close {role} conn={} peer={} worker={} bytes_in={} bytes_out={}: {why}",
+                "conn={} peer={} worker={}: closed ({}): {why}",
                 conn.id,
                 conn.peer,
                 self.index,
-                conn.session.bytes_received(),
-                conn.bytes_out
+                reason.name()
+            );
+        } else {
+            log::info!(
+                "close {role} conn={} peer={} worker={} bytes_in={} bytes_out={} ({}): {why}",
+                conn.id,
+                conn.peer,
+                self.index,
+                conn.counters.bytes_in.load(Ordering::Relaxed),
+                conn.counters.bytes_out.load(Ordering::Relaxed),
+                reason.name()
             );
         }
     }
@@ -880,7 +926,13 @@ impl Worker {
 
 /// Queues one frame for one player, applying its filters, the skip-to-
 /// keyframe policy and the queue bound.
-fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits: &PlayerLimits) {
+pub(super) fn enqueue_frame(
+    conn: &mut Conn,
+    sub: &mut Subscription,
+    f: &Arc<Frame>,
+    limits: &PlayerLimits,
+    stats: &Stats,
+) {
     if sub.paused
         || (f.kind == MediaKind::Audio && !sub.audio)
         || (f.kind == MediaKind::Video && !sub.video)
@@ -895,9 +947,10 @@ fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits
         }
         return;
     }
+    let mut dropped = 0u64;
     if sub.skipping {
         if !f.start_point {
-            sub.dropped += 1;
+            count_dropped(sub, stats, 1);
             return;
         }
         let mut headers = sub.stream.headers();
@@ -910,14 +963,14 @@ fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits
         }
         sub.skipping = false;
     }
-    if conn.out.media_bytes() + f.rtmp.len() > limits.queue_bytes {
-        let dropped = conn.out.drop_unstarted_media();
-        sub.dropped += dropped as u64;
+    let len = f.form(sub.format).len();
+    if conn.out.media_bytes() + len > limits.queue_bytes {
+        dropped += conn.out.drop_unstarted_media() as u64;
         // Dropped frames may include headers: resend them all on resume.
         sub.sent_headers.clear();
-        if !(f.start_point && conn.out.media_bytes() + f.rtmp.len() <= limits.queue_bytes) {
+        if !(f.start_point && conn.out.media_bytes() + len <= limits.queue_bytes) {
             sub.skipping = true;
-            sub.dropped += 1;
+            count_dropped(sub, stats, dropped + 1);
             log::debug!(
                 "conn={} stream={}: player queue over {} bytes; skipping to the next keyframe ({} frames dropped so far)",
                 conn.id,
@@ -927,6 +980,7 @@ fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits
             );
             return;
         }
+        count_dropped(sub, stats, dropped);
         let mut headers = sub.stream.headers();
         headers.sort_by_key(|h| h.seq);
         for h in headers {
@@ -937,12 +991,22 @@ fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits
     push_frame(conn, sub, f);
 }
 
+fn count_dropped(sub: &mut Subscription, stats: &Stats, n: u64) {
+    if n == 0 {
+        return;
+    }
+    sub.dropped += n;
+    sub.stream.frames_dropped.fetch_add(n, Ordering::Relaxed);
+    stats.frames_dropped.fetch_add(n, Ordering::Relaxed);
+}
+
 fn push_frame(conn: &mut Conn, sub: &Subscription, f: &Arc<Frame>) {
-    let item = if sub.msid == SHARED_MESSAGE_STREAM_ID {
-        Item::Frame(f.clone())
-    } else {
-        // Frames are written at the chunk size announced at connect.
-        Item::OwnFrame(f.rtmp_for(conn.session.chunk_size(), sub.msid))
+    let item = match (sub.format, &conn.proto) {
+        (Format::Rtmp, Proto::Rtmp(r)) if sub.msid != SHARED_MESSAGE_STREAM_ID => {
+            // Frames are written at the chunk size announced at connect.
+            Item::OwnFrame(f.rtmp_for(r.session.chunk_size(), sub.msid))
+        }
+        (format, _) => Item::Frame(f.clone(), format),
     };
     conn.push(item);
 }

@@ -172,10 +172,18 @@ pub fn free_port() -> u16 {
 }
 
 /// `sluice --rtmp 127.0.0.1:PORT --workers N EXTRA...`, RUST_LOG=sluice=debug, stderr to `log`.
-fn spawn_sluice(port: u16, workers: usize, extra_args: &[&str], log: fs::File) -> Child {
+fn spawn_sluice(
+    port: u16,
+    http_port: u16,
+    workers: usize,
+    extra_args: &[&str],
+    log: fs::File,
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("--rtmp")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http_port}"))
         .arg("--workers")
         .arg(workers.to_string())
         .args(extra_args)
@@ -191,6 +199,7 @@ fn spawn_sluice(port: u16, workers: usize, extra_args: &[&str], log: fs::File) -
 pub struct Server {
     child: Option<Child>,
     port: u16,
+    http_port: u16,
     log_path: PathBuf,
     exit: Option<ExitStatus>,
     // Declared last: dropped after the process has been stopped.
@@ -210,8 +219,9 @@ impl Server {
         let mut last_failure = String::new();
         for _attempt in 0..3 {
             let port = free_port();
+            let http_port = free_port();
             let log = fs::File::create(&log_path).expect("create server log");
-            let mut child = spawn_sluice(port, workers, extra_args, log);
+            let mut child = spawn_sluice(port, http_port, workers, extra_args, log);
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let deadline = Instant::now() + SERVER_READY_TIMEOUT;
             loop {
@@ -229,6 +239,7 @@ impl Server {
                     return Server {
                         child: Some(child),
                         port,
+                        http_port,
                         log_path,
                         exit: None,
                         dir,
@@ -251,6 +262,16 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://127.0.0.1:HTTP_PORT/APP/NAME.flv`
+    pub fn http_url(&self, app: &str, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{app}/{name}.flv", self.http_port)
+    }
+
+    /// `127.0.0.1:HTTP_PORT`
+    pub fn http_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.http_port).into()
     }
 
     pub fn pid(&self) -> Option<u32> {

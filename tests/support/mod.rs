@@ -22,6 +22,7 @@ pub fn start_server(workers: usize, tweak: impl FnOnce(&mut Config)) -> RunningS
     let _ = env_logger::builder().is_test(true).try_init();
     let mut config = Config {
         rtmp_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         workers,
         ..Config::default()
     };

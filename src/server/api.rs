@@ -1,0 +1,342 @@
+//! The HTTP API (JSON) and `/metrics` (Prometheus text exposition format
+//! 0.0.4), aggregated over all workers. Answers are built from the stream
+//! registry, the process counters and each worker's client table; a DELETE
+//! posts a close request to the worker that owns the connection.
+
+use super::stats::{CloseReason, Protocol};
+use super::stream::{Format, Stream};
+use super::worker::{ClientInfo, Delivery, Shared};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn stream_json(s: &Stream) -> Value {
+    let (app, name) = s.key.split_once('/').unwrap_or(("", &s.key));
+    s.with_state(|st| {
+        let media = st.media();
+        let (has_audio, has_video) = st.has_audio_video();
+        let (gop_frames, gop_bytes) = st.gop_cache();
+        let players: u32 = Format::ALL.iter().map(|f| st.players(*f)).sum();
+        json!({
+            "name": s.key,
+            "app": app,
+            "stream": name,
+            "live": st.publisher().is_some(),
+            "publisher": st.publisher().map(|p| json!({
+                "id": p.conn_id,
+                "address": p.peer.to_string(),
+                "protocol": p.protocol,
+                "since": unix_secs(p.since),
+                "worker": p.worker,
+            })),
+            "video": has_video.then(|| json!({
+                "codec": media.video_codec,
+                "width": media.width,
+                "height": media.height,
+                "frame_rate": media.frame_rate,
+            })),
+            "audio": has_audio.then(|| json!({
+                "codec": media.audio_codec,
+                "sample_rate": media.sample_rate,
+                "channels": media.channels,
+            })),
+            "bitrate_in": st.bitrate_in().map(|b| b.round() as u64),
+            "bytes_in": st.bytes_in,
+            "bytes_out": s.bytes_out.load(Ordering::Relaxed),
+            "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
+            "players": {
+                "rtmp": st.players(Format::Rtmp),
+                "http-flv": st.players(Format::Flv),
+                "ws-flv": st.players(Format::WsFlv),
+                "total": players,
+            },
+            "gop_cache": { "frames": gop_frames, "bytes": gop_bytes },
+        })
+    })
+}
+
+fn client_json(worker: usize, c: &ClientInfo) -> Value {
+    json!({
+        "id": c.id,
+        "address": c.peer.to_string(),
+        "protocol": c.protocol.name(),
+        "state": c.state,
+        "stream": c.stream,
+        "since": unix_secs(c.since),
+        "bytes_in": c.counters.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": c.counters.bytes_out.load(Ordering::Relaxed),
+        "worker": worker,
+    })
+}
+
+fn error(status: u16, message: &str) -> (u16, Value) {
+    (status, json!({ "error": message }))
+}
+
+/// Asks the worker holding connection `id` to close it.
+fn close_client(shared: &Shared, id: u64) -> bool {
+    for (w, handle) in shared.workers.iter().enumerate() {
+        let owns = handle
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id);
+        if owns {
+            handle
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Delivery::Close(id));
+            if let Err(e) = shared.workers[w].waker.wake() {
+                log::warn!("api: waking worker {w}: {e}");
+            }
+            return true;
+        }
+    }
+    false
+}
+
+/// Answers an API request (`path` starts with `/api/`).
+pub fn handle(shared: &Shared, method: &str, path: &str) -> (u16, Value) {
+    let rest = path.trim_start_matches("/api/").trim_end_matches('/');
+    match (method, rest) {
+        ("GET" | "HEAD", "server") => {
+            let s = &shared.stats;
+            (
+                200,
+                json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_secs": s.started.elapsed().as_secs(),
+                    "workers": shared.workers.len(),
+                    "connections": {
+                        "rtmp": s.connections(Protocol::Rtmp),
+                        "http": s.connections(Protocol::Http),
+                    },
+                    "streams": shared.registry.len(),
+                    "bytes_in": s.bytes_in.load(Ordering::Relaxed),
+                    "bytes_out": s.bytes_out.load(Ordering::Relaxed),
+                    "frames_dropped": s.frames_dropped.load(Ordering::Relaxed),
+                }),
+            )
+        }
+        ("GET" | "HEAD", "streams") => {
+            let streams: Vec<Value> = shared
+                .registry
+                .streams()
+                .iter()
+                .map(|s| stream_json(s))
+                .collect();
+            (200, json!({ "streams": streams }))
+        }
+        ("GET" | "HEAD", "clients") => {
+            let mut clients = Vec::new();
+            for (w, handle) in shared.workers.iter().enumerate() {
+                let map = handle.clients.lock().unwrap_or_else(|p| p.into_inner());
+                clients.extend(map.values().map(|c| client_json(w, c)));
+            }
+            clients.sort_by_key(|c| c["id"].as_u64());
+            (200, json!({ "clients": clients }))
+        }
+        (m, r) if r.starts_with("streams/") => {
+            let key = &r["streams/".len()..];
+            let Some(stream) = shared.registry.get(key) else {
+                return error(404, "no such stream");
+            };
+            match m {
+                "GET" | "HEAD" => (200, stream_json(&stream)),
+                "DELETE" => match stream.with_state(|st| st.publisher().map(|p| p.conn_id)) {
+                    Some(id) if close_client(shared, id) => (200, json!({ "closed": id })),
+                    _ => error(404, "stream has no publisher"),
+                },
+                _ => error(405, "method not allowed"),
+            }
+        }
+        (m, r) if r.starts_with("clients/") => {
+            let Ok(id) = r["clients/".len()..].parse::<u64>() else {
+                return error(400, "client ids are numbers");
+            };
+            match m {
+                "DELETE" if close_client(shared, id) => (200, json!({ "closed": id })),
+                "DELETE" => error(404, "no such client"),
+                _ => error(405, "method not allowed"),
+            }
+        }
+        _ => error(404, "no such endpoint"),
+    }
+}
+
+/// Escapes a label value (text exposition format: backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `/metrics` in the Prometheus text exposition format.
+pub fn metrics(shared: &Shared) -> String {
+    let s = &shared.stats;
+    let mut o = String::with_capacity(4096);
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        &mut o,
+        "sluice_connections",
+        "gauge",
+        "Open connections by protocol.",
+    );
+    for p in Protocol::ALL {
+        let _ = writeln!(
+            o,
+            "sluice_connections{{protocol=\"{}\"}} {}",
+            p.name(),
+            s.connections(p)
+        );
+    }
+    family(
+        &mut o,
+        "sluice_streams",
+        "gauge",
+        "Streams known (live or awaited by players).",
+    );
+    let streams = shared.registry.streams();
+    let _ = writeln!(o, "sluice_streams {}", streams.len());
+    family(
+        &mut o,
+        "sluice_bytes_in_total",
+        "counter",
+        "Bytes read from all peers.",
+    );
+    let _ = writeln!(
+        o,
+        "sluice_bytes_in_total {}",
+        s.bytes_in.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "sluice_bytes_out_total",
+        "counter",
+        "Bytes written to all peers.",
+    );
+    let _ = writeln!(
+        o,
+        "sluice_bytes_out_total {}",
+        s.bytes_out.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "sluice_frames_dropped_total",
+        "counter",
+        "Frames skipped for slow players.",
+    );
+    let _ = writeln!(
+        o,
+        "sluice_frames_dropped_total {}",
+        s.frames_dropped.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "sluice_handshake_failures_total",
+        "counter",
+        "RTMP handshakes refused or timed out.",
+    );
+    let _ = writeln!(
+        o,
+        "sluice_handshake_failures_total {}",
+        s.handshake_failures.load(Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "sluice_closes_total",
+        "counter",
+        "Connections closed, by reason.",
+    );
+    for r in CloseReason::ALL {
+        let _ = writeln!(
+            o,
+            "sluice_closes_total{{reason=\"{}\"}} {}",
+            r.name(),
+            s.closes(r)
+        );
+    }
+    family(
+        &mut o,
+        "sluice_worker_loop_iterations_total",
+        "counter",
+        "Event loop iterations per worker.",
+    );
+    for (w, h) in shared.workers.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "sluice_worker_loop_iterations_total{{worker=\"{w}\"}} {}",
+            h.iterations.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut o,
+        "sluice_stream_players",
+        "gauge",
+        "Players per stream and protocol.",
+    );
+    for st in &streams {
+        let n = label(&st.key);
+        st.with_state(|state| {
+            for f in Format::ALL {
+                let _ = writeln!(
+                    o,
+                    "sluice_stream_players{{stream=\"{n}\",protocol=\"{}\"}} {}",
+                    f.name(),
+                    state.players(f)
+                );
+            }
+        });
+    }
+    family(
+        &mut o,
+        "sluice_stream_bytes_in_total",
+        "counter",
+        "Bytes published into a stream by its current publisher.",
+    );
+    for st in &streams {
+        let _ = writeln!(
+            o,
+            "sluice_stream_bytes_in_total{{stream=\"{}\"}} {}",
+            label(&st.key),
+            st.with_state(|x| x.bytes_in)
+        );
+    }
+    family(
+        &mut o,
+        "sluice_stream_bytes_out_total",
+        "counter",
+        "Bytes written to a stream's players.",
+    );
+    for st in &streams {
+        let _ = writeln!(
+            o,
+            "sluice_stream_bytes_out_total{{stream=\"{}\"}} {}",
+            label(&st.key),
+            st.bytes_out.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut o,
+        "sluice_stream_frames_dropped_total",
+        "counter",
+        "Frames skipped for a stream's slow players.",
+    );
+    for st in &streams {
+        let _ = writeln!(
+            o,
+            "sluice_stream_frames_dropped_total{{stream=\"{}\"}} {}",
+            label(&st.key),
+            st.frames_dropped.load(Ordering::Relaxed)
+        );
+    }
+    o
+}

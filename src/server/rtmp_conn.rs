@@ -1,0 +1,256 @@
+//! RTMP connections on a worker: feeding the sans-IO [`ServerSession`] and
+//! acting on its events (publish, play, media, stop).
+
+use super::stats::CloseReason;
+use super::stream::{Format, PublishError, PublisherInfo, Stream};
+use super::worker::{Proto, Worker};
+use crate::protocol::session::{
+    Event, MediaKind, PlayRequest, PublishRejection, PublishRequest, ServerSession, SessionError,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// A stream this connection publishes.
+pub(super) struct Publication {
+    pub msid: u32,
+    pub stream: Arc<Stream>,
+}
+
+/// An RTMP connection's protocol state.
+pub(super) struct RtmpConn {
+    pub session: ServerSession,
+    pub publications: Vec<Publication>,
+    events: Vec<Event>,
+}
+
+impl RtmpConn {
+    pub fn new(session: ServerSession) -> Self {
+        Self {
+            session,
+            publications: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl Worker {
+    /// Feeds what was read to the session until it stops making progress:
+    /// it pauses at a publish/play decision, which handling its events makes.
+    pub(super) fn rtmp_input(&mut self, now: Instant, k: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(k) else {
+                return;
+            };
+            let Proto::Rtmp(r) = &mut conn.proto else {
+                return;
+            };
+            let before = conn.read_buf.len();
+            let result = r.session.handle_input(now, &mut conn.read_buf);
+            let mut events = std::mem::take(&mut r.events);
+            while let Some(ev) = r.session.poll_event() {
+                events.push(ev);
+            }
+            conn.pull_transmit();
+            let leftover = conn.read_buf.len();
+            let decided = !events.is_empty();
+            // Events before an error are valid (media already received).
+            for ev in events.drain(..) {
+                self.handle_event(k, ev);
+            }
+            if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                r.events = events;
+            }
+            self.mark_dirty(k);
+            if let Err(e) = result {
+                if matches!(e, SessionError::Handshake(_)) {
+                    self.shared
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return self.close(k, CloseReason::Protocol, &e.to_string());
+            }
+            if leftover == 0 || (leftover == before && !decided) {
+                return;
+            }
+        }
+    }
+
+    fn handle_event(&mut self, k: usize, ev: Event) {
+        match ev {
+            Event::Connected { app, tc_url } => {
+                if let Some(c) = self.conns.get(k) {
+                    log::debug!(
+                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?}",
+                        c.id,
+                        c.peer
+                    );
+                }
+                self.set_client_state(k, "connected", None);
+            }
+            Event::PublishRequested(req) => self.on_publish(k, req),
+            Event::Media {
+                stream_id,
+                kind,
+                timestamp,
+                payload,
+            } => {
+                let Some(conn) = self.conns.get(k) else {
+                    return;
+                };
+                let Proto::Rtmp(r) = &conn.proto else { return };
+                let Some(p) = r.publications.iter().find(|p| p.msid == stream_id) else {
+                    return;
+                };
+                let stream = p.stream.clone();
+                let (frame, interest) = stream.push(kind, timestamp, payload);
+                self.fan_out(interest, frame, stream.id);
+            }
+            Event::PublishStopped { stream_id } => {
+                self.stop_publication(k, stream_id, "unpublished")
+            }
+            Event::PlayRequested(req) => self.on_play(k, req),
+            Event::PlayStopped { stream_id } => {
+                self.stop_subscription(k, stream_id, "stopped by player")
+            }
+            Event::Pause { stream_id, paused } => {
+                if let Some(s) = self.subscription(k, stream_id) {
+                    s.paused = paused;
+                    s.skipping |= !paused; // resume on a keyframe
+                }
+            }
+            Event::Receive {
+                stream_id,
+                kind,
+                enabled,
+            } => {
+                if let Some(s) = self.subscription(k, stream_id) {
+                    match kind {
+                        MediaKind::Audio => s.audio = enabled,
+                        _ => {
+                            s.skipping |= enabled && !s.video;
+                            s.video = enabled;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(c) = self.conns.get_mut(k) {
+            c.pull_transmit();
+        }
+    }
+
+    fn on_publish(&mut self, k: usize, req: PublishRequest) {
+        let key = format!("{}/{}", req.app, req.name);
+        let index = self.index;
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Proto::Rtmp(r) = &mut conn.proto else {
+            return;
+        };
+        let info = PublisherInfo {
+            conn_id: conn.id,
+            worker: index,
+            peer: conn.peer,
+            protocol: "rtmp",
+            since: SystemTime::now(),
+        };
+        match self.shared.registry.publish(&key, info) {
+            Ok((stream, notice)) => {
+                r.session.accept_publish(req.stream_id);
+                r.publications.push(Publication {
+                    msid: req.stream_id,
+                    stream: stream.clone(),
+                });
+                log::info!(
+                    "publish start stream={key} conn={} peer={} worker={index} type={}",
+                    conn.id,
+                    conn.peer,
+                    req.publish_type
+                );
+                self.set_client_state(k, "publishing", Some(&key));
+                self.notify(&stream, notice, true);
+            }
+            Err(PublishError::AlreadyPublishing { peer }) => {
+                r.session
+                    .reject_publish(req.stream_id, PublishRejection::BadName);
+                log::info!(
+                    "publish refused stream={key} conn={} peer={} worker={index}: already published by {peer}",
+                    conn.id,
+                    conn.peer
+                );
+            }
+        }
+    }
+
+    fn on_play(&mut self, k: usize, req: PlayRequest) {
+        let key = format!("{}/{}", req.app, req.name);
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Proto::Rtmp(r) = &mut conn.proto else {
+            return;
+        };
+        r.session.accept_play(req.stream_id, req.reset);
+        conn.pull_transmit();
+        let (live, cached) = self.start_player(k, &key, req.stream_id, Format::Rtmp);
+        if let Some(conn) = self.conns.get(k) {
+            log::info!(
+                "play start stream={key} conn={} peer={} worker={} protocol=rtmp live={live} cached_frames={cached}",
+                conn.id,
+                conn.peer,
+                self.index
+            );
+        }
+        self.set_client_state(k, "playing", Some(&key));
+    }
+
+    fn stop_publication(&mut self, k: usize, msid: u32, why: &str) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Proto::Rtmp(r) = &mut conn.proto else {
+            return;
+        };
+        let Some(pos) = r.publications.iter().position(|p| p.msid == msid) else {
+            return;
+        };
+        let p = r.publications.remove(pos);
+        let (id, peer) = (conn.id, conn.peer);
+        self.end_publication(id, peer, p, why);
+        self.set_client_state(k, "connected", None);
+    }
+
+    pub(super) fn end_publication(
+        &mut self,
+        conn_id: u64,
+        peer: SocketAddr,
+        p: Publication,
+        why: &str,
+    ) {
+        let (frames, bytes) = p.stream.with_state(|s| (s.frames_in, s.bytes_in));
+        log::info!(
+            "publish stop stream={} conn={conn_id} peer={peer} worker={} frames={frames} bytes={bytes}: {why}",
+            p.stream.key,
+            self.index
+        );
+        if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
+            self.notify(&p.stream, notice, false);
+        }
+    }
+
+    fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let Some(pos) = conn.subscriptions.iter().position(|s| s.msid == msid) else {
+            return;
+        };
+        let s = conn.subscriptions.remove(pos);
+        let (id, peer) = (conn.id, conn.peer);
+        self.end_subscription(k, id, peer, s, why);
+    }
+}

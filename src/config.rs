@@ -10,6 +10,10 @@ pub const DEFAULT_RTMP_ADDR: &str = "0.0.0.0:1935";
 /// Default HTTP listen address (HTTP-FLV, ws-flv, the API and /metrics).
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 
+/// TLS handshakes in progress per worker: a full handshake takes a few ms of
+/// CPU and ~40 KB; 256 pending per core is far above any legitimate burst.
+pub const DEFAULT_MAX_TLS_HANDSHAKES_PER_WORKER: usize = 256;
+
 /// Time an HTTP client has to send a complete request head (and body), and
 /// an idle keep-alive connection to send its next one: slowloris bound.
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +89,15 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub rtmp_addr: SocketAddr,
+    /// RTMPS (RTMP in TLS) listen address, if any.
+    pub rtmps_addr: Option<SocketAddr>,
+    /// HTTPS (HTTPS-FLV, wss-flv, the API) listen address, if any.
+    pub https_addr: Option<SocketAddr>,
+    /// Certificates for RTMPS and HTTPS.
+    pub tls: crate::server::tls::TlsFiles,
+    /// TLS handshakes in progress one worker accepts before refusing new
+    /// TLS connections (ClientHellos that never finish cost memory).
+    pub max_tls_handshakes_per_worker: usize,
     /// HTTP-FLV, ws-flv, and the API unless `api_addr` is set. None: off.
     pub http_addr: Option<SocketAddr>,
     /// The API and /metrics on their own address (then not on `http_addr`).
@@ -117,6 +130,10 @@ impl Default for Config {
         Self {
             rtmp_addr: DEFAULT_RTMP_ADDR.parse().expect("valid default address"),
             http_addr: Some(DEFAULT_HTTP_ADDR.parse().expect("valid default address")),
+            rtmps_addr: None,
+            https_addr: None,
+            tls: Default::default(),
+            max_tls_handshakes_per_worker: DEFAULT_MAX_TLS_HANDSHAKES_PER_WORKER,
             api_addr: None,
             api_token: None,
             cors_origin: "*".into(),
@@ -159,6 +176,9 @@ impl Config {
                 "player queue ({} bytes) must hold the GOP cache ({} bytes) a joiner receives at once",
                 self.player_queue_bytes, self.gop_cache_bytes
             ));
+        }
+        if (self.rtmps_addr.is_some() || self.https_addr.is_some()) && self.tls.is_empty() {
+            return Err("--rtmps and --https need --tls-cert and --tls-key (or --tls-dir)".into());
         }
         if self.max_message_streams == 0 || self.max_chunk_streams == 0 {
             return Err("message and chunk stream limits must be at least 1".into());

@@ -30,6 +30,45 @@ fn options() -> Options {
     o.optflag("", "no-http", "do not listen for HTTP");
     o.optopt(
         "",
+        "rtmps",
+        "RTMPS (RTMP in TLS) listen address, e.g. 0.0.0.0:443",
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        "https",
+        "HTTPS-FLV / wss-flv / API listen address",
+        "ADDR",
+    );
+    o.optmulti(
+        "",
+        "tls-cert",
+        "PEM certificate chain (repeat with --tls-key; the first is the default)",
+        "FILE",
+    );
+    o.optmulti(
+        "",
+        "tls-key",
+        "PEM private key (RSA, ECDSA or Ed25519) for the --tls-cert at the same position",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "tls-dir",
+        "directory of NAME.crt (or NAME.pem) + NAME.key pairs",
+        "DIR",
+    );
+    o.optopt(
+        "",
+        "max-tls-handshakes",
+        &format!(
+            "TLS handshakes in progress per worker [{}]",
+            d.max_tls_handshakes_per_worker
+        ),
+        "N",
+    );
+    o.optopt(
+        "",
         "api",
         "serve the API and /metrics on this address only (not on --http)",
         "ADDR",
@@ -194,6 +233,31 @@ fn config_from(m: &getopts::Matches) -> Result<Config, String> {
     if m.opt_present("no-http") {
         c.http_addr = None;
     }
+    if let Some(a) = m.opt_str("rtmps") {
+        c.rtmps_addr = Some(a.parse().map_err(|e| format!("--rtmps {a:?}: {e}"))?);
+    }
+    if let Some(a) = m.opt_str("https") {
+        c.https_addr = Some(a.parse().map_err(|e| format!("--https {a:?}: {e}"))?);
+    }
+    let (certs, keys) = (m.opt_strs("tls-cert"), m.opt_strs("tls-key"));
+    if certs.len() != keys.len() {
+        return Err(format!(
+            "{} --tls-cert but {} --tls-key: give them in pairs",
+            certs.len(),
+            keys.len()
+        ));
+    }
+    c.tls.pairs = certs
+        .into_iter()
+        .map(Into::into)
+        .zip(keys.into_iter().map(Into::into))
+        .collect();
+    c.tls.dir = m.opt_str("tls-dir").map(Into::into);
+    parse(
+        m,
+        "max-tls-handshakes",
+        &mut c.max_tls_handshakes_per_worker,
+    )?;
     if let Some(a) = m.opt_str("api") {
         c.api_addr = Some(a.parse().map_err(|e| format!("--api {a:?}: {e}"))?);
     }
@@ -258,9 +322,26 @@ fn main() -> ExitCode {
         }
     };
     let handle = server.shutdown_handle();
+    if config.rtmps_addr.is_some() || config.https_addr.is_some() {
+        // Certificates replaced on disk are picked up without a signal too.
+        let watcher = handle.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            match watcher.reload_tls_if_changed() {
+                Some(Ok(n)) => {
+                    log::info!("certificate files changed: reloaded {n} TLS certificates")
+                }
+                Some(Err(e)) => log::warn!(
+                    "certificate files changed but do not load, keeping the old ones: {e}"
+                ),
+                None => {}
+            }
+        });
+    }
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -271,6 +352,15 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         let mut asked = false;
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                match handle.reload_tls() {
+                    Ok(n) => log::info!("SIGHUP: reloaded {n} TLS certificates"),
+                    Err(e) => {
+                        log::warn!("SIGHUP: TLS reload failed, keeping the old certificates: {e}")
+                    }
+                }
+                continue;
+            }
             if asked {
                 log::warn!("signal {sig} again: exiting now");
                 std::process::exit(1);
@@ -282,11 +372,13 @@ fn main() -> ExitCode {
     });
     let addrs = server.addrs();
     log::info!(
-        "sluice {} with {} workers: RTMP on {}, HTTP-FLV on {}, API on {}",
+        "sluice {} with {} workers: RTMP on {}, RTMPS on {}, HTTP on {}, HTTPS on {}, API on {}",
         env!("CARGO_PKG_VERSION"),
         config.workers.clamp(1, sluice::server::stream::MAX_WORKERS),
         addrs.rtmp,
+        addrs.rtmps.map_or("off".into(), |a| a.to_string()),
         addrs.http.map_or("off".into(), |a| a.to_string()),
+        addrs.https.map_or("off".into(), |a| a.to_string()),
         addrs
             .api
             .or(addrs.http)

@@ -115,7 +115,9 @@ pub fn handle(shared: &Shared, method: &str, path: &str) -> (u16, Value) {
                     "workers": shared.workers.len(),
                     "connections": {
                         "rtmp": s.connections(Protocol::Rtmp),
+                        "rtmps": s.connections(Protocol::Rtmps),
                         "http": s.connections(Protocol::Http),
+                        "https": s.connections(Protocol::Https),
                     },
                     "streams": shared.registry.len(),
                     "bytes_in": s.bytes_in.load(Ordering::Relaxed),

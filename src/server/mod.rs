@@ -14,6 +14,7 @@ pub mod queue;
 mod rtmp_conn;
 pub mod stats;
 pub mod stream;
+pub mod tls;
 pub mod worker;
 
 use crate::config::Config;
@@ -35,6 +36,8 @@ pub struct Addrs {
     pub rtmp: SocketAddr,
     pub http: Option<SocketAddr>,
     pub api: Option<SocketAddr>,
+    pub rtmps: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
 }
 
 /// A bound, not yet running server.
@@ -53,6 +56,24 @@ impl ShutdownHandle {
     /// and let every worker return.
     pub fn shutdown(&self) {
         self.0.shutdown();
+    }
+
+    /// Loads the TLS certificate files again: new handshakes get the new
+    /// certificates, established connections keep going. Returns how many
+    /// certificates are loaded.
+    pub fn reload_tls(&self) -> Result<usize, String> {
+        match &self.0.tls {
+            Some(t) => t.resolver.reload(),
+            None => Err("TLS is not configured".into()),
+        }
+    }
+
+    /// Reloads when a certificate file changed since the last load.
+    pub fn reload_tls_if_changed(&self) -> Option<Result<usize, String>> {
+        self.0
+            .tls
+            .as_ref()
+            .and_then(|t| t.resolver.reload_if_changed())
     }
 }
 
@@ -96,6 +117,11 @@ impl RunningServer {
     /// Streams the registry knows (live, or awaited by players).
     pub fn stream_count(&self) -> usize {
         self.shared.registry.len()
+    }
+
+    /// Reloads the TLS certificates (what SIGHUP does in the binary).
+    pub fn reload_tls(&self) -> Result<usize, String> {
+        self.handle.reload_tls()
     }
 
     /// Shuts down and waits for every worker to return.
@@ -150,20 +176,44 @@ impl Server {
     pub fn bind(mut config: Config) -> io::Result<Server> {
         config.workers = config.workers.clamp(1, MAX_WORKERS);
         let n = config.workers;
-        let mut per_worker: Vec<Vec<(ListenerKind, std::net::TcpListener)>> =
-            (0..n).map(|_| Vec::new()).collect();
-        let mut bind = |addr: Option<SocketAddr>, kind| -> io::Result<Option<SocketAddr>> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = if config.rtmps_addr.is_some() || config.https_addr.is_some() {
+            let resolver = Arc::new(
+                tls::CertResolver::new(config.tls.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            );
+            Some(worker::Tls {
+                config: tls::server_config(resolver.clone()),
+                resolver,
+            })
+        } else {
+            None
+        };
+        type Listeners = Vec<(ListenerKind, bool, std::net::TcpListener)>;
+        let mut per_worker: Vec<Listeners> = (0..n).map(|_| Vec::new()).collect();
+        let mut bind = |addr: Option<SocketAddr>, kind, tls| -> io::Result<Option<SocketAddr>> {
             let Some(addr) = addr else { return Ok(None) };
             let (local, ls) = listeners(addr, n)?;
             for (w, l) in per_worker.iter_mut().zip(ls) {
-                w.push((kind, l));
+                w.push((kind, tls, l));
             }
             Ok(Some(local))
         };
-        let rtmp = bind(Some(config.rtmp_addr), ListenerKind::Rtmp)?.unwrap_or(config.rtmp_addr);
-        let http = bind(config.http_addr, ListenerKind::Http)?;
-        let api = bind(config.api_addr, ListenerKind::Api)?;
-        let addrs = Addrs { rtmp, http, api };
+        let rtmp =
+            bind(Some(config.rtmp_addr), ListenerKind::Rtmp, false)?.unwrap_or(config.rtmp_addr);
+        let http = bind(config.http_addr, ListenerKind::Http, false)?;
+        let api = bind(config.api_addr, ListenerKind::Api, false)?;
+        let rtmps = bind(config.rtmps_addr, ListenerKind::Rtmp, true)?;
+        let https = bind(config.https_addr, ListenerKind::Http, true)?;
+        let addrs = Addrs {
+            rtmp,
+            http,
+            api,
+            rtmps,
+            https,
+        };
         let mut polls = Vec::new();
         let mut handles = Vec::new();
         for _ in 0..n {
@@ -192,6 +242,7 @@ impl Server {
             shutdown: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             stats: Default::default(),
+            tls,
         });
         let workers = polls
             .into_iter()
@@ -200,7 +251,7 @@ impl Server {
             .map(|(i, (poll, ls))| {
                 let ls = ls
                     .into_iter()
-                    .map(|(kind, l)| (kind, mio::net::TcpListener::from_std(l)))
+                    .map(|(kind, tls, l)| (kind, tls, mio::net::TcpListener::from_std(l)))
                     .collect();
                 Worker::new(i, poll, ls, shared.clone())
             })

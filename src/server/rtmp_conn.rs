@@ -4,6 +4,7 @@
 use super::stats::CloseReason;
 use super::stream::{Format, PublishError, PublisherInfo, Stream};
 use super::worker::{Proto, Worker};
+use crate::protocol::handshake::HandshakeError;
 use crate::protocol::session::{
     Event, MediaKind, PlayRequest, PublishRejection, PublishRequest, ServerSession, SessionError,
 };
@@ -64,13 +65,23 @@ impl Worker {
             }
             self.mark_dirty(k);
             if let Err(e) = result {
-                if matches!(e, SessionError::Handshake(_)) {
+                let mut why = e.to_string();
+                if let SessionError::Handshake(h) = &e {
                     self.shared
                         .stats
                         .handshake_failures
                         .fetch_add(1, Ordering::Relaxed);
+                    match h {
+                        HandshakeError::UnsupportedVersion(0x16) => {
+                            why.push_str(" (a TLS ClientHello on the plain RTMP port?)")
+                        }
+                        HandshakeError::UnsupportedVersion(b'G' | b'P' | b'H') => {
+                            why.push_str(" (HTTP on the RTMP port?)")
+                        }
+                        _ => {}
+                    }
                 }
-                return self.close(k, CloseReason::Protocol, &e.to_string());
+                return self.close(k, CloseReason::Protocol, &why);
             }
             if leftover == 0 || (leftover == before && !decided) {
                 return;
@@ -155,7 +166,7 @@ impl Worker {
             conn_id: conn.id,
             worker: index,
             peer: conn.peer,
-            protocol: "rtmp",
+            protocol: if conn.tls.is_some() { "rtmps" } else { "rtmp" },
             since: SystemTime::now(),
         };
         match self.shared.registry.publish(&key, info) {
@@ -166,9 +177,10 @@ impl Worker {
                     stream: stream.clone(),
                 });
                 log::info!(
-                    "publish start stream={key} conn={} peer={} worker={index} type={}",
+                    "publish start stream={key} conn={} peer={} worker={index} protocol={} type={}",
                     conn.id,
                     conn.peer,
+                    conn.protocol().name(),
                     req.publish_type
                 );
                 self.set_client_state(k, "publishing", Some(&key));
@@ -199,10 +211,11 @@ impl Worker {
         let (live, cached) = self.start_player(k, &key, req.stream_id, Format::Rtmp);
         if let Some(conn) = self.conns.get(k) {
             log::info!(
-                "play start stream={key} conn={} peer={} worker={} protocol=rtmp live={live} cached_frames={cached}",
+                "play start stream={key} conn={} peer={} worker={} protocol={} live={live} cached_frames={cached}",
                 conn.id,
                 conn.peer,
-                self.index
+                self.index,
+                conn.protocol().name()
             );
         }
         self.set_client_state(k, "playing", Some(&key));

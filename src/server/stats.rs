@@ -59,16 +59,25 @@ impl CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Rtmp,
+    Rtmps,
     Http,
+    Https,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Rtmp, Protocol::Http];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Rtmp,
+        Protocol::Rtmps,
+        Protocol::Http,
+        Protocol::Https,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
+            Protocol::Rtmps => "rtmps",
             Protocol::Http => "http",
+            Protocol::Https => "https",
         }
     }
 }

@@ -115,6 +115,12 @@ pub struct WorkerHandle {
     pub clients: Mutex<HashMap<u64, ClientInfo>>,
 }
 
+/// TLS settings shared by every worker.
+pub struct Tls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub resolver: Arc<super::tls::CertResolver>,
+}
+
 /// State shared by every worker.
 pub struct Shared {
     pub config: Config,
@@ -123,6 +129,7 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     pub next_conn_id: AtomicU64,
     pub stats: Stats,
+    pub tls: Option<Tls>,
 }
 
 impl Shared {
@@ -197,6 +204,10 @@ pub(super) struct Conn {
     /// Close once the queue is written (HTTP responses, ended streams).
     pub close_after_flush: Option<(CloseReason, String)>,
     pub counters: Arc<ConnCounters>,
+    /// TLS state for RTMPS and HTTPS connections.
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    /// Counted in the worker's pending-handshake total.
+    tls_handshaking: bool,
 }
 
 impl Conn {
@@ -213,11 +224,18 @@ impl Conn {
         }
     }
 
-    fn protocol(&self) -> Protocol {
-        match self.proto {
-            Proto::Rtmp(_) => Protocol::Rtmp,
-            Proto::Http(_) => Protocol::Http,
+    pub fn protocol(&self) -> Protocol {
+        match (&self.proto, self.tls.is_some()) {
+            (Proto::Rtmp(_), false) => Protocol::Rtmp,
+            (Proto::Rtmp(_), true) => Protocol::Rtmps,
+            (Proto::Http(_), false) => Protocol::Http,
+            (Proto::Http(_), true) => Protocol::Https,
         }
+    }
+
+    /// Bytes still to go out: queued, or encrypted and waiting for the socket.
+    fn has_pending_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     fn role(&self) -> &'static str {
@@ -241,7 +259,9 @@ pub(super) struct PlayerLimits {
 pub struct Worker {
     pub(super) index: usize,
     pub(super) poll: Poll,
-    listeners: Vec<(ListenerKind, TcpListener)>,
+    listeners: Vec<(ListenerKind, bool, TcpListener)>,
+    /// TLS connections still handshaking on this worker.
+    tls_pending: usize,
     pub(super) conns: Slab<Conn>,
     /// Connection id → slab key, for API close requests.
     ids: HashMap<u64, usize>,
@@ -262,11 +282,11 @@ impl Worker {
     pub fn new(
         index: usize,
         poll: Poll,
-        listeners: Vec<(ListenerKind, TcpListener)>,
+        listeners: Vec<(ListenerKind, bool, TcpListener)>,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
         let mut listeners = listeners;
-        for (i, (_, l)) in listeners.iter_mut().enumerate() {
+        for (i, (_, _, l)) in listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(l, Token(LISTENER_BASE - i), Interest::READABLE)?;
         }
@@ -282,6 +302,7 @@ impl Worker {
             index,
             poll,
             listeners,
+            tls_pending: 0,
             conns: Slab::new(),
             ids: HashMap::new(),
             locals: HashMap::new(),
@@ -354,7 +375,7 @@ impl Worker {
             self.flush_dirty(now);
             self.send_outgoing();
             if let Some(deadline) = self.shutting_down {
-                let drained = self.conns.iter().all(|(_, c)| c.out.is_empty());
+                let drained = self.conns.iter().all(|(_, c)| !c.has_pending_output());
                 if drained || now >= deadline {
                     break;
                 }
@@ -378,10 +399,10 @@ impl Worker {
 
     fn accept(&mut self, now: Instant, listener: usize) {
         loop {
-            let Some((kind, l)) = self.listeners.get(listener) else {
+            let Some((kind, tls, l)) = self.listeners.get(listener) else {
                 return;
             };
-            let kind = *kind;
+            let (kind, tls) = (*kind, *tls);
             match l.accept() {
                 Ok((mut socket, peer)) => {
                     if self.conns.len() >= self.shared.config.max_connections_per_worker {
@@ -391,6 +412,38 @@ impl Worker {
                             self.conns.len()
                         );
                         continue;
+                    }
+                    let tls = match (tls, &self.shared.tls) {
+                        (false, _) => None,
+                        (true, _)
+                            if self.tls_pending
+                                >= self.shared.config.max_tls_handshakes_per_worker =>
+                        {
+                            log::debug!(
+                                "worker={}: refusing {peer}: {} TLS handshakes in progress is the limit",
+                                self.index,
+                                self.tls_pending
+                            );
+                            self.shared
+                                .stats
+                                .handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        (true, Some(t)) => match rustls::ServerConnection::new(t.config.clone()) {
+                            Ok(mut c) => {
+                                c.set_buffer_limit(Some(super::tls::TLS_BUFFER_LIMIT));
+                                Some(Box::new(c))
+                            }
+                            Err(e) => {
+                                log::warn!("{peer}: TLS: {e}");
+                                continue;
+                            }
+                        },
+                        (true, None) => continue,
+                    };
+                    if tls.is_some() {
+                        self.tls_pending += 1;
                     }
                     if let Err(e) = socket.set_nodelay(true) {
                         log::debug!("{peer}: TCP_NODELAY: {e}");
@@ -430,6 +483,8 @@ impl Worker {
                         blocked_since: None,
                         close_after_flush: None,
                         counters: Arc::new(ConnCounters::default()),
+                        tls_handshaking: tls.is_some(),
+                        tls,
                     };
                     log::debug!(
                         "conn={id} peer={peer} worker={} listener={kind:?}: accepted",
@@ -500,6 +555,9 @@ impl Worker {
         if self.shutting_down.is_some() {
             return;
         }
+        if self.conns.get(k).is_some_and(|c| c.tls.is_some()) {
+            return self.on_readable_tls(now, k);
+        }
         let mut budget = READ_BUDGET;
         loop {
             let Some(conn) = self.conns.get_mut(k) else {
@@ -530,22 +588,112 @@ impl Worker {
                 .stats
                 .bytes_in
                 .fetch_add(n as u64, Ordering::Relaxed);
-            let rtmp = matches!(conn.proto, Proto::Rtmp(_));
-            if rtmp {
-                self.rtmp_input(now, k);
-            } else {
-                self.http_input(now, k);
+            if !self.feed_protocol(now, k) {
+                return;
             }
-            let Some(conn) = self.conns.get(k) else {
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.read_again.push(k);
+                return;
+            }
+        }
+    }
+
+    /// Hands the read buffer to the connection's protocol. False when the
+    /// connection was closed.
+    fn feed_protocol(&mut self, now: Instant, k: usize) -> bool {
+        let Some(conn) = self.conns.get(k) else {
+            return false;
+        };
+        if matches!(conn.proto, Proto::Rtmp(_)) {
+            self.rtmp_input(now, k);
+        } else {
+            self.http_input(now, k);
+        }
+        let Some(conn) = self.conns.get(k) else {
+            return false;
+        };
+        if conn.read_buf.len() > MAX_READ_BUFFER {
+            let n = conn.read_buf.len();
+            self.close(
+                k,
+                CloseReason::Protocol,
+                &format!("{n} unconsumed bytes in the read buffer"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Reads TLS records until the socket is empty (bounded per wakeup),
+    /// decrypting into the read buffer and feeding the protocol as
+    /// plaintext arrives.
+    fn on_readable_tls(&mut self, now: Instant, k: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(k) else {
                 return;
             };
-            if conn.read_buf.len() > MAX_READ_BUFFER {
-                let n = conn.read_buf.len();
-                return self.close(
-                    k,
-                    CloseReason::Protocol,
-                    &format!("{n} unconsumed bytes in the read buffer"),
-                );
+            let Some(tls) = conn.tls.as_mut() else {
+                return;
+            };
+            let n = match tls.read_tls(&mut conn.socket) {
+                Ok(0) => return self.close(k, CloseReason::Peer, "closed by peer"),
+                Ok(n) => n,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return self.close(k, CloseReason::Peer, &format!("read error: {e}")),
+                },
+            };
+            conn.counters
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.shared
+                .stats
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let state = match tls.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // Send the alert rustls queued, then close.
+                    let _ = tls.write_tls(&mut conn.socket);
+                    let handshaking = conn.tls_handshaking;
+                    let hint = if handshaking {
+                        " (plain RTMP or HTTP on the TLS port?)"
+                    } else {
+                        ""
+                    };
+                    if handshaking {
+                        self.shared
+                            .stats
+                            .handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    return self.close(k, CloseReason::Protocol, &format!("TLS: {e}{hint}"));
+                }
+            };
+            let plaintext = state.plaintext_bytes_to_read();
+            let peer_closed = state.peer_has_closed();
+            if plaintext > 0 {
+                let len = conn.read_buf.len();
+                conn.read_buf.resize(len + plaintext, 0);
+                if let Err(e) = io::Read::read_exact(&mut tls.reader(), &mut conn.read_buf[len..]) {
+                    return self.close(k, CloseReason::Protocol, &format!("TLS read: {e}"));
+                }
+            }
+            if conn.tls_handshaking && !tls.is_handshaking() {
+                conn.tls_handshaking = false;
+                self.tls_pending = self.tls_pending.saturating_sub(1);
+            }
+            if tls.wants_write() {
+                self.mark_dirty(k);
+            }
+            if plaintext > 0 && !self.feed_protocol(now, k) {
+                return;
+            }
+            if peer_closed {
+                return self.close(k, CloseReason::Peer, "TLS close_notify from peer");
             }
             budget = budget.saturating_sub(n);
             if budget == 0 {
@@ -760,24 +908,25 @@ impl Worker {
                 continue;
             };
             conn.dirty = false;
-            let mut written = 0u64;
-            while !conn.out.is_empty() {
-                match conn.out.write_to(&mut conn.socket) {
-                    Ok(n) => {
+            let result = match conn.tls.as_mut() {
+                None => write_plain(&mut conn.out, &mut conn.socket),
+                Some(tls) => write_tls(&mut conn.out, tls, &mut conn.socket),
+            };
+            let written = match result {
+                Ok((written, blocked)) => {
+                    if written > 0 {
                         conn.blocked_since = None;
-                        written += n as u64;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if blocked {
                         conn.blocked_since.get_or_insert(now);
-                        break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failed.push((k, CloseReason::Peer, format!("write error: {e}")));
-                        break;
-                    }
+                    written
                 }
-            }
+                Err(e) => {
+                    failed.push((k, CloseReason::Peer, format!("write error: {e}")));
+                    continue;
+                }
+            };
             if written > 0 {
                 conn.counters
                     .bytes_out
@@ -800,7 +949,7 @@ impl Worker {
                         self.limits.control_bytes
                     ),
                 ));
-            } else if conn.out.is_empty() {
+            } else if !conn.has_pending_output() {
                 if let Some((reason, why)) = conn.close_after_flush.take() {
                     failed.push((k, reason, why));
                 }
@@ -843,7 +992,7 @@ impl Worker {
                     continue;
                 }
             }
-            if !conn.out.is_empty() && !conn.dirty {
+            if conn.has_pending_output() && !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(k);
             }
@@ -859,7 +1008,7 @@ impl Worker {
             self.index,
             self.conns.len()
         );
-        for (_, mut l) in self.listeners.drain(..) {
+        for (_, _, mut l) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
         for (k, conn) in self.conns.iter_mut() {
@@ -893,6 +1042,9 @@ impl Worker {
         self.shared.stats.dropped(conn.protocol());
         self.shared.stats.closed(reason);
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if conn.tls_handshaking {
+            self.tls_pending = self.tls_pending.saturating_sub(1);
+        }
         let role = conn.role();
         if let Proto::Rtmp(r) = &mut conn.proto {
             for p in std::mem::take(&mut r.publications) {
@@ -1009,6 +1161,50 @@ fn push_frame(conn: &mut Conn, sub: &Subscription, f: &Arc<Frame>) {
         (format, _) => Item::Frame(f.clone(), format),
     };
     conn.push(item);
+}
+
+/// Writes queued bytes to a plain socket until it blocks or the queue
+/// empties: (bytes written, blocked).
+fn write_plain(out: &mut OutQueue, socket: &mut TcpStream) -> io::Result<(u64, bool)> {
+    let mut written = 0u64;
+    while !out.is_empty() {
+        match out.write_to(socket) {
+            Ok(n) => written += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((written, true)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((written, false))
+}
+
+/// Moves queued plaintext into rustls (which encrypts it, up to its buffer
+/// limit) and writes TLS records to the socket, until the socket blocks or
+/// nothing is left: (TLS bytes written, blocked).
+fn write_tls(
+    out: &mut OutQueue,
+    tls: &mut rustls::ServerConnection,
+    socket: &mut TcpStream,
+) -> io::Result<(u64, bool)> {
+    let mut written = 0u64;
+    loop {
+        let moved = if out.is_empty() {
+            0
+        } else {
+            out.write_to(&mut tls.writer())?
+        };
+        while tls.wants_write() {
+            match tls.write_tls(socket) {
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((written, true)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() || moved == 0 {
+            return Ok((written, false));
+        }
+    }
 }
 
 /// The worker indices whose bit is set in `mask`.

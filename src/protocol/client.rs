@@ -276,13 +276,8 @@ impl ClientSession {
 
     fn handle_message(&mut self, msg: Message) -> Result<(), SessionError> {
         match msg.type_id {
-            type_id::SET_CHUNK_SIZE => {
-                let size = message::read_u32(msg.type_id, &msg.payload)?;
-                self.decoder.set_chunk_size(size)?;
-            }
-            type_id::ABORT => {
-                let csid = message::read_u32(msg.type_id, &msg.payload)?;
-                self.decoder.abort(csid);
+            type_id::SET_CHUNK_SIZE | type_id::ABORT => {
+                message::apply_chunk_control(&mut self.decoder, &msg)?
             }
             type_id::ACKNOWLEDGEMENT => {
                 let seq = message::read_u32(msg.type_id, &msg.payload)?;

@@ -176,6 +176,22 @@ impl UserControl {
     }
 }
 
+/// Applies a Set Chunk Size (1) or Abort (2) message to the decoder that
+/// read it: both change how the following chunks are read, so the caller
+/// applies them before decoding the next message.
+pub fn apply_chunk_control(
+    decoder: &mut super::chunk::ChunkDecoder,
+    msg: &Message,
+) -> Result<(), super::session::SessionError> {
+    let value = read_u32(msg.type_id, &msg.payload)?;
+    match msg.type_id {
+        type_id::SET_CHUNK_SIZE => decoder.set_chunk_size(value)?,
+        type_id::ABORT => decoder.abort(value),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// A protocol control message on csid 2, message stream 0 (spec 5.4).
 pub fn control(type_id: u8, payload: Bytes) -> Message {
     Message {

@@ -709,13 +709,8 @@ impl ServerSession {
 
     fn handle_message(&mut self, now: Instant, msg: Message) -> Result<(), SessionError> {
         match msg.type_id {
-            type_id::SET_CHUNK_SIZE => {
-                let size = message::read_u32(msg.type_id, &msg.payload)?;
-                self.decoder.set_chunk_size(size)?;
-            }
-            type_id::ABORT => {
-                let csid = message::read_u32(msg.type_id, &msg.payload)?;
-                self.decoder.abort(csid);
+            type_id::SET_CHUNK_SIZE | type_id::ABORT => {
+                message::apply_chunk_control(&mut self.decoder, &msg)?
             }
             type_id::ACKNOWLEDGEMENT => {}
             type_id::WINDOW_ACK_SIZE => {
@@ -828,7 +823,13 @@ impl ServerSession {
         match name.as_str() {
             "createStream" => self.handle_create_stream(txid),
             "releaseStream" => self.send_result(txid, vec![Amf0Value::Null]),
-            "FCPublish" => {
+            "FCPublish" | "FCUnpublish" => {
+                // Encoders wait for this notice before publishing (OBS, FMLE).
+                let (reply, code) = if name == "FCPublish" {
+                    ("onFCPublish", "NetStream.Publish.Start")
+                } else {
+                    ("onFCUnpublish", "NetStream.Unpublish.Success")
+                };
                 let stream = rest
                     .first()
                     .and_then(|v| v.as_str())
@@ -837,30 +838,11 @@ impl ServerSession {
                 self.send_command(
                     0,
                     &[
-                        Amf0Value::string("onFCPublish"),
+                        Amf0Value::string(reply),
                         Amf0Value::Number(0.0),
                         Amf0Value::Null,
                         Amf0Value::object([
-                            ("code", Amf0Value::string("NetStream.Publish.Start")),
-                            ("description", Amf0Value::string(stream)),
-                        ]),
-                    ],
-                );
-            }
-            "FCUnpublish" => {
-                let stream = rest
-                    .first()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                self.send_command(
-                    0,
-                    &[
-                        Amf0Value::string("onFCUnpublish"),
-                        Amf0Value::Number(0.0),
-                        Amf0Value::Null,
-                        Amf0Value::object([
-                            ("code", Amf0Value::string("NetStream.Unpublish.Success")),
+                            ("code", Amf0Value::string(code)),
                             ("description", Amf0Value::string(stream)),
                         ]),
                     ],

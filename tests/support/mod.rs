@@ -41,19 +41,7 @@ pub struct TestClient {
 impl TestClient {
     /// Connects, handshakes and sends `connect` for `app`; waits for success.
     pub fn connect(addr: SocketAddr, app: &str) -> Self {
-        let sock = TcpStream::connect(addr).expect("connect");
-        sock.set_nodelay(true).unwrap();
-        let session =
-            ClientSession::new(ClientConfig::new(app, format!("rtmp://{addr}/{app}")), 42);
-        let mut c = Self {
-            sock,
-            session,
-            buf: BytesMut::new(),
-            events: VecDeque::new(),
-            closed: false,
-        };
-        c.wait_for("connect", |e| matches!(e, ClientEvent::Connected));
-        c
+        Self::over(TcpStream::connect(addr).expect("connect"), addr, app, 42)
     }
 
     /// Like [`TestClient::connect`], with 4 KiB socket buffers, so a client
@@ -62,9 +50,13 @@ impl TestClient {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.set_recv_buffer_size(4096).unwrap();
         s.connect(&addr.into()).expect("connect");
-        let sock: TcpStream = s.into();
+        Self::over(s.into(), addr, app, 43)
+    }
+
+    fn over(sock: TcpStream, addr: SocketAddr, app: &str, seed: u64) -> Self {
+        sock.set_nodelay(true).unwrap();
         let session =
-            ClientSession::new(ClientConfig::new(app, format!("rtmp://{addr}/{app}")), 43);
+            ClientSession::new(ClientConfig::new(app, format!("rtmp://{addr}/{app}")), seed);
         let mut c = Self {
             sock,
             session,

@@ -192,9 +192,14 @@ impl TestClient {
     ) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
         let mut got = Vec::new();
+        // Re-check `done` at least every 100 ms: it may depend on state
+        // another thread sets after the last frame arrived.
         while !done(&got) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_event(left) {
+            if left.is_zero() || self.closed {
+                break;
+            }
+            match self.next_event(left.min(Duration::from_millis(100))) {
                 Some(ClientEvent::Media {
                     kind,
                     timestamp,
@@ -205,8 +210,7 @@ impl TestClient {
                         got.push(r);
                     }
                 }
-                Some(_) => {}
-                None => break,
+                Some(_) | None => {}
             }
         }
         got

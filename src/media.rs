@@ -1523,6 +1523,59 @@ mod tests {
         assert!(matches!(Codec::Eac3.name(), Cow::Borrowed("E-AC-3")));
     }
 
+    // ---- FourCC sets (player-side filter) ----
+
+    #[test]
+    fn fourcc_set_named_unknown_and_wildcard() {
+        let mut set = FourCcSet::default();
+        assert!(set.is_empty());
+        set.insert("hvc1");
+        set.insert("Opus");
+        set.insert("q9z!");
+        set.insert("too long");
+        set.insert("");
+        assert!(!set.is_empty() && !set.is_wildcard());
+        assert!(set.contains(Codec::Hevc) && set.contains(Codec::Opus));
+        assert!(set.contains(Codec::FourCc(*b"q9z!")));
+        assert!(!set.contains(Codec::Av1) && !set.contains(Codec::FourCc(*b"q9z?")));
+        // Nothing to refuse without a FourCC.
+        assert!(set.contains(Codec::Unknown) && set.contains(Codec::Legacy(2)));
+        set.insert("*");
+        assert!(set.is_wildcard() && set.contains(Codec::Av1));
+    }
+
+    #[test]
+    fn every_codec_round_trips_through_its_fourcc() {
+        for c in [
+            Codec::Avc,
+            Codec::Hevc,
+            Codec::Av1,
+            Codec::Vp8,
+            Codec::Vp9,
+            Codec::Vvc,
+            Codec::Aac,
+            Codec::Mp3,
+            Codec::Opus,
+            Codec::Flac,
+            Codec::Ac3,
+            Codec::Eac3,
+            Codec::FourCc(*b"zzzz"),
+        ] {
+            assert_eq!(Codec::from_fourcc(c.fourcc().unwrap()), c);
+        }
+        assert_eq!(Codec::Legacy(7).fourcc(), None);
+        assert_eq!(Codec::Unknown.fourcc(), None);
+    }
+
+    #[test]
+    fn enhanced_header_detection() {
+        assert!(is_enhanced(true, &[0x90]));
+        assert!(!is_enhanced(true, &[0x17]));
+        assert!(is_enhanced(false, &[0x91]));
+        assert!(!is_enhanced(false, &[0xaf]));
+        assert!(!is_enhanced(true, &[]) && !is_enhanced(false, &[]));
+    }
+
     // ---- avc_dimensions ----
 
     /// A legacy AVC sequence header message around one SPS NAL unit (with

@@ -1398,3 +1398,93 @@ pub fn is_metadata(payload: &[u8]) -> bool {
         && payload[1..3] == (NAME.len() as u16).to_be_bytes()
         && &payload[3..3 + NAME.len()] == NAME
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Codec;
+
+    fn connect_object(extra: Vec<(&str, Amf0Value)>) -> Amf0Value {
+        let mut props = vec![("app", Amf0Value::string("live"))];
+        props.extend(extra);
+        Amf0Value::object(props)
+    }
+
+    #[test]
+    fn legacy_connect_announces_nothing() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![(
+            "videoCodecs",
+            Amf0Value::Number(252.0),
+        )]));
+        assert_eq!(caps, ClientCaps::default());
+        assert!(!caps.is_enhanced());
+    }
+
+    #[test]
+    fn reads_fourcc_list_info_maps_and_caps_ex() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![
+            (
+                "fourCcList",
+                Amf0Value::StrictArray(vec![
+                    Amf0Value::string("hvc1"),
+                    Amf0Value::string("Opus"),
+                    Amf0Value::string("toolong"), // not a FourCC: ignored
+                    Amf0Value::Number(1.0),       // not a string: ignored
+                ]),
+            ),
+            (
+                "videoFourCcInfoMap",
+                Amf0Value::object([
+                    ("av01", Amf0Value::Number(1.0)), // CanDecode
+                    ("vp09", Amf0Value::Number(2.0)), // CanEncode only: not taken
+                    ("vvc1", Amf0Value::Number(4.0)), // CanForward
+                ]),
+            ),
+            (
+                "audioFourCcInfoMap",
+                Amf0Value::EcmaArray(vec![("fLaC".into(), Amf0Value::Number(5.0))]),
+            ),
+            ("capsEx", Amf0Value::Number(3.0)),
+        ]));
+        let set = caps.fourccs.clone().expect("announced");
+        for c in [
+            Codec::Hevc,
+            Codec::Opus,
+            Codec::Av1,
+            Codec::Vvc,
+            Codec::Flac,
+        ] {
+            assert!(set.contains(c), "{c}");
+        }
+        for c in [Codec::Vp9, Codec::Avc, Codec::Aac, Codec::FourCc(*b"xxxx")] {
+            assert!(!set.contains(c), "{c}");
+        }
+        assert_eq!(caps.caps_ex, Some(3));
+        assert!(caps.has(caps_ex::RECONNECT) && caps.has(caps_ex::MULTITRACK));
+        assert!(!caps.has(caps_ex::MOD_EX));
+    }
+
+    #[test]
+    fn wildcard_in_an_info_map_admits_everything() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![(
+            "videoFourCcInfoMap",
+            Amf0Value::object([("*", Amf0Value::Number(4.0))]),
+        )]));
+        let set = caps.fourccs.unwrap();
+        assert!(set.is_wildcard() && set.contains(Codec::FourCc(*b"abcd")));
+        assert_eq!(caps.caps_ex, None);
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_ignored() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![
+            ("fourCcList", Amf0Value::string("hvc1")),
+            ("videoFourCcInfoMap", Amf0Value::Number(1.0)),
+            ("capsEx", Amf0Value::Number(f64::NAN)),
+        ]));
+        assert_eq!(caps, ClientCaps::default());
+        let caps =
+            ClientCaps::from_connect(&connect_object(vec![("capsEx", Amf0Value::Number(-1.0))]));
+        assert_eq!(caps.caps_ex, None);
+    }
+}

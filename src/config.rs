@@ -85,6 +85,11 @@ pub const SERVER_WINDOW_ACK_SIZE: u32 = 2_500_000;
 /// How long shutdown waits for queued bytes to drain before exiting.
 pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a graceful shutdown (SIGTERM, `POST /api/drain`) keeps serving
+/// publishers it asked to reconnect (Enhanced RTMP capsEx Reconnect). OBS
+/// and ffmpeg reconnect at their next keyframe, at most a GOP or two away.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -123,6 +128,11 @@ pub struct Config {
     pub gop_cache_bytes: usize,
     pub gop_cache_frames: usize,
     pub max_connections_per_worker: usize,
+    /// `tcUrl` sent with Enhanced RTMP reconnect requests (None: the client
+    /// reconnects to the tcUrl it used).
+    pub reconnect_url: Option<String>,
+    /// How long shutdown waits for publishers asked to reconnect to leave.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -154,6 +164,8 @@ impl Default for Config {
             gop_cache_bytes: DEFAULT_GOP_CACHE_BYTES,
             gop_cache_frames: DEFAULT_GOP_CACHE_FRAMES,
             max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
+            reconnect_url: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }

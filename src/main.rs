@@ -199,6 +199,22 @@ fn options() -> Options {
         &format!("connections per worker [{}]", d.max_connections_per_worker),
         "N",
     );
+    o.optopt(
+        "",
+        "reconnect-url",
+        "tcUrl Enhanced RTMP publishers are asked to reconnect to on shutdown \
+         [their own]",
+        "URL",
+    );
+    o.optopt(
+        "",
+        "drain-timeout",
+        &format!(
+            "on shutdown, how long publishers asked to reconnect may stay [{}]",
+            d.drain_timeout.as_secs()
+        ),
+        "SECS",
+    );
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
@@ -279,6 +295,8 @@ fn config_from(m: &getopts::Matches) -> Result<Config, String> {
     parse(m, "gop-cache-bytes", &mut c.gop_cache_bytes)?;
     parse(m, "gop-cache-frames", &mut c.gop_cache_frames)?;
     parse(m, "max-connections", &mut c.max_connections_per_worker)?;
+    c.reconnect_url = m.opt_str("reconnect-url").or(c.reconnect_url);
+    parse_secs(m, "drain-timeout", &mut c.drain_timeout)?;
     c.validate()?;
     Ok(c)
 }

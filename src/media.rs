@@ -148,6 +148,116 @@ impl fmt::Display for Codec {
     }
 }
 
+impl Codec {
+    /// The Enhanced RTMP FourCC that names this codec (`None` for legacy
+    /// FLV codec ids without one, and for `Unknown`).
+    pub fn fourcc(&self) -> Option<[u8; 4]> {
+        Some(match self {
+            Codec::Avc => *b"avc1",
+            Codec::Hevc => *b"hvc1",
+            Codec::Av1 => *b"av01",
+            Codec::Vp8 => *b"vp08",
+            Codec::Vp9 => *b"vp09",
+            Codec::Vvc => *b"vvc1",
+            Codec::Aac => *b"mp4a",
+            Codec::Mp3 => *b".mp3",
+            Codec::Opus => *b"Opus",
+            Codec::Flac => *b"fLaC",
+            Codec::Ac3 => *b"ac-3",
+            Codec::Eac3 => *b"ec-3",
+            Codec::FourCc(f) => *f,
+            Codec::Legacy(_) | Codec::Unknown => return None,
+        })
+    }
+
+    /// Bit of a named codec in [`FourCcSet`]'s mask.
+    fn bit(&self) -> Option<u16> {
+        let i = match self {
+            Codec::Avc => 0,
+            Codec::Hevc => 1,
+            Codec::Av1 => 2,
+            Codec::Vp8 => 3,
+            Codec::Vp9 => 4,
+            Codec::Vvc => 5,
+            Codec::Aac => 6,
+            Codec::Mp3 => 7,
+            Codec::Opus => 8,
+            Codec::Flac => 9,
+            Codec::Ac3 => 10,
+            Codec::Eac3 => 11,
+            Codec::Legacy(_) | Codec::FourCc(_) | Codec::Unknown => return None,
+        };
+        Some(1 << i)
+    }
+}
+
+/// The FourCCs a client announced in `connect` (`fourCcList`, or the keys
+/// of `videoFourCcInfoMap` / `audioFourCcInfoMap` with CanDecode or
+/// CanForward), as the player-side filter: built once per connection, asked
+/// once per frame without allocating. `*` admits every codec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FourCcSet {
+    any: bool,
+    known: u16,
+    /// FourCCs Sluice has no name for (rare: kept in a small list).
+    others: Vec<[u8; 4]>,
+}
+
+impl FourCcSet {
+    /// Adds one announced entry: `*`, or a four-byte FourCC (anything else
+    /// is ignored).
+    pub fn insert(&mut self, fourcc: &str) {
+        if fourcc == "*" {
+            self.any = true;
+            return;
+        }
+        let Ok(f) = <[u8; 4]>::try_from(fourcc.as_bytes()) else {
+            return;
+        };
+        match Codec::from_fourcc(f).bit() {
+            Some(bit) => self.known |= bit,
+            None if !self.others.contains(&f) => self.others.push(f),
+            None => {}
+        }
+    }
+
+    /// True when `*` was announced.
+    pub fn is_wildcard(&self) -> bool {
+        self.any
+    }
+
+    /// True when nothing was announced.
+    pub fn is_empty(&self) -> bool {
+        !self.any && self.known == 0 && self.others.is_empty()
+    }
+
+    /// True when a codec named by an Enhanced RTMP FourCC is in the set.
+    /// `Unknown` (command frames, truncated headers) and legacy ids are
+    /// always admitted: they carry no FourCC to refuse.
+    pub fn contains(&self, codec: Codec) -> bool {
+        if self.any {
+            return true;
+        }
+        match (codec.bit(), codec) {
+            (Some(bit), _) => self.known & bit != 0,
+            (None, Codec::FourCc(f)) => self.others.contains(&f),
+            (None, _) => true,
+        }
+    }
+}
+
+/// True when an audio (`video == false`) or video payload uses the Enhanced
+/// RTMP extended header (video IsExHeader bit; audio sound format 9). Legacy
+/// headers (AVC codec id 7, AAC sound format 10, ...) are what every RTMP
+/// player decodes, so the player-side FourCC filter never refuses them.
+pub fn is_enhanced(video: bool, payload: &[u8]) -> bool {
+    match payload.first() {
+        Some(b) if video => b & 0x80 != 0,
+        Some(b) => b >> 4 == SOUND_FORMAT_EX_HEADER,
+        None => false,
+    }
+}
+
 /// What the first bytes of an audio or video payload say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MediaInfo {
@@ -1411,6 +1521,59 @@ mod tests {
         assert_eq!(Codec::Legacy(4).name(), "FLV codec 4");
         assert_eq!(Codec::Unknown.to_string(), "unknown");
         assert!(matches!(Codec::Eac3.name(), Cow::Borrowed("E-AC-3")));
+    }
+
+    // ---- FourCC sets (player-side filter) ----
+
+    #[test]
+    fn fourcc_set_named_unknown_and_wildcard() {
+        let mut set = FourCcSet::default();
+        assert!(set.is_empty());
+        set.insert("hvc1");
+        set.insert("Opus");
+        set.insert("q9z!");
+        set.insert("too long");
+        set.insert("");
+        assert!(!set.is_empty() && !set.is_wildcard());
+        assert!(set.contains(Codec::Hevc) && set.contains(Codec::Opus));
+        assert!(set.contains(Codec::FourCc(*b"q9z!")));
+        assert!(!set.contains(Codec::Av1) && !set.contains(Codec::FourCc(*b"q9z?")));
+        // Nothing to refuse without a FourCC.
+        assert!(set.contains(Codec::Unknown) && set.contains(Codec::Legacy(2)));
+        set.insert("*");
+        assert!(set.is_wildcard() && set.contains(Codec::Av1));
+    }
+
+    #[test]
+    fn every_codec_round_trips_through_its_fourcc() {
+        for c in [
+            Codec::Avc,
+            Codec::Hevc,
+            Codec::Av1,
+            Codec::Vp8,
+            Codec::Vp9,
+            Codec::Vvc,
+            Codec::Aac,
+            Codec::Mp3,
+            Codec::Opus,
+            Codec::Flac,
+            Codec::Ac3,
+            Codec::Eac3,
+            Codec::FourCc(*b"zzzz"),
+        ] {
+            assert_eq!(Codec::from_fourcc(c.fourcc().unwrap()), c);
+        }
+        assert_eq!(Codec::Legacy(7).fourcc(), None);
+        assert_eq!(Codec::Unknown.fourcc(), None);
+    }
+
+    #[test]
+    fn enhanced_header_detection() {
+        assert!(is_enhanced(true, &[0x90]));
+        assert!(!is_enhanced(true, &[0x17]));
+        assert!(is_enhanced(false, &[0x91]));
+        assert!(!is_enhanced(false, &[0xaf]));
+        assert!(!is_enhanced(true, &[]) && !is_enhanced(false, &[]));
     }
 
     // ---- avc_dimensions ----

@@ -41,6 +41,9 @@ fn first_video(packets: &[Packet]) -> &Packet {
 
 #[test]
 fn ffmpeg_rtmpdump_gstreamer_play_what_ffmpeg_publishes() {
+    // The clip and its packet list are made once per binary: do it before
+    // any peer starts, so no player's idle timeout runs while ffmpeg encodes.
+    let _ = (clip(), clip_packets());
     let t0 = Instant::now();
     let server = Server::start(2, &[]);
     let url = server.url("live", "interop");
@@ -76,6 +79,9 @@ fn ffmpeg_rtmpdump_gstreamer_play_what_ffmpeg_publishes() {
 #[test]
 fn players_on_both_workers_all_get_every_frame() {
     const PLAYERS: usize = 12;
+    // The clip and its packet list are made once per binary: do it before
+    // any peer starts, so no player's idle timeout runs while ffmpeg encodes.
+    let _ = (clip(), clip_packets());
     let t0 = Instant::now();
     let server = Server::start(2, &[]);
     let url = server.url("live", "fanout");
@@ -123,6 +129,9 @@ fn players_on_both_workers_all_get_every_frame() {
 
 #[test]
 fn late_joiner_starts_on_keyframe_with_sequence_headers() {
+    // The clip and its packet list are made once per binary: do it before
+    // any peer starts, so no player's idle timeout runs while ffmpeg encodes.
+    let _ = (clip(), clip_packets());
     let t0 = Instant::now();
     let server = Server::start(2, &[]);
     let url = server.url("live", "late");
@@ -159,6 +168,9 @@ fn late_joiner_starts_on_keyframe_with_sequence_headers() {
 
 #[test]
 fn second_publisher_is_refused_and_first_keeps_going() {
+    // The clip and its packet list are made once per binary: do it before
+    // any peer starts, so no player's idle timeout runs while ffmpeg encodes.
+    let _ = (clip(), clip_packets());
     let t0 = Instant::now();
     let server = Server::start(2, &[]);
     let url = server.url("live", "twice");
@@ -197,6 +209,9 @@ fn second_publisher_is_refused_and_first_keeps_going() {
 
 #[test]
 fn sigterm_ends_stream_and_exits_zero() {
+    // The clip and its packet list are made once per binary: do it before
+    // any peer starts, so no player's idle timeout runs while ffmpeg encodes.
+    let _ = (clip(), clip_packets());
     let t0 = Instant::now();
     let mut server = Server::start(2, &[]);
     let url = server.url("live", "term");

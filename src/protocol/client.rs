@@ -55,6 +55,10 @@ pub struct ClientConfig {
     pub chunk_size: u32,
     /// Window Acknowledgement Size the client announces (0: none).
     pub window_ack_size: u32,
+    /// Enhanced RTMP `fourCcList` to announce in `connect` (empty: none).
+    pub fourcc_list: Vec<String>,
+    /// Enhanced RTMP `capsEx` to announce in `connect`.
+    pub caps_ex: Option<u8>,
 }
 
 impl ClientConfig {
@@ -65,6 +69,8 @@ impl ClientConfig {
             tc_url: tc_url.into(),
             chunk_size: 4096,
             window_ack_size: 2_500_000,
+            fourcc_list: Vec::new(),
+            caps_ex: None,
         }
     }
 }
@@ -89,6 +95,10 @@ pub struct ClientSession {
     bytes_received: u64,
     bytes_at_last_ack: u64,
     peer_window: u32,
+    /// The properties object of the server's `connect` `_result`.
+    connect_properties: Option<Amf0Value>,
+    /// The info object of the last `onStatus`.
+    last_status: Option<Amf0Value>,
 }
 
 impl ClientSession {
@@ -113,7 +123,21 @@ impl ClientSession {
             bytes_received: 0,
             bytes_at_last_ack: 0,
             peer_window: 0,
+            connect_properties: None,
+            last_status: None,
         }
+    }
+
+    /// The properties object the server answered `connect` with (its
+    /// `fmsVer`, and for Enhanced RTMP its `fourCcList`, `capsEx`...).
+    pub fn connect_properties(&self) -> Option<&Amf0Value> {
+        self.connect_properties.as_ref()
+    }
+
+    /// The info object of the last `onStatus` received (its `tcUrl` for a
+    /// reconnect request).
+    pub fn last_status(&self) -> Option<&Amf0Value> {
+        self.last_status.as_ref()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -205,7 +229,7 @@ impl ClientSession {
         if self.config.window_ack_size > 0 {
             self.send(&message::window_ack_size(self.config.window_ack_size));
         }
-        let obj = Amf0Value::object([
+        let mut props = vec![
             ("app", Amf0Value::string(self.config.app.clone())),
             (
                 "flashVer",
@@ -218,7 +242,20 @@ impl ClientSession {
             ("videoCodecs", Amf0Value::Number(252.0)),
             ("videoFunction", Amf0Value::Number(1.0)),
             ("objectEncoding", Amf0Value::Number(0.0)),
-        ]);
+        ];
+        if !self.config.fourcc_list.is_empty() {
+            let list = self
+                .config
+                .fourcc_list
+                .iter()
+                .map(|f| Amf0Value::string(f.clone()))
+                .collect();
+            props.push(("fourCcList", Amf0Value::StrictArray(list)));
+        }
+        if let Some(caps) = self.config.caps_ex {
+            props.push(("capsEx", Amf0Value::Number(f64::from(caps))));
+        }
+        let obj = Amf0Value::object(props);
         self.send_command_with(0, "connect", 1.0, &[obj]);
     }
 
@@ -325,6 +362,7 @@ impl ClientSession {
         match name.as_str() {
             "_result" if txid == 1.0 && matches!(self.state, State::AwaitingConnectResult) => {
                 self.state = State::Connected;
+                self.connect_properties = args.first().cloned();
                 self.events.push_back(ClientEvent::Connected);
             }
             "_result" if self.pending_create.contains(&txid) => {
@@ -353,6 +391,7 @@ impl ClientSession {
                     level: field("level"),
                     code: field("code"),
                 });
+                self.last_status = info.cloned();
             }
             _ => self.events.push_back(ClientEvent::Command { name, args }),
         }

@@ -27,6 +27,7 @@ use super::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits, Message}
 use super::handshake::{HandshakeError, HandshakeProgress, ServerHandshake};
 use super::message::{self, csid, type_id, MessageError, UserControl};
 use crate::config::Config;
+use crate::media::FourCcSet;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fmt;
@@ -109,6 +110,94 @@ impl MediaKind {
             Self::Video => csid::VIDEO,
             Self::Data => csid::STREAM_DATA,
         }
+    }
+}
+
+/// Enhanced RTMP `capsEx` bits (enhanced-rtmp-v2 "Enhancing NetConnection
+/// connect Command", enum CapsExMask).
+pub mod caps_ex {
+    /// The client handles `NetConnection.Connect.ReconnectRequest`.
+    pub const RECONNECT: u8 = 0x01;
+    /// Multitrack audio/video messages.
+    pub const MULTITRACK: u8 = 0x02;
+    /// Can parse the ModEx signal.
+    pub const MOD_EX: u8 = 0x04;
+    /// Applies TimestampOffsetNano.
+    pub const TIMESTAMP_NANO_OFFSET: u8 = 0x08;
+    /// What Sluice answers: it asks publishers to reconnect on drain, keeps
+    /// and forwards multitrack and ModEx messages unchanged. Nano offsets
+    /// are forwarded inside ModEx but not applied, so that bit is not claimed.
+    pub const SERVER: u8 = RECONNECT | MULTITRACK | MOD_EX;
+}
+
+/// FourCcInfoMask flags of `videoFourCcInfoMap` / `audioFourCcInfoMap`.
+pub mod fourcc_info {
+    pub const CAN_DECODE: u8 = 0x01;
+    pub const CAN_ENCODE: u8 = 0x02;
+    pub const CAN_FORWARD: u8 = 0x04;
+}
+
+/// What an Enhanced RTMP client announced in `connect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCaps {
+    /// Codecs the client can take (decode or forward): the union of
+    /// `fourCcList` and the info-map keys with CanDecode or CanForward.
+    /// `None` when the client announced no FourCC at all (a legacy client:
+    /// it is sent everything).
+    pub fourccs: Option<FourCcSet>,
+    /// `capsEx`, when announced.
+    pub caps_ex: Option<u8>,
+}
+
+impl ClientCaps {
+    /// Reads `fourCcList`, `videoFourCcInfoMap`, `audioFourCcInfoMap` and
+    /// `capsEx` from a connect command object. Wrong types are ignored (the
+    /// property counts as absent), never an error.
+    pub fn from_connect(obj: &Amf0Value) -> Self {
+        let mut set = FourCcSet::default();
+        let mut announced = false;
+        if let Some(Amf0Value::StrictArray(list)) = obj.get("fourCcList") {
+            announced = true;
+            for s in list.iter().filter_map(|v| v.as_str()) {
+                set.insert(s);
+            }
+        }
+        for map in ["videoFourCcInfoMap", "audioFourCcInfoMap"] {
+            let Some(props) = obj.get(map).and_then(|m| m.properties()) else {
+                continue;
+            };
+            announced = true;
+            for (fourcc, flags) in props {
+                let flags = flags.as_number().unwrap_or(0.0);
+                let flags = if flags.is_finite() && flags >= 0.0 {
+                    flags as u32 as u8
+                } else {
+                    0
+                };
+                if flags & (fourcc_info::CAN_DECODE | fourcc_info::CAN_FORWARD) != 0 {
+                    set.insert(fourcc);
+                }
+            }
+        }
+        let caps_ex = obj
+            .get("capsEx")
+            .and_then(|v| v.as_number())
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .map(|n| n as u32 as u8);
+        Self {
+            fourccs: announced.then_some(set),
+            caps_ex,
+        }
+    }
+
+    /// True when the client announced any Enhanced RTMP property.
+    pub fn is_enhanced(&self) -> bool {
+        self.fourccs.is_some() || self.caps_ex.is_some()
+    }
+
+    /// True when `capsEx` has `bit` (see [`caps_ex`]).
+    pub fn has(&self, bit: u8) -> bool {
+        self.caps_ex.is_some_and(|c| c & bit != 0)
     }
 }
 
@@ -334,6 +423,8 @@ pub struct ServerSession {
     peer_window: u32,
     /// The window we last announced.
     our_window: u32,
+    /// What the client announced in `connect` (Enhanced RTMP).
+    caps: ClientCaps,
 }
 
 impl ServerSession {
@@ -359,7 +450,14 @@ impl ServerSession {
             bytes_at_last_ack: 0,
             peer_window: 0,
             our_window: 0,
+            caps: ClientCaps::default(),
         }
+    }
+
+    /// What the client announced in `connect`: the FourCCs it takes and its
+    /// `capsEx` (default until connected).
+    pub fn client_caps(&self) -> &ClientCaps {
+        &self.caps
     }
 
     /// True once `connect` has succeeded.
@@ -641,6 +739,45 @@ impl ServerSession {
                 _ => {}
             }
         }
+    }
+
+    /// Enhanced RTMP reconnect request (enhanced-rtmp-v2 "Reconnect
+    /// Request"): `onStatus` on the NetConnection with
+    /// `NetConnection.Connect.ReconnectRequest`, and `tcUrl` when the client
+    /// should go elsewhere (absent: reconnect to the current tcUrl). The
+    /// session keeps working: the client goes on publishing until it has
+    /// reconnected and leaves by itself.
+    pub fn send_reconnect_request(&mut self, tc_url: Option<&str>) {
+        let mut info = vec![
+            ("level", Amf0Value::string("status")),
+            (
+                "code",
+                Amf0Value::string("NetConnection.Connect.ReconnectRequest"),
+            ),
+            (
+                "description",
+                Amf0Value::string("The server is shutting down; please reconnect."),
+            ),
+        ];
+        if let Some(url) = tc_url {
+            info.push(("tcUrl", Amf0Value::string(url)));
+        }
+        self.send_command(
+            0,
+            &[
+                Amf0Value::string("onStatus"),
+                Amf0Value::Number(0.0),
+                Amf0Value::Null,
+                Amf0Value::object(info),
+            ],
+        );
+    }
+
+    /// True while some message stream of this connection publishes.
+    pub fn is_publishing(&self) -> bool {
+        self.streams
+            .iter()
+            .any(|s| s.role == StreamRole::Publishing)
     }
 
     fn set_role(&mut self, stream_id: u32, from: StreamRole, to: StreamRole) -> bool {
@@ -1030,10 +1167,28 @@ impl ServerSession {
         self.send(&message::set_peer_bandwidth(self.config.window_ack_size, 2));
         self.send(&message::set_chunk_size(self.config.chunk_size));
         self.encoder.set_chunk_size(self.config.chunk_size);
-        let properties = Amf0Value::object([
+        self.caps = ClientCaps::from_connect(&obj);
+        let mut properties = vec![
             ("fmsVer", Amf0Value::string("FMS/3,0,1,123")),
             ("capabilities", Amf0Value::Number(31.0)),
-        ]);
+        ];
+        if self.caps.is_enhanced() {
+            // Answer an Enhanced RTMP client with what Sluice forwards:
+            // every codec (it never decodes), and the capsEx bits it honours.
+            let forward_any = || {
+                Amf0Value::object([("*", Amf0Value::Number(f64::from(fourcc_info::CAN_FORWARD)))])
+            };
+            properties.extend([
+                (
+                    "fourCcList",
+                    Amf0Value::StrictArray(vec![Amf0Value::string("*")]),
+                ),
+                ("videoFourCcInfoMap", forward_any()),
+                ("audioFourCcInfoMap", forward_any()),
+                ("capsEx", Amf0Value::Number(f64::from(caps_ex::SERVER))),
+            ]);
+        }
+        let properties = Amf0Value::object(properties);
         let information = Amf0Value::object([
             ("level", Amf0Value::string("status")),
             ("code", Amf0Value::string("NetConnection.Connect.Success")),
@@ -1224,4 +1379,94 @@ pub fn is_metadata(payload: &[u8]) -> bool {
         && payload[0] == 0x02
         && payload[1..3] == (NAME.len() as u16).to_be_bytes()
         && &payload[3..3 + NAME.len()] == NAME
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Codec;
+
+    fn connect_object(extra: Vec<(&str, Amf0Value)>) -> Amf0Value {
+        let mut props = vec![("app", Amf0Value::string("live"))];
+        props.extend(extra);
+        Amf0Value::object(props)
+    }
+
+    #[test]
+    fn legacy_connect_announces_nothing() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![(
+            "videoCodecs",
+            Amf0Value::Number(252.0),
+        )]));
+        assert_eq!(caps, ClientCaps::default());
+        assert!(!caps.is_enhanced());
+    }
+
+    #[test]
+    fn reads_fourcc_list_info_maps_and_caps_ex() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![
+            (
+                "fourCcList",
+                Amf0Value::StrictArray(vec![
+                    Amf0Value::string("hvc1"),
+                    Amf0Value::string("Opus"),
+                    Amf0Value::string("toolong"), // not a FourCC: ignored
+                    Amf0Value::Number(1.0),       // not a string: ignored
+                ]),
+            ),
+            (
+                "videoFourCcInfoMap",
+                Amf0Value::object([
+                    ("av01", Amf0Value::Number(1.0)), // CanDecode
+                    ("vp09", Amf0Value::Number(2.0)), // CanEncode only: not taken
+                    ("vvc1", Amf0Value::Number(4.0)), // CanForward
+                ]),
+            ),
+            (
+                "audioFourCcInfoMap",
+                Amf0Value::EcmaArray(vec![("fLaC".into(), Amf0Value::Number(5.0))]),
+            ),
+            ("capsEx", Amf0Value::Number(3.0)),
+        ]));
+        let set = caps.fourccs.clone().expect("announced");
+        for c in [
+            Codec::Hevc,
+            Codec::Opus,
+            Codec::Av1,
+            Codec::Vvc,
+            Codec::Flac,
+        ] {
+            assert!(set.contains(c), "{c}");
+        }
+        for c in [Codec::Vp9, Codec::Avc, Codec::Aac, Codec::FourCc(*b"xxxx")] {
+            assert!(!set.contains(c), "{c}");
+        }
+        assert_eq!(caps.caps_ex, Some(3));
+        assert!(caps.has(caps_ex::RECONNECT) && caps.has(caps_ex::MULTITRACK));
+        assert!(!caps.has(caps_ex::MOD_EX));
+    }
+
+    #[test]
+    fn wildcard_in_an_info_map_admits_everything() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![(
+            "videoFourCcInfoMap",
+            Amf0Value::object([("*", Amf0Value::Number(4.0))]),
+        )]));
+        let set = caps.fourccs.unwrap();
+        assert!(set.is_wildcard() && set.contains(Codec::FourCc(*b"abcd")));
+        assert_eq!(caps.caps_ex, None);
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_ignored() {
+        let caps = ClientCaps::from_connect(&connect_object(vec![
+            ("fourCcList", Amf0Value::string("hvc1")),
+            ("videoFourCcInfoMap", Amf0Value::Number(1.0)),
+            ("capsEx", Amf0Value::Number(f64::NAN)),
+        ]));
+        assert_eq!(caps, ClientCaps::default());
+        let caps =
+            ClientCaps::from_connect(&connect_object(vec![("capsEx", Amf0Value::Number(-1.0))]));
+        assert_eq!(caps.caps_ex, None);
+    }
 }

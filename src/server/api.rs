@@ -6,6 +6,7 @@
 use super::stats::{CloseReason, Protocol};
 use super::stream::{Format, Stream};
 use super::worker::{ClientInfo, Delivery, Shared};
+use crate::protocol::session::MediaKind;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -22,6 +23,18 @@ fn stream_json(s: &Stream) -> Value {
         let (has_audio, has_video) = st.has_audio_video();
         let (gop_frames, gop_bytes) = st.gop_cache();
         let players: u32 = Format::ALL.iter().map(|f| st.players(*f)).sum();
+        let tracks: Vec<Value> = st
+            .tracks()
+            .into_iter()
+            .map(|(kind, id, codec)| {
+                json!({
+                    "type": if kind == MediaKind::Video { "video" } else { "audio" },
+                    "id": id,
+                    "codec": codec.name(),
+                    "fourcc": codec.fourcc().map(|f| String::from_utf8_lossy(&f).into_owned()),
+                })
+            })
+            .collect();
         json!({
             "name": s.key,
             "app": app,
@@ -56,6 +69,7 @@ fn stream_json(s: &Stream) -> Value {
                 "total": players,
             },
             "gop_cache": { "frames": gop_frames, "bytes": gop_bytes },
+            "tracks": tracks,
         })
     })
 }
@@ -143,6 +157,21 @@ pub fn handle(shared: &Shared, method: &str, path: &str) -> (u16, Value) {
             }
             clients.sort_by_key(|c| c["id"].as_u64());
             (200, json!({ "clients": clients }))
+        }
+        ("POST", "drain") => {
+            // A graceful shutdown, as on SIGTERM: Enhanced RTMP publishers
+            // that announced capsEx Reconnect are asked to reconnect and
+            // served until they leave (or --drain-timeout); the rest close.
+            log::info!("api: drain requested; shutting down");
+            shared.shutdown();
+            (
+                202,
+                json!({
+                    "draining": true,
+                    "reconnect_url": shared.config.reconnect_url,
+                    "drain_timeout_secs": shared.config.drain_timeout.as_secs_f64(),
+                }),
+            )
         }
         (m, r) if r.starts_with("streams/") => {
             let key = &r["streams/".len()..];

@@ -24,6 +24,9 @@ pub(super) struct RtmpConn {
     pub session: ServerSession,
     pub publications: Vec<Publication>,
     events: Vec<Event>,
+    /// Shutdown asked this publisher to reconnect (Enhanced RTMP): it is
+    /// still served until it leaves or the drain deadline passes.
+    pub reconnect_requested: bool,
 }
 
 impl RtmpConn {
@@ -32,6 +35,7 @@ impl RtmpConn {
             session,
             publications: Vec::new(),
             events: Vec::new(),
+            reconnect_requested: false,
         }
     }
 }
@@ -93,10 +97,16 @@ impl Worker {
         match ev {
             Event::Connected { app, tc_url } => {
                 if let Some(c) = self.conns.get(k) {
+                    let caps = match &c.proto {
+                        Proto::Rtmp(r) => r.session.client_caps().clone(),
+                        Proto::Http(_) => Default::default(),
+                    };
                     log::debug!(
-                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?}",
+                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?} fourCCs={:?} capsEx={:?}",
                         c.id,
-                        c.peer
+                        c.peer,
+                        caps.fourccs,
+                        caps.caps_ex
                     );
                 }
                 self.set_client_state(k, "connected", None);

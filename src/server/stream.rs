@@ -10,7 +10,7 @@
 //! joiner never misses nor duplicates a frame. Lock order: registry, then
 //! stream.
 
-use crate::media::{self, FrameClass, MediaInfo};
+use crate::media::{self, Codec, FrameClass, MediaInfo};
 use crate::protocol::chunk::{self, Message};
 use crate::protocol::session::{is_metadata, MediaKind};
 use crate::wire::WireForm;
@@ -43,8 +43,15 @@ pub enum HeaderSlot {
     Metadata,
     /// Decoder configuration (sequence header) of a track.
     Config { kind: MediaKind, track: u8 },
-    /// Enhanced RTMP per-track metadata (HDR colour info, multichannel config).
-    TrackMetadata { kind: MediaKind, track: u8 },
+    /// Enhanced RTMP per-track metadata (HDR colour info, multichannel
+    /// config). Keyed by codec too: ffmpeg sends a second video track's
+    /// Metadata packet without a multitrack header (so as track 0), and it
+    /// must not replace the first track's.
+    TrackMetadata {
+        kind: MediaKind,
+        track: u8,
+        codec: Codec,
+    },
 }
 
 /// One published message, shared by every player on every worker.
@@ -59,8 +66,9 @@ pub struct Frame {
     pub payload: Bytes,
     /// The latest-header slot this frame fills, if it is a header.
     pub header: Option<HeaderSlot>,
-    /// A player may start (or resume after skipping) here: a video keyframe,
-    /// or any audio frame of a stream that has no video.
+    /// A player may start (or resume after skipping) here: a keyframe of
+    /// the default video track (track 0; any track until the publisher has
+    /// sent track 0 video), or any audio frame of a stream that has no video.
     pub start_point: bool,
     /// The RTMP chunked form on [`SHARED_MESSAGE_STREAM_ID`], built once.
     pub rtmp: WireForm,
@@ -144,6 +152,7 @@ fn describe(kind: MediaKind, payload: &[u8]) -> (MediaInfo, Option<HeaderSlot>) 
         (_, FrameClass::Metadata) => Some(HeaderSlot::TrackMetadata {
             kind,
             track: info.track,
+            codec: info.codec,
         }),
         _ => None,
     };
@@ -286,6 +295,8 @@ pub struct StreamState {
     headers: Vec<Arc<Frame>>,
     next_seq: u64,
     has_video: bool,
+    /// Video track 0 (the default track) seen from the current publisher.
+    has_default_video: bool,
     timeline: Timeline,
     /// Frames published by the current publisher, for logs.
     pub frames_in: u64,
@@ -349,6 +360,21 @@ impl StreamState {
     /// Whether audio / video have been seen from the current publisher.
     pub fn has_audio_video(&self) -> (bool, bool) {
         (self.has_audio, self.has_video)
+    }
+
+    /// The audio and video tracks the current publisher has sent a
+    /// sequence header for: (kind, track id, codec), video first, by id.
+    pub fn tracks(&self) -> Vec<(MediaKind, u8, Codec)> {
+        let mut v: Vec<_> = self
+            .headers
+            .iter()
+            .filter_map(|h| match h.header {
+                Some(HeaderSlot::Config { kind, track }) => Some((kind, track, h.info.codec)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|(kind, track, _)| (*kind != MediaKind::Video, *track));
+        v
     }
 }
 
@@ -417,8 +443,17 @@ impl Stream {
             summarize(&mut st.media, slot, &info, &payload);
         }
         let timestamp = st.timeline.map(timestamp);
+        // Multitrack: a message may carry several tracks (the frame type is
+        // shared), so look for track 0 among them, not just the first.
+        let default_track = kind == MediaKind::Video
+            && (info.track == 0 || media::video_tracks(&payload).any(|t| t.info.track == 0));
+        if default_track {
+            st.has_default_video = true;
+        }
         let start_point = match kind {
-            MediaKind::Video => info.class == FrameClass::Keyframe,
+            MediaKind::Video => {
+                info.class == FrameClass::Keyframe && (default_track || !st.has_default_video)
+            }
             MediaKind::Audio => !st.has_video,
             MediaKind::Data => false,
         };
@@ -458,8 +493,24 @@ impl Stream {
                 st.gop.clear();
             }
         } else if kind == MediaKind::Video && start_point {
+            // Other tracks' keyframes sent just before this one, at the same
+            // time, belong to the new GOP: a joiner starts every track on a
+            // keyframe when the publisher aligns them.
+            let keep = st
+                .gop
+                .frames
+                .iter()
+                .rev()
+                .take_while(|f| {
+                    f.timestamp == timestamp
+                        && (f.kind != MediaKind::Video || f.info.class == FrameClass::Keyframe)
+                })
+                .count();
+            let from = st.gop.frames.len() - keep;
+            let kept: Vec<Arc<Frame>> = st.gop.frames.drain(from..).collect();
             st.gop.clear();
-            st.gop.bytes = frame.rtmp.len();
+            st.gop.bytes = kept.iter().map(|f| f.rtmp.len()).sum::<usize>() + frame.rtmp.len();
+            st.gop.frames.extend(kept);
             st.gop.frames.push(frame.clone());
         } else if !st.gop.frames.is_empty() {
             st.gop.bytes += frame.rtmp.len();
@@ -611,6 +662,7 @@ impl Registry {
                         headers: Vec::new(),
                         next_seq: 0,
                         has_video: false,
+                        has_default_video: false,
                         timeline: Timeline::default(),
                         frames_in: 0,
                         bytes_in: 0,
@@ -663,6 +715,7 @@ impl Registry {
         st.gop.clear();
         st.headers.clear();
         st.has_video = false;
+        st.has_default_video = false;
         st.has_audio = false;
         let notice = Notice {
             seq: st.take_seq(),

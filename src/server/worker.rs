@@ -27,7 +27,8 @@ use super::rtmp_conn::RtmpConn;
 use super::stats::{CloseReason, Protocol, Stats};
 use super::stream::{Format, Frame, Notice, Registry, Stream, SHARED_MESSAGE_STREAM_ID};
 use crate::config::{Config, SHUTDOWN_FLUSH_TIMEOUT};
-use crate::protocol::session::{MediaKind, ServerSession, SessionConfig};
+use crate::media::{self, FourCcSet, FrameClass};
+use crate::protocol::session::{caps_ex, ClientCaps, MediaKind, ServerSession, SessionConfig};
 use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -161,6 +162,20 @@ pub(super) struct Subscription {
     /// Sequence numbers of the header frames this player has been sent.
     pub sent_headers: Vec<u64>,
     pub dropped: u64,
+    /// Enhanced RTMP codecs the player announced in `connect` (None: it
+    /// announced none and is sent everything).
+    pub accepts: Option<FourCcSet>,
+    /// The player announced `capsEx` without Multitrack: only track 0.
+    pub default_track_only: bool,
+    /// Video tracks (ids below 64) that have had a keyframe since play
+    /// (re)started: other tracks' inter frames before it are not sent.
+    pub started_tracks: u64,
+    /// A refused codec has been logged for this player.
+    pub refusal_logged: bool,
+    /// Header frames delivered while skipping, latest per slot: what the
+    /// start point needs even if the stream's own latest headers have moved
+    /// on by the time this worker gets there.
+    pub held_headers: Vec<Arc<Frame>>,
 }
 
 impl Subscription {
@@ -176,6 +191,69 @@ impl Subscription {
             video: true,
             sent_headers: Vec::new(),
             dropped: 0,
+            accepts: None,
+            default_track_only: false,
+            started_tracks: 0,
+            refusal_logged: false,
+            held_headers: Vec::new(),
+        }
+    }
+
+    /// The headers in force at frame `seq`: per slot, the latest published
+    /// before it, from the stream and from those held while skipping; in
+    /// publish order.
+    fn headers_before(&mut self, seq: u64) -> Vec<Arc<Frame>> {
+        let mut all = self.stream.headers();
+        all.append(&mut self.held_headers);
+        all.retain(|h| h.seq < seq);
+        all.sort_by_key(|h| std::cmp::Reverse(h.seq));
+        let mut latest: Vec<Arc<Frame>> = Vec::with_capacity(all.len());
+        for h in all {
+            if !latest.iter().any(|l| l.header == h.header) {
+                latest.push(h);
+            }
+        }
+        latest.reverse();
+        latest
+    }
+
+    /// Applies what an RTMP player announced in `connect`.
+    pub fn with_caps(mut self, caps: &ClientCaps) -> Self {
+        self.accepts = caps.fourccs.clone().filter(|s| !s.is_wildcard());
+        self.default_track_only = caps.caps_ex.is_some() && !caps.has(caps_ex::MULTITRACK);
+        self
+    }
+
+    /// True when this player must not get `f`: its codec is one the player
+    /// did not announce (legacy headers always pass), or it is a non-default
+    /// track for a player without multitrack support. No allocation.
+    fn refuses(&self, f: &Frame) -> bool {
+        if f.kind == MediaKind::Data {
+            return false;
+        }
+        if self.default_track_only && f.info.track != 0 {
+            return true;
+        }
+        self.accepts.as_ref().is_some_and(|set| {
+            media::is_enhanced(f.kind == MediaKind::Video, &f.payload)
+                && !set.contains(f.info.codec)
+        })
+    }
+
+    /// Tracks which video tracks have started on a keyframe; false for an
+    /// inter frame of a track that has not.
+    fn track_ready(&mut self, f: &Frame) -> bool {
+        if f.kind != MediaKind::Video || f.info.track >= 64 {
+            return true;
+        }
+        let bit = 1u64 << f.info.track;
+        match f.info.class {
+            FrameClass::Keyframe => {
+                self.started_tracks |= bit;
+                true
+            }
+            FrameClass::Frame => self.started_tracks & bit != 0,
+            _ => true,
         }
     }
 }
@@ -276,6 +354,8 @@ pub struct Worker {
     pub(super) limits: PlayerLimits,
     seed: u64,
     pub(super) shutting_down: Option<Instant>,
+    /// Until when shutdown waits for publishers asked to reconnect.
+    drain_deadline: Option<Instant>,
 }
 
 impl Worker {
@@ -314,6 +394,7 @@ impl Worker {
             limits,
             seed: 0x9E37_79B9_7F4A_7C15 ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
             shutting_down: None,
+            drain_deadline: None,
             shared,
         })
     }
@@ -375,8 +456,7 @@ impl Worker {
             self.flush_dirty(now);
             self.send_outgoing();
             if let Some(deadline) = self.shutting_down {
-                let drained = self.conns.iter().all(|(_, c)| !c.has_pending_output());
-                if drained || now >= deadline {
+                if self.shutdown_done(now, deadline) {
                     break;
                 }
             }
@@ -552,7 +632,7 @@ impl Worker {
     }
 
     fn on_readable(&mut self, now: Instant, k: usize) {
-        if self.shutting_down.is_some() {
+        if self.shutting_down.is_some() && !self.conns.get(k).is_some_and(reconnecting) {
             return;
         }
         if self.conns.get(k).is_some_and(|c| c.tls.is_some()) {
@@ -729,6 +809,9 @@ impl Worker {
             return (false, 0);
         };
         let mut sub = Subscription::new(msid, format, stream.clone(), snap.next_seq);
+        if let Proto::Rtmp(r) = &conn.proto {
+            sub = sub.with_caps(r.session.client_caps());
+        }
         if snap.live && (!snap.gop.is_empty() || snap.audio_only) {
             // Instant start: headers, then the cached GOP from its keyframe.
             sub.skipping = false;
@@ -839,6 +922,7 @@ impl Worker {
                         sub.next_seq = seq + 1;
                         sub.skipping = true;
                         sub.sent_headers.clear();
+                        sub.held_headers.clear();
                         let published = matches!(d, Delivery::Published { .. });
                         match &mut conn.proto {
                             Proto::Rtmp(r) if published => r.session.notify_published(sub.msid),
@@ -1011,7 +1095,25 @@ impl Worker {
         for (_, _, mut l) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        let mut asked = 0;
         for (k, conn) in self.conns.iter_mut() {
+            if let Proto::Rtmp(r) = &mut conn.proto {
+                if r.session.is_publishing() && r.session.client_caps().has(caps_ex::RECONNECT) {
+                    // Enhanced RTMP: ask the publisher to reconnect, and keep
+                    // reading its media until it leaves (it switches at its
+                    // next keyframe) or the drain deadline passes.
+                    r.session
+                        .send_reconnect_request(self.shared.config.reconnect_url.as_deref());
+                    r.reconnect_requested = true;
+                    asked += 1;
+                    conn.pull_transmit();
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(k);
+                    }
+                    continue;
+                }
+            }
             conn.out.drop_unstarted_media();
             match &mut conn.proto {
                 Proto::Rtmp(r) => r.session.notify_shutdown(),
@@ -1025,6 +1127,49 @@ impl Worker {
             }
         }
         self.shutting_down = Some(now + SHUTDOWN_FLUSH_TIMEOUT);
+        if asked > 0 {
+            log::info!(
+                "worker={}: asked {asked} publishers to reconnect{}; waiting up to {:?} for them to leave",
+                self.index,
+                self.shared
+                    .config
+                    .reconnect_url
+                    .as_deref()
+                    .map_or(String::new(), |u| format!(" to {u}")),
+                self.shared.config.drain_timeout
+            );
+            self.drain_deadline = Some(now + self.shared.config.drain_timeout);
+        }
+    }
+
+    /// During shutdown: true once every queue is written and every publisher
+    /// asked to reconnect has left, or at the deadlines. At the flush
+    /// deadline the other connections are closed (as without drain); at the
+    /// drain deadline, everything.
+    fn shutdown_done(&mut self, now: Instant, flush_deadline: Instant) -> bool {
+        let draining = self.conns.iter().any(|(_, c)| reconnecting(c));
+        let flushed = self
+            .conns
+            .iter()
+            .all(|(_, c)| !c.has_pending_output() || reconnecting(c));
+        if !draining {
+            return flushed || now >= flush_deadline;
+        }
+        if now >= self.drain_deadline.unwrap_or(flush_deadline) {
+            return true;
+        }
+        if now >= flush_deadline && !flushed {
+            let late: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !reconnecting(c))
+                .map(|(k, _)| k)
+                .collect();
+            for k in late {
+                self.close(k, CloseReason::Shutdown, "server shutting down");
+            }
+        }
+        false
     }
 
     pub(super) fn close(&mut self, k: usize, reason: CloseReason, why: &str) {
@@ -1076,6 +1221,12 @@ impl Worker {
     }
 }
 
+/// True for a publisher that shutdown asked to reconnect and that is still
+/// being served.
+fn reconnecting(c: &Conn) -> bool {
+    matches!(&c.proto, Proto::Rtmp(r) if r.reconnect_requested)
+}
+
 /// Queues one frame for one player, applying its filters, the skip-to-
 /// keyframe policy and the queue bound.
 pub(super) fn enqueue_frame(
@@ -1091,11 +1242,27 @@ pub(super) fn enqueue_frame(
     {
         return;
     }
+    let refused = sub.refuses(f);
+    if refused && !sub.refusal_logged {
+        sub.refusal_logged = true;
+        log::info!(
+            "conn={} stream={}: not sending {} {} track {} (the player's connect did not announce it{})",
+            conn.id,
+            sub.stream.key,
+            f.info.codec,
+            if f.kind == MediaKind::Video { "video" } else { "audio" },
+            f.info.track,
+            if sub.default_track_only { ", or announced no multitrack" } else { "" }
+        );
+    }
     if f.header.is_some() {
         // While skipping, headers are sent with the frame that resumes play.
-        if !sub.skipping {
+        if !sub.skipping && !refused {
             push_frame(conn, sub, f);
             sub.sent_headers.push(f.seq);
+        } else if sub.skipping {
+            sub.held_headers.retain(|h| h.header != f.header);
+            sub.held_headers.push(f.clone());
         }
         return;
     }
@@ -1105,15 +1272,26 @@ pub(super) fn enqueue_frame(
             count_dropped(sub, stats, 1);
             return;
         }
-        let mut headers = sub.stream.headers();
-        headers.sort_by_key(|h| h.seq);
-        for h in headers {
-            if !sub.sent_headers.contains(&h.seq) {
+        // A start point resumes play even when this player is not sent its
+        // codec: it then gets the tracks it can take (audio only when no
+        // video is), from this point on.
+        // Only headers published before this frame: later ones (read from
+        // the stream now, while this worker catches up) arrive in order.
+        for h in sub.headers_before(f.seq) {
+            if !sub.sent_headers.contains(&h.seq) && !sub.refuses(&h) {
                 push_frame(conn, sub, &h);
                 sub.sent_headers.push(h.seq);
             }
         }
         sub.skipping = false;
+        sub.started_tracks = 0;
+    }
+    if refused {
+        return;
+    }
+    if !sub.track_ready(f) {
+        count_dropped(sub, stats, 1);
+        return;
     }
     let len = f.form(sub.format).len();
     if conn.out.media_bytes() + len > limits.queue_bytes {
@@ -1133,12 +1311,14 @@ pub(super) fn enqueue_frame(
             return;
         }
         count_dropped(sub, stats, dropped);
-        let mut headers = sub.stream.headers();
-        headers.sort_by_key(|h| h.seq);
-        for h in headers {
-            push_frame(conn, sub, &h);
-            sub.sent_headers.push(h.seq);
+        for h in sub.headers_before(f.seq) {
+            if !sub.refuses(&h) {
+                push_frame(conn, sub, &h);
+                sub.sent_headers.push(h.seq);
+            }
         }
+        sub.started_tracks = 0;
+        sub.track_ready(f);
     }
     push_frame(conn, sub, f);
 }

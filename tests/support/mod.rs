@@ -44,6 +44,35 @@ impl TestClient {
         Self::over(TcpStream::connect(addr).expect("connect"), addr, app, 42)
     }
 
+    /// Like [`TestClient::connect`], with a caller-built [`ClientConfig`]
+    /// (Enhanced RTMP `fourCcList` / `capsEx`, say).
+    pub fn connect_with(addr: SocketAddr, config: ClientConfig) -> Self {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_nodelay(true).unwrap();
+        let mut c = Self {
+            sock,
+            session: ClientSession::new(config, 44),
+            buf: BytesMut::new(),
+            events: VecDeque::new(),
+            closed: false,
+        };
+        c.wait_for("connect", |e| matches!(e, ClientEvent::Connected));
+        c
+    }
+
+    /// The client session (what the server answered `connect` with, the
+    /// last onStatus info object).
+    pub fn session(&self) -> &ClientSession {
+        &self.session
+    }
+
+    /// Sends a raw media message (any payload) on `stream_id`.
+    pub fn send_raw(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: &[u8]) {
+        self.session
+            .send_media(stream_id, kind, timestamp, Bytes::copy_from_slice(payload));
+        self.flush();
+    }
+
     /// Like [`TestClient::connect`], with 4 KiB socket buffers, so a client
     /// that stops reading stalls the server's writes quickly.
     pub fn connect_with_small_buffers(addr: SocketAddr, app: &str) -> Self {
@@ -199,18 +228,16 @@ impl TestClient {
             if left.is_zero() || self.closed {
                 break;
             }
-            match self.next_event(left.min(Duration::from_millis(100))) {
-                Some(ClientEvent::Media {
-                    kind,
-                    timestamp,
-                    payload,
-                    ..
-                }) => {
-                    if let Some(r) = Received::parse(kind, timestamp, &payload) {
-                        got.push(r);
-                    }
+            if let Some(ClientEvent::Media {
+                kind,
+                timestamp,
+                payload,
+                ..
+            }) = self.next_event(left.min(Duration::from_millis(100)))
+            {
+                if let Some(r) = Received::parse(kind, timestamp, &payload) {
+                    got.push(r);
                 }
-                Some(_) | None => {}
             }
         }
         got

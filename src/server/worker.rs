@@ -670,6 +670,11 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
+            if conn.close_after_flush.is_some() {
+                // Closing: nothing may follow what is queued (a WebSocket
+                // Close frame, the end of a response).
+                continue;
+            }
             let Some(i) = conn
                 .subscriptions
                 .iter()

@@ -54,6 +54,14 @@ impl HttpState {
         }
     }
 
+    /// The stream ended: a ws-flv client gets a close frame (1000 normal
+    /// closure) before the connection closes, not an abrupt end (1006).
+    pub fn end_stream(&self, out: &mut OutQueue) {
+        if let HttpState::Streaming { websocket: true } = self {
+            out.push(Item::Control(http::ws_control(0x8, &1000u16.to_be_bytes())));
+        }
+    }
+
     /// Server shutdown: a ws-flv client gets a close frame (1001 going away).
     pub fn shutdown(&self, out: &mut OutQueue) {
         if let HttpState::Streaming { websocket: true } = self {

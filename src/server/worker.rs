@@ -702,7 +702,8 @@ impl Worker {
                             Proto::Rtmp(r) => r.session.notify_unpublished(sub.msid),
                             // HTTP-FLV has no in-band notice: the response
                             // ends with the stream (players reconnect).
-                            Proto::Http(_) if !published => {
+                            Proto::Http(h) if !published => {
+                                h.end_stream(&mut conn.out);
                                 conn.close_after_flush =
                                     Some((CloseReason::StreamEnded, "the publisher left".into()));
                             }

@@ -223,8 +223,10 @@ impl Worker {
             if let Some(token) = &config.api_token {
                 let given = req
                     .header("authorization")
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .unwrap_or("");
+                    // The auth scheme is case-insensitive (RFC 9110 11.1).
+                    .and_then(|h| h.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map_or("", |(_, t)| t);
                 if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
                     let resp = json(
                         401,

@@ -167,11 +167,14 @@ pub fn response_head(
     for (k, v) in headers {
         let _ = write!(s, "{k}: {v}\r\n");
     }
-    if let Some(n) = content_length {
+    // RFC 9110 8.6: a 1xx or 204 response has no body and MUST NOT carry
+    // Content-Length; it still ends where its head ends.
+    let bodiless = status == 101 || status == 204;
+    if let Some(n) = content_length.filter(|_| !bodiless) {
         let _ = write!(s, "Content-Length: {n}\r\n");
     }
     if status != 101 {
-        s.push_str(if keep_alive && content_length.is_some() {
+        s.push_str(if keep_alive && (content_length.is_some() || bodiless) {
             "Connection: keep-alive\r\n"
         } else {
             "Connection: close\r\n"
@@ -368,6 +371,19 @@ mod tests {
             parse_request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
             Parsed::Error(400, _)
         ));
+    }
+
+    #[test]
+    fn no_content_has_no_content_length_and_keeps_alive() {
+        let head = response(204, "text/plain", &[], b"", true, true);
+        let head = std::str::from_utf8(&head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 204 No Content\r\n"), "{head}");
+        assert!(!head.contains("Content-Length"), "{head}");
+        assert!(head.contains("Connection: keep-alive\r\n"), "{head}");
+        let ok = response(200, "text/plain", &[], b"hi", true, false);
+        assert!(std::str::from_utf8(&ok)
+            .unwrap()
+            .contains("Content-Length: 2\r\n"));
     }
 
     #[test]

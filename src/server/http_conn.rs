@@ -54,6 +54,14 @@ impl HttpState {
         }
     }
 
+    /// The stream ended: a ws-flv client gets a close frame (1000 normal
+    /// closure) before the connection closes, not an abrupt end (1006).
+    pub fn end_stream(&self, out: &mut OutQueue) {
+        if let HttpState::Streaming { websocket: true } = self {
+            out.push(Item::Control(http::ws_control(0x8, &1000u16.to_be_bytes())));
+        }
+    }
+
     /// Server shutdown: a ws-flv client gets a close frame (1001 going away).
     pub fn shutdown(&self, out: &mut OutQueue) {
         if let HttpState::Streaming { websocket: true } = self {
@@ -215,8 +223,10 @@ impl Worker {
             if let Some(token) = &config.api_token {
                 let given = req
                     .header("authorization")
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .unwrap_or("");
+                    // The auth scheme is case-insensitive (RFC 9110 11.1).
+                    .and_then(|h| h.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map_or("", |(_, t)| t);
                 if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
                     let resp = json(
                         401,

@@ -901,6 +901,11 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
+            if conn.close_after_flush.is_some() {
+                // Closing: nothing may follow what is queued (a WebSocket
+                // Close frame, the end of a response).
+                continue;
+            }
             let Some(i) = conn
                 .subscriptions
                 .iter()
@@ -929,7 +934,8 @@ impl Worker {
                             Proto::Rtmp(r) => r.session.notify_unpublished(sub.msid),
                             // HTTP-FLV has no in-band notice: the response
                             // ends with the stream (players reconnect).
-                            Proto::Http(_) if !published => {
+                            Proto::Http(h) if !published => {
+                                h.end_stream(&mut conn.out);
                                 conn.close_after_flush =
                                     Some((CloseReason::StreamEnded, "the publisher left".into()));
                             }

@@ -315,7 +315,7 @@ fn main() -> ExitCode {
         print!(
             "{}",
             opts.usage(
-                "Usage: sluice [options]\n\nA live-streaming server: RTMP publish, RTMP play."
+                "Usage: sluice [options]\n\nA live-streaming server: publish over RTMP or RTMPS; play over RTMP, RTMPS, HTTP-FLV and WebSocket-FLV (and their TLS forms)."
             )
         );
         return ExitCode::SUCCESS;

@@ -162,7 +162,7 @@ impl Worker {
                 self.shared.config.http_request_timeout,
             ));
         } else {
-            conn.close_after_flush = Some((CloseReason::Peer, "response sent".into()));
+            conn.close_after_flush = Some((CloseReason::Done, "response sent".into()));
         }
     }
 

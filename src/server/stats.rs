@@ -25,10 +25,12 @@ pub enum CloseReason {
     Shutdown,
     /// A panic while handling this connection (a bug in Sluice).
     Panic,
+    /// Finished normally: an HTTP response sent with `Connection: close`.
+    Done,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Peer,
         CloseReason::Timeout,
         CloseReason::Protocol,
@@ -38,6 +40,7 @@ impl CloseReason {
         CloseReason::Api,
         CloseReason::Shutdown,
         CloseReason::Panic,
+        CloseReason::Done,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::Api => "api",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Panic => "panic",
+            CloseReason::Done => "done",
         }
     }
 }

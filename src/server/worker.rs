@@ -30,6 +30,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +49,16 @@ const READ_BUDGET: usize = 1024 * 1024;
 const MAX_READ_BUFFER: usize = 1024 * 1024;
 /// How often deadlines (handshake, ping, idle publisher, stalled player) are checked.
 const TICK: Duration = Duration::from_millis(500);
+
+/// Test builds only (`--features fault-injection`): publishing this stream
+/// name panics in the publisher's read path, so tests can check that the
+/// panic backstop closes that connection alone.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC_ON_PUBLISH: &str = "sluice-fault-panic-on-publish";
+/// Test builds only: queueing a frame of a stream whose name ends with this
+/// panics in the delivery to each player.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC_ON_DELIVERY: &str = "sluice-fault-panic-on-delivery";
 
 /// What one worker posts to another.
 #[derive(Debug)]
@@ -81,6 +92,9 @@ pub struct Shared {
     pub workers: Vec<WorkerHandle>,
     pub shutdown: AtomicBool,
     pub next_conn_id: AtomicU64,
+    /// Panics caught while handling one connection (each closed that
+    /// connection only); should stay 0.
+    pub panics: AtomicU64,
 }
 
 impl Shared {
@@ -145,6 +159,26 @@ impl Conn {
         while let Some(bytes) = self.session.poll_transmit() {
             self.push(Item::Control(bytes));
         }
+    }
+
+    /// The connection's state, for the panic backstop's log line.
+    fn describe(&self) -> String {
+        let names = |v: Vec<&str>| v.join(",");
+        format!(
+            "conn={} peer={} role={} connected={} app={:?} publishing=[{}] playing=[{}] bytes_in={} bytes_out={} read_buf={} queued_media={} queued_control={}",
+            self.id,
+            self.peer,
+            self.role(),
+            self.session.is_connected(),
+            self.session.app().unwrap_or(""),
+            names(self.publications.iter().map(|p| p.stream.key.as_str()).collect()),
+            names(self.subscriptions.iter().map(|s| s.stream.key.as_str()).collect()),
+            self.session.bytes_received(),
+            self.bytes_out,
+            self.read_buf.len(),
+            self.out.media_bytes(),
+            self.out.control_bytes(),
+        )
     }
 
     fn role(&self) -> &'static str {
@@ -245,7 +279,7 @@ impl Worker {
                     WAKER => woken = true,
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(now, k);
+                            self.guarded(k, "reading", |w| w.on_readable(now, k));
                         }
                         if ev.is_writable() {
                             if let Some(c) = self.conns.get_mut(k) {
@@ -257,7 +291,7 @@ impl Worker {
                 }
             }
             for k in std::mem::take(&mut self.read_again) {
-                self.on_readable(now, k);
+                self.guarded(k, "reading", |w| w.on_readable(now, k));
             }
             if woken {
                 self.drain_inbox();
@@ -495,6 +529,10 @@ impl Worker {
             return;
         };
         let key = format!("{}/{}", req.app, req.name);
+        #[cfg(feature = "fault-injection")]
+        if req.name == FAULT_PANIC_ON_PUBLISH {
+            panic!("injected fault: publish {key}");
+        }
         let info = PublisherInfo {
             conn_id: conn.id,
             worker: self.index,
@@ -666,6 +704,7 @@ impl Worker {
             return;
         };
         let limits = self.limits;
+        let mut panicked = Vec::new();
         for &k in tokens {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
@@ -679,7 +718,7 @@ impl Worker {
             };
             // Take the subscription out so the connection can be borrowed whole.
             let mut sub = conn.subscriptions.swap_remove(i);
-            match d {
+            let delivered = catch(|| match d {
                 Delivery::Frame(f, _) => {
                     if f.seq >= sub.next_seq {
                         sub.next_seq = f.seq + 1;
@@ -699,12 +738,19 @@ impl Worker {
                         conn.pull_transmit();
                     }
                 }
-            }
+            });
             conn.subscriptions.push(sub);
+            if let Err(msg) = delivered {
+                panicked.push((k, msg));
+                continue;
+            }
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(k);
             }
+        }
+        for (k, msg) in panicked {
+            self.on_panic(k, "delivering media", &msg);
         }
     }
 
@@ -747,27 +793,34 @@ impl Worker {
 
     fn flush_dirty(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let mut panicked = Vec::new();
         for k in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
             conn.dirty = false;
-            while !conn.out.is_empty() {
-                match conn.out.write_to(&mut conn.socket) {
-                    Ok(n) => {
-                        conn.blocked_since = None;
-                        conn.bytes_out += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        conn.blocked_since.get_or_insert(now);
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        failed.push((k, format!("write error: {e}")));
-                        break;
+            let written = catch(|| {
+                while !conn.out.is_empty() {
+                    match conn.out.write_to(&mut conn.socket) {
+                        Ok(n) => {
+                            conn.blocked_since = None;
+                            conn.bytes_out += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            conn.blocked_since.get_or_insert(now);
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            failed.push((k, format!("write error: {e}")));
+                            break;
+                        }
                     }
                 }
+            });
+            if let Err(msg) = written {
+                panicked.push((k, msg));
+                continue;
             }
             if conn.out.control_bytes() > self.limits.control_bytes {
                 failed.push((
@@ -783,16 +836,31 @@ impl Worker {
         for (k, why) in failed {
             self.close(k, &why);
         }
+        for (k, msg) in panicked {
+            self.on_panic(k, "writing", &msg);
+        }
     }
 
     fn tick(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let mut panicked = Vec::new();
         for (k, conn) in self.conns.iter_mut() {
-            if let Err(e) = conn.session.handle_timeout(now) {
-                failed.push((k, e.to_string()));
-                continue;
+            let timeout = catch(|| {
+                let r = conn.session.handle_timeout(now);
+                conn.pull_transmit();
+                r
+            });
+            match timeout {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failed.push((k, e.to_string()));
+                    continue;
+                }
+                Err(msg) => {
+                    panicked.push((k, msg));
+                    continue;
+                }
             }
-            conn.pull_transmit();
             if let Some(since) = conn.blocked_since {
                 let stalled = now.saturating_duration_since(since);
                 if stalled >= self.limits.stall {
@@ -807,6 +875,42 @@ impl Worker {
         }
         for (k, why) in failed {
             self.close(k, &why);
+        }
+        for (k, msg) in panicked {
+            self.on_panic(k, "checking deadlines", &msg);
+        }
+    }
+
+    /// Runs `f`, this worker's handling of connection `k`, so that a panic in
+    /// it closes connection `k` alone rather than unwinding the worker and
+    /// dropping every connection on this core.
+    fn guarded(&mut self, k: usize, doing: &'static str, f: impl FnOnce(&mut Self)) {
+        if let Err(msg) = catch(|| f(self)) {
+            self.on_panic(k, doing, &msg);
+        }
+    }
+
+    /// The panic backstop: logs the panic with the connection's state, counts
+    /// it ([`Shared::panics`]) and closes that connection only.
+    fn on_panic(&mut self, k: usize, doing: &str, msg: &str) {
+        let total = self.shared.panics.fetch_add(1, Ordering::Relaxed) + 1;
+        let state = self
+            .conns
+            .get(k)
+            .map_or_else(|| "connection already gone".to_owned(), Conn::describe);
+        log::error!(
+            "worker={}: panic while {doing}: {msg}; closing this connection only ({state}); panics so far: {total}",
+            self.index
+        );
+        let why = format!("panic while {doing}: {msg}");
+        if let Err(again) = catch(|| self.close(k, &why)) {
+            // `close` takes the connection out of the slab first, so it is
+            // gone (its socket dropped during unwinding) even so.
+            self.shared.panics.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "worker={}: panic while closing after a panic: {again}",
+                self.index
+            );
         }
     }
 
@@ -869,6 +973,10 @@ impl Worker {
 /// Queues one frame for one player, applying its filters, the skip-to-
 /// keyframe policy and the queue bound.
 fn enqueue_frame(conn: &mut Conn, sub: &mut Subscription, f: &Arc<Frame>, limits: &PlayerLimits) {
+    #[cfg(feature = "fault-injection")]
+    if sub.stream.key.ends_with(FAULT_PANIC_ON_DELIVERY) {
+        panic!("injected fault: frame {} to conn={}", f.seq, conn.id);
+    }
     if sub.paused
         || (f.kind == MediaKind::Audio && !sub.audio)
         || (f.kind == MediaKind::Video && !sub.video)
@@ -944,5 +1052,18 @@ fn workers_in(mut mask: u64) -> impl Iterator<Item = usize> {
         let w = mask.trailing_zeros() as usize;
         mask &= mask - 1;
         Some(w)
+    })
+}
+
+/// Runs one connection's share of the work, catching a panic (the message is
+/// returned) so the caller can close that connection alone. The state `f`
+/// touches belongs to the connection that is then closed, or is poison-safe
+/// shared state, hence `AssertUnwindSafe`.
+fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned())
     })
 }

@@ -438,6 +438,11 @@ impl Worker {
             self.events_scratch = events;
             self.mark_dirty(k);
             if let Err(e) = result {
+                // Best effort, without blocking: the reply that explains the
+                // close (`_error`, NetConnection.Connect.Rejected) goes first.
+                if let Some(c) = self.conns.get_mut(k) {
+                    let _ = c.out.write_to(&mut c.socket);
+                }
                 return self.close(k, &e.to_string());
             }
             if leftover > MAX_READ_BUFFER {

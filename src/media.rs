@@ -595,6 +595,10 @@ fn sps_dimensions(rbsp: &[u8]) -> Option<(u32, u32)> {
     let width = (width_mbs * 16).checked_sub(crop_x * (left + right))?;
     let height =
         ((2 - frame_mbs_only) * height_map_units * 16).checked_sub(crop_y * (top + bottom))?;
+    // Cropping that leaves nothing is a malformed SPS, not a 0-pixel frame.
+    if width == 0 || height == 0 {
+        return None;
+    }
     Some((u32::try_from(width).ok()?, u32::try_from(height).ok()?))
 }
 
@@ -1649,6 +1653,17 @@ mod tests {
         ];
         p.extend_from_slice(&legacy[5..]); // AVCDecoderConfigurationRecord
         assert_eq!(avc_dimensions(&p), Some((1280, 720)));
+    }
+
+    #[test]
+    fn avc_dimensions_rejects_cropping_to_nothing() {
+        // Found by fuzz/media: a baseline SPS, 16x16, cropped 8 left and 8 right.
+        let crash = [
+            0x17, 0x00, 0x00, 0x00, 0x00, 0x01, 0x42, 0xff, 0xff, 0xff, 0xe1, 0x00, 0x0f, 0x67,
+            0x42, 0x25, 0xe1, 0x00, 0x91, 0x68, 0x76, 0x63, 0x31, 0x01, 0x8c, 0xcd, 0x01, 0x22,
+            0xd0, 0x0b,
+        ];
+        assert_eq!(avc_dimensions(&crash), None);
     }
 
     #[test]

@@ -114,6 +114,13 @@ impl RunningServer {
             .collect()
     }
 
+    /// Panics caught while handling a connection since start. Each closed
+    /// that one connection (logged with its state) instead of the worker;
+    /// anything but 0 is a bug.
+    pub fn panics(&self) -> u64 {
+        self.shared.panics.load(Ordering::Relaxed)
+    }
+
     /// Streams the registry knows (live, or awaited by players).
     pub fn stream_count(&self) -> usize {
         self.shared.registry.len()
@@ -241,6 +248,7 @@ impl Server {
             workers: handles,
             shutdown: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
+            panics: AtomicU64::new(0),
             stats: Default::default(),
             tls,
         });

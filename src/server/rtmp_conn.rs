@@ -85,6 +85,13 @@ impl Worker {
                         _ => {}
                     }
                 }
+                // Best effort, without blocking: the reply that explains the
+                // close (`_error`, NetConnection.Connect.Rejected) goes first.
+                if let Some(c) = self.conns.get_mut(k) {
+                    if c.tls.is_none() {
+                        let _ = c.out.write_to(&mut c.socket);
+                    }
+                }
                 return self.close(k, CloseReason::Protocol, &why);
             }
             if leftover == 0 || (leftover == before && !decided) {
@@ -165,6 +172,10 @@ impl Worker {
 
     fn on_publish(&mut self, k: usize, req: PublishRequest) {
         let key = format!("{}/{}", req.app, req.name);
+        #[cfg(feature = "fault-injection")]
+        if req.name == super::worker::FAULT_PANIC_ON_PUBLISH {
+            panic!("injected fault: publish {key}");
+        }
         let index = self.index;
         let Some(conn) = self.conns.get_mut(k) else {
             return;

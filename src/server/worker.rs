@@ -36,6 +36,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -56,6 +57,16 @@ pub(super) const MAX_READ_BUFFER: usize = 1024 * 1024;
 /// How often deadlines (handshake, ping, idle publisher, stalled player,
 /// HTTP request) are checked.
 const TICK: Duration = Duration::from_millis(500);
+
+/// Test builds only (`--features fault-injection`): publishing this stream
+/// name panics in the publisher's read path, so tests can check that the
+/// panic backstop closes that connection alone.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC_ON_PUBLISH: &str = "sluice-fault-panic-on-publish";
+/// Test builds only: queueing a frame of a stream whose name ends with this
+/// panics in the delivery to each player.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC_ON_DELIVERY: &str = "sluice-fault-panic-on-delivery";
 
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +140,9 @@ pub struct Shared {
     pub workers: Vec<WorkerHandle>,
     pub shutdown: AtomicBool,
     pub next_conn_id: AtomicU64,
+    /// Panics caught while handling one connection (each closed that
+    /// connection only); should stay 0.
+    pub panics: AtomicU64,
     pub stats: Stats,
     pub tls: Option<Tls>,
 }
@@ -316,6 +330,39 @@ impl Conn {
         !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// The connection's state, for the panic backstop's log line.
+    fn describe(&self) -> String {
+        let subs: Vec<&str> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.stream.key.as_str())
+            .collect();
+        let (connected, publishing) = match &self.proto {
+            Proto::Rtmp(r) => (
+                r.session.is_connected(),
+                r.publications
+                    .iter()
+                    .map(|p| p.stream.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            Proto::Http(_) => (true, String::new()),
+        };
+        format!(
+            "conn={} peer={} protocol={} role={} connected={connected} publishing=[{publishing}] playing=[{}] bytes_in={} bytes_out={} read_buf={} queued_media={} queued_control={}",
+            self.id,
+            self.peer,
+            self.protocol().name(),
+            self.role(),
+            subs.join(","),
+            self.counters.bytes_in.load(Ordering::Relaxed),
+            self.counters.bytes_out.load(Ordering::Relaxed),
+            self.read_buf.len(),
+            self.out.media_bytes(),
+            self.out.control_bytes(),
+        )
+    }
+
     fn role(&self) -> &'static str {
         let publishing = matches!(&self.proto, Proto::Rtmp(r) if !r.publications.is_empty());
         match (publishing, self.subscriptions.is_empty()) {
@@ -429,7 +476,7 @@ impl Worker {
                     }
                     Token(k) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(now, k);
+                            self.guarded(k, "reading", |w| w.on_readable(now, k));
                         }
                         if ev.is_writable() {
                             if let Some(c) = self.conns.get_mut(k) {
@@ -441,7 +488,7 @@ impl Worker {
                 }
             }
             for k in std::mem::take(&mut self.read_again) {
-                self.on_readable(now, k);
+                self.guarded(k, "reading", |w| w.on_readable(now, k));
             }
             if woken {
                 self.drain_inbox();
@@ -897,6 +944,7 @@ impl Worker {
             return;
         };
         let limits = self.limits;
+        let mut panicked = Vec::new();
         for &k in tokens {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
@@ -915,7 +963,7 @@ impl Worker {
             };
             // Take the subscription out so the connection can be borrowed whole.
             let mut sub = conn.subscriptions.swap_remove(i);
-            match d {
+            let delivered = catch(|| match d {
                 Delivery::Frame(f, _) => {
                     if f.seq >= sub.next_seq {
                         sub.next_seq = f.seq + 1;
@@ -945,12 +993,19 @@ impl Worker {
                     }
                 }
                 Delivery::Close(_) => {}
-            }
+            });
             conn.subscriptions.push(sub);
+            if let Err(msg) = delivered {
+                panicked.push((k, msg));
+                continue;
+            }
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(k);
             }
+        }
+        for (k, msg) in panicked {
+            self.on_panic(k, "delivering media", &msg);
         }
     }
 
@@ -993,14 +1048,22 @@ impl Worker {
 
     fn flush_dirty(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let mut panicked = Vec::new();
         for k in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
             conn.dirty = false;
-            let result = match conn.tls.as_mut() {
+            let result = catch(|| match conn.tls.as_mut() {
                 None => write_plain(&mut conn.out, &mut conn.socket),
                 Some(tls) => write_tls(&mut conn.out, tls, &mut conn.socket),
+            });
+            let result = match result {
+                Ok(r) => r,
+                Err(msg) => {
+                    panicked.push((k, msg));
+                    continue;
+                }
             };
             let written = match result {
                 Ok((written, blocked)) => {
@@ -1048,17 +1111,28 @@ impl Worker {
         for (k, reason, why) in failed {
             self.close(k, reason, &why);
         }
+        for (k, msg) in panicked {
+            self.on_panic(k, "writing", &msg);
+        }
     }
 
     fn tick(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let mut panicked = Vec::new();
         for (k, conn) in self.conns.iter_mut() {
-            let deadline = match &mut conn.proto {
+            let deadline = catch(|| match &mut conn.proto {
                 Proto::Rtmp(r) => r.session.handle_timeout(now).map_err(|e| {
                     let handshake = !r.session.is_connected();
                     (e.to_string(), handshake)
                 }),
                 Proto::Http(h) => h.check_deadline(now).map_err(|e| (e, false)),
+            });
+            let deadline = match deadline {
+                Ok(d) => d,
+                Err(msg) => {
+                    panicked.push((k, msg));
+                    continue;
+                }
             };
             if let Err((why, handshake)) = deadline {
                 if handshake {
@@ -1089,6 +1163,42 @@ impl Worker {
         }
         for (k, reason, why) in failed {
             self.close(k, reason, &why);
+        }
+        for (k, msg) in panicked {
+            self.on_panic(k, "checking deadlines", &msg);
+        }
+    }
+
+    /// Runs `f`, this worker's handling of connection `k`, so that a panic in
+    /// it closes connection `k` alone rather than unwinding the worker and
+    /// dropping every connection on this core.
+    fn guarded(&mut self, k: usize, doing: &'static str, f: impl FnOnce(&mut Self)) {
+        if let Err(msg) = catch(|| f(self)) {
+            self.on_panic(k, doing, &msg);
+        }
+    }
+
+    /// The panic backstop: logs the panic with the connection's state, counts
+    /// it ([`Shared::panics`]) and closes that connection only.
+    fn on_panic(&mut self, k: usize, doing: &str, msg: &str) {
+        let total = self.shared.panics.fetch_add(1, Ordering::Relaxed) + 1;
+        let state = self
+            .conns
+            .get(k)
+            .map_or_else(|| "connection already gone".to_owned(), Conn::describe);
+        log::error!(
+            "worker={}: panic while {doing}: {msg}; closing this connection only ({state}); panics so far: {total}",
+            self.index
+        );
+        let why = format!("panic while {doing}: {msg}");
+        if let Err(again) = catch(|| self.close(k, CloseReason::Panic, &why)) {
+            // `close` takes the connection out of the slab first, so it is
+            // gone (its socket dropped during unwinding) even so.
+            self.shared.panics.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "worker={}: panic while closing after a panic: {again}",
+                self.index
+            );
         }
     }
 
@@ -1242,6 +1352,10 @@ pub(super) fn enqueue_frame(
     limits: &PlayerLimits,
     stats: &Stats,
 ) {
+    #[cfg(feature = "fault-injection")]
+    if sub.stream.key.ends_with(FAULT_PANIC_ON_DELIVERY) {
+        panic!("injected fault: frame {} to conn={}", f.seq, conn.id);
+    }
     if sub.paused
         || (f.kind == MediaKind::Audio && !sub.audio)
         || (f.kind == MediaKind::Video && !sub.video)
@@ -1402,5 +1516,18 @@ fn workers_in(mut mask: u64) -> impl Iterator<Item = usize> {
         let w = mask.trailing_zeros() as usize;
         mask &= mask - 1;
         Some(w)
+    })
+}
+
+/// Runs one connection's share of the work, catching a panic (the message is
+/// returned) so the caller can close that connection alone. The state `f`
+/// touches belongs to the connection that is then closed, or is poison-safe
+/// shared state, hence `AssertUnwindSafe`.
+fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned())
     })
 }

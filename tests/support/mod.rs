@@ -31,7 +31,11 @@ pub fn start_server(workers: usize, tweak: impl FnOnce(&mut Config)) -> RunningS
 }
 
 pub struct TestClient {
+    /// The socket (for RTMPS a clone of the one under `tls`: timeouts and
+    /// shutdown apply to both).
     pub sock: TcpStream,
+    /// RTMPS: the TLS session over the same socket.
+    pub tls: Option<Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>,
     session: ClientSession,
     buf: BytesMut,
     pub events: VecDeque<ClientEvent>,
@@ -51,7 +55,35 @@ impl TestClient {
         sock.set_nodelay(true).unwrap();
         let mut c = Self {
             sock,
+            tls: None,
             session: ClientSession::new(config, 44),
+            buf: BytesMut::new(),
+            events: VecDeque::new(),
+            closed: false,
+        };
+        c.wait_for("connect", |e| matches!(e, ClientEvent::Connected));
+        c
+    }
+
+    /// Like [`TestClient::connect`], over TLS (RTMPS) with `tls` as the
+    /// client configuration and `name` as the server name (SNI for a DNS
+    /// name, none for an IP address).
+    pub fn connect_tls(
+        addr: SocketAddr,
+        app: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_nodelay(true).unwrap();
+        let conn = rustls::ClientConnection::new(tls, name).expect("TLS client");
+        let stream = rustls::StreamOwned::new(conn, sock.try_clone().expect("clone socket"));
+        let session =
+            ClientSession::new(ClientConfig::new(app, format!("rtmps://{addr}/{app}")), 44);
+        let mut c = Self {
+            sock,
+            tls: Some(Box::new(stream)),
+            session,
             buf: BytesMut::new(),
             events: VecDeque::new(),
             closed: false,
@@ -88,6 +120,7 @@ impl TestClient {
             ClientSession::new(ClientConfig::new(app, format!("rtmp://{addr}/{app}")), seed);
         let mut c = Self {
             sock,
+            tls: None,
             session,
             buf: BytesMut::new(),
             events: VecDeque::new(),
@@ -99,7 +132,13 @@ impl TestClient {
 
     pub fn flush(&mut self) {
         while let Some(b) = self.session.poll_transmit() {
-            self.sock.write_all(&b).expect("write");
+            match self.tls.as_mut() {
+                Some(t) => t.write_all(&b).expect("write"),
+                None => self.sock.write_all(&b).expect("write"),
+            }
+        }
+        if let Some(t) = self.tls.as_mut() {
+            t.flush().expect("flush");
         }
     }
 
@@ -111,7 +150,11 @@ impl TestClient {
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .unwrap();
         let mut chunk = [0u8; 65536];
-        match self.sock.read(&mut chunk) {
+        let r = match self.tls.as_mut() {
+            Some(t) => t.read(&mut chunk),
+            None => self.sock.read(&mut chunk),
+        };
+        match r {
             Ok(0) => {
                 self.closed = true;
                 false

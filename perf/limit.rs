@@ -86,6 +86,7 @@ struct Peer {
     queue: VecDeque<Rc<Wire>>,
     offset: usize,
     dead: bool,
+    error: Option<String>,
 }
 
 impl Peer {
@@ -141,7 +142,8 @@ impl Peer {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return total,
-                Err(_) => {
+                Err(e) => {
+                    self.error = Some(e.to_string());
                     self.dead = true;
                     self.queue.clear();
                     return total;
@@ -172,6 +174,7 @@ fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 * 1024];
     let mut open = n;
+    let mut errors = 0u64;
     while open > 0 && Instant::now() < deadline {
         let _ = poll.poll(&mut events, Some(Duration::from_millis(100)));
         for ev in events.iter() {
@@ -179,6 +182,11 @@ fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
                 continue;
             };
             let Some(s) = slot.as_mut() else { continue };
+            if ev.is_error() {
+                if let Ok(Some(e)) | Err(e) = s.take_error() {
+                    eprintln!("sluice-limit sink: socket {}: {e}", ev.token().0);
+                }
+            }
             loop {
                 match s.read(&mut buf) {
                     Ok(0) => {
@@ -190,7 +198,11 @@ fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("sluice-limit sink: read: {e}");
+                        }
+                        errors += 1;
                         *slot = None;
                         open -= 1;
                         break;
@@ -211,6 +223,9 @@ struct Opts {
     duration: f64,
     sink_cpu: Option<String>,
     json: Option<String>,
+    /// Frames written per wakeup: 1 is the strict limit (every frame sent
+    /// the moment it exists); more matches a server that batches under load.
+    batch: usize,
 }
 
 fn main() -> ExitCode {
@@ -239,6 +254,12 @@ fn main() -> ExitCode {
         "json",
         "write the JSON record here ('-': stdout)",
         "FILE",
+    );
+    o.optopt(
+        "",
+        "batch",
+        "frames per wakeup (one write per socket each) [1]",
+        "K",
     );
     o.optflag("h", "help", "print this help");
     let m = match o.parse(&args[1..]) {
@@ -270,6 +291,7 @@ fn main() -> ExitCode {
         duration: get("duration", "10").parse().expect("--duration"),
         sink_cpu: m.opt_str("sink-cpu"),
         json: m.opt_str("json"),
+        batch: get("batch", "1").parse::<usize>().expect("--batch").max(1),
     };
     let report = match run(&opts) {
         Ok(r) => r,
@@ -279,8 +301,9 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "limit ({}): {} sockets, {:.3} Gbit/s, {:.3} CPU-s ({:.2} of a core), {:.3} CPU-s/GB, {:.0} bytes per syscall, backlog max {} bytes",
+        "limit ({}, {} frame(s) per wakeup): {} sockets, {:.3} Gbit/s, {:.3} CPU-s ({:.2} of a core), {:.3} CPU-s/GB, {:.0} bytes per syscall, backlog max {} bytes",
         opts.mode.name(),
+        opts.batch,
         opts.players,
         report["gbit_per_s"].as_f64().unwrap_or(0.0),
         report["cpu_seconds"].as_f64().unwrap_or(0.0),
@@ -304,10 +327,20 @@ fn main() -> ExitCode {
 }
 
 fn run(o: &Opts) -> Result<serde_json::Value, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    // A backlog that holds every connection at once: with std's 128 the
+    // sink's burst of connects overflows the accept queue and the last ones
+    // wait for SYN-ACK retransmissions, seconds apart.
+    let listener: TcpListener = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        s.bind(&any.into()).map_err(|e| e.to_string())?;
+        s.listen(4096).map_err(|e| e.to_string())?;
+        s.into()
+    };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let total = o.warmup + o.duration + 10.0;
+    let total = o.warmup + o.duration + 60.0;
     let mut cmd = match &o.sink_cpu {
         Some(cpus) if Command::new("taskset").arg("-V").output().is_ok() => {
             let mut c = Command::new("taskset");
@@ -344,6 +377,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
             queue: VecDeque::new(),
             offset: 0,
             dead: false,
+            error: None,
         });
     }
     let shape = stream::Shape {
@@ -373,8 +407,10 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
     };
     let mut i = 0usize;
     loop {
-        let (due_in_cycle, w) = &frames[i % frames.len()];
-        let due = Duration::from_nanos((i / frames.len()) as u64 * cycle_ns + due_in_cycle);
+        // The wakeup comes when the last frame of this batch is due.
+        let last = i + o.batch - 1;
+        let (due_in_cycle, _) = &frames[last % frames.len()];
+        let due = Duration::from_nanos((last / frames.len()) as u64 * cycle_ns + due_in_cycle);
         let now = start.elapsed();
         if due > now {
             std::thread::sleep(due - now);
@@ -396,23 +432,27 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
             if p.dead {
                 continue;
             }
-            p.queue.push_back(w.clone());
+            for k in i..i + o.batch {
+                p.queue.push_back(frames[k % frames.len()].1.clone());
+            }
             bytes += p.write(o.mode, &mut syscalls) as u64;
             let backlog: usize = p.queue.iter().map(|w| w.len).sum::<usize>() - p.offset;
             max_backlog = max_backlog.max(backlog);
         }
-        i += 1;
+        i += o.batch;
     }
     let ticks = stats::cpu_ticks(None).unwrap_or(0) - t0_ticks;
     let secs = t0_at.elapsed().as_secs_f64();
     let cpu = ticks as f64 / stats::clock_ticks();
     let dead = peers.iter().filter(|p| p.dead).count();
+    let first_error = peers.iter().find_map(|p| p.error.clone());
     drop(peers);
-    let _ = child.wait();
+    let sink_status = child.wait().map(|s| s.to_string()).unwrap_or_default();
     let gb = bytes as f64 / 1e9;
     Ok(json!({
         "tool": "sluice-limit",
         "mode": o.mode.name(),
+        "batch": o.batch,
         "players": o.players,
         "chunk_size": o.chunk_size,
         "bitrate_bps": o.bitrate,
@@ -427,5 +467,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "cpu_s_per_gb": if gb > 0.0 { Some(cpu / gb) } else { None },
         "max_backlog_bytes": max_backlog,
         "dead_sockets": dead,
+        "first_error": first_error,
+        "sink_exit": sink_status,
     }))
 }

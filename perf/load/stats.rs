@@ -135,6 +135,18 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// (write syscalls, bytes written) of a process from `/proc/PID/io`
+/// (`syscw`, `wchar`: write, writev, send* on any descriptor).
+pub fn write_calls(pid: u32) -> Option<(u64, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("syscw:")?, field("wchar:")?))
+}
+
 /// (VmRSS, VmHWM) of a process in bytes.
 pub fn rss_bytes(pid: u32) -> Option<(u64, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -200,6 +212,7 @@ mod tests {
     fn reads_its_own_cpu_and_memory() {
         assert!(cpu_ticks(None).is_some());
         let (rss, hwm) = rss_bytes(std::process::id()).unwrap();
+        assert!(write_calls(std::process::id()).is_some());
         assert!(rss > 0 && hwm >= rss);
     }
 }

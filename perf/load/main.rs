@@ -24,7 +24,7 @@ use proto::{PlayerKind, Proto, Role, Up};
 use serde_json::{json, Value};
 use stats::{wall_ns, Histogram};
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, IoSlice, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -340,21 +340,20 @@ impl Conn {
 
     /// Reads until the socket is drained (a short read is enough under
     /// edge-triggered epoll: more data is a new edge), feeding the protocol.
-    fn read(&mut self, scratch: &mut [u8], ups: &mut Vec<Up>) -> io::Result<()> {
+    fn read(&mut self, ups: &mut Vec<Up>) -> io::Result<()> {
         loop {
-            match self.sock.read(scratch) {
+            match recv_into(&self.sock, &mut self.inbuf, READ_CHUNK) {
                 Ok(0) => {
                     self.close("closed by server".into());
                     return Ok(());
                 }
                 Ok(n) => {
                     self.bytes_in += n as u64;
-                    self.inbuf.extend_from_slice(&scratch[..n]);
                     if let Err(e) = self.proto.handle_input(&mut self.inbuf, ups) {
                         self.close(e.to_string());
                         return Ok(());
                     }
-                    if n < scratch.len() {
+                    if n < READ_CHUNK {
                         return Ok(());
                     }
                 }
@@ -364,6 +363,26 @@ impl Conn {
             }
         }
     }
+}
+
+/// Receives up to `max` bytes onto the end of `buf`, into its spare
+/// capacity: no intermediate buffer, no zeroing.
+fn recv_into(sock: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: recv writes at most `len` bytes into the spare capacity, which
+    // is valid for writes of `len` bytes and is not read here; exactly the
+    // `n` bytes recv reports written become part of `buf` by `set_len`.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), spare.as_mut_ptr().cast(), len, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the first `n` bytes of the spare capacity were initialized by recv.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Where the run is.
@@ -702,7 +721,6 @@ impl Run {
             self.start_publisher()?;
         }
         let mut events = Events::with_capacity(4096);
-        let mut scratch = vec![0u8; READ_CHUNK];
         let mut ups = Vec::new();
         while self.phase != Phase::Done {
             self.advance_phase();
@@ -732,7 +750,7 @@ impl Run {
                     conn.check_connected();
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    if let Err(e) = conn.read(&mut scratch, &mut ups) {
+                    if let Err(e) = conn.read(&mut ups) {
                         conn.close(format!("read: {e}"));
                     }
                     Self::handle_ups(

@@ -104,10 +104,16 @@ pub fn check(track: Track, payload: &[u8]) -> Result<Option<(Stamp, bool)>, Stam
         });
     }
     let fill = fill_byte(track, seq);
-    if !payload[at + STAMP_LEN..].iter().all(|&b| b == fill) {
+    if !all_equal(&payload[at + STAMP_LEN..], fill) {
         return Err(StampError::Fill);
     }
     Ok(Some((Stamp { seq, sent_ns }, key)))
+}
+
+/// True when every byte is `v`. No early exit, so it compiles to wide
+/// vector compares: a player checks 3 Mbit/s x 2,000 of payload on one core.
+fn all_equal(bytes: &[u8], v: u8) -> bool {
+    bytes.iter().fold(0u8, |acc, &b| acc | (b ^ v)) == 0
 }
 
 /// One frame to publish.

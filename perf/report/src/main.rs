@@ -35,12 +35,14 @@ struct Args {
     machine: String,
     command: String,
     seconds: u64,
+    nice: String,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut a = std::env::args().skip(1);
     let (mut raw, mut out, mut mode, mut machine, mut command, mut seconds) =
         (None, None, String::new(), String::new(), String::new(), 0);
+    let mut nice = String::from("0");
     while let Some(k) = a.next() {
         let mut v = || a.next().ok_or(format!("{k} needs a value"));
         match k.as_str() {
@@ -49,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
             "--mode" => mode = v()?,
             "--machine" => machine = v()?,
             "--command" => command = v()?,
+            "--nice" => nice = v()?,
             "--seconds" => seconds = v()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         machine,
         command,
         seconds,
+        nice,
     })
 }
 
@@ -389,6 +393,7 @@ fn run(a: &Args) -> Result<(), String> {
         "mode": a.mode,
         "command": a.command,
         "seconds": a.seconds,
+        "nice": a.nice,
         "loadavg_start": loadavg("loadavg-start.txt"),
         "loadavg_end": loadavg("loadavg-end.txt"),
         "skipped": skipped,
@@ -448,7 +453,7 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
         rec["loadavg_start"].as_str().unwrap_or("?"),
         rec["loadavg_end"].as_str().unwrap_or("?")
     );
-    let _ = writeln!(s, "Server pinned to core 0 with one worker, load generator (`sluice-load`) on core 1; one publisher at about 3 Mbit/s (720p30-shaped H.264 + AAC, keyframe every 2 s), N RTMP players. Command: `{}` ({} s).\n", a.command, a.seconds);
+    let _ = writeln!(s, "Server pinned to core 0 with one worker, load generator (`sluice-load`) on core 1, both at nice {}; one publisher at about 3 Mbit/s (720p30-shaped H.264 + AAC, keyframe every 2 s), N RTMP players. Command: `{}` ({} s).\n", a.nice, a.command, a.seconds);
     if let Some(sk) = rec["skipped"].as_array() {
         for k in sk {
             let _ = writeln!(s, "- Skipped {}", k.as_str().unwrap_or_default());

@@ -7,7 +7,8 @@
 //! another core with `taskset` when it exists) reads and discards.
 //!
 //! Modes (`--mode`): `frame` writes each frame as one contiguous buffer
-//! (headers and payload copied together once, up front): the floor;
+//! (headers and payload copied together once, up front) with write(2);
+//! `send` does the same with send(2), which skips the VFS layer: the floor;
 //! `writev` writes the server's wire form (chunk headers interleaved with
 //! payload slices, as iovecs); `chunk` makes one `write` per RTMP chunk, as
 //! nginx-rtmp does.
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Frame,
+    Send,
     Writev,
     Chunk,
 }
@@ -42,6 +44,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Frame => "frame",
+            Mode::Send => "send",
             Mode::Writev => "writev",
             Mode::Chunk => "chunk",
         }
@@ -67,7 +70,7 @@ fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
     let form = wire_form(chunk_size, &msg);
     let pieces = match mode {
         Mode::Writev => form.pieces().to_vec(),
-        Mode::Frame => vec![Bytes::from(form.to_vec())],
+        Mode::Frame | Mode::Send => vec![Bytes::from(form.to_vec())],
         Mode::Chunk => form
             .pieces()
             .chunks(2)
@@ -116,7 +119,9 @@ impl Peer {
                 }
             }
             *syscalls += 1;
-            let r = if slices.len() == 1 {
+            let r = if mode == Mode::Send {
+                send(&self.sock, &slices[0])
+            } else if slices.len() == 1 {
                 self.sock.write(&slices[0])
             } else {
                 self.sock.write_vectored(&slices)
@@ -150,6 +155,26 @@ impl Peer {
                 }
             }
         }
+    }
+}
+
+/// send(2) on the socket: the same bytes as write(2) without the VFS layer
+/// (no file position lock), as nginx-rtmp sends.
+fn send(sock: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -238,7 +263,7 @@ fn main() -> ExitCode {
     }
     let mut o = getopts::Options::new();
     o.optopt("n", "players", "sockets [100]", "N");
-    o.optopt("", "mode", "frame | writev | chunk [frame]", "MODE");
+    o.optopt("", "mode", "frame | send | writev | chunk [frame]", "MODE");
     o.optopt("", "chunk-size", "RTMP chunk size [4096]", "BYTES");
     o.optopt("", "bitrate", "stream bitrate, bit/s [3000000]", "BPS");
     o.optopt("", "warmup", "seconds before measuring [2]", "SECS");
@@ -278,10 +303,11 @@ fn main() -> ExitCode {
         players: get("players", "100").parse().expect("--players"),
         mode: match get("mode", "frame").as_str() {
             "frame" => Mode::Frame,
+            "send" => Mode::Send,
             "writev" => Mode::Writev,
             "chunk" => Mode::Chunk,
             other => {
-                eprintln!("sluice-limit: --mode {other:?}: frame, writev or chunk");
+                eprintln!("sluice-limit: --mode {other:?}: frame, send, writev or chunk");
                 return ExitCode::from(2);
             }
         },

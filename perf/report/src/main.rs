@@ -666,11 +666,12 @@ fn plot_cpu(path: &Path, rec: &Value, servers: &[String], sizes: &[u64]) -> Plot
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax, (0.05f64..ymax * 1.6).log_scale())?;
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax * 1.15)?;
     chart
         .configure_mesh()
         .x_desc("players")
-        .y_desc("CPU-s / GB (log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("CPU-s / GB")
         .y_label_formatter(&|v| format!("{v:.2}"))
         .draw()?;
     for (label, pts, color, dashed) in lines {
@@ -700,6 +701,11 @@ fn plot_latency(path: &Path, rec: &Value, servers: &[String], sizes: &[u64]) -> 
         all.extend(series(rec, srv, sizes, "latency_ms_p50"));
     }
     let ymax = all.iter().map(|p| p.1).fold(1.0f64, f64::max);
+    let ymin = all
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .min(ymax);
     let xmax = sizes.iter().copied().max().unwrap_or(100) as f64 * 1.05;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -709,10 +715,11 @@ fn plot_latency(path: &Path, rec: &Value, servers: &[String], sizes: &[u64]) -> 
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax, (0.05f64..ymax * 2.0).log_scale())?;
+        .build_cartesian_2d(0.0..xmax, ((ymin * 0.5).max(0.01)..ymax * 2.0).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("players")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("ms (log)")
         .y_label_formatter(&|v| format!("{v:.1}"))
         .draw()?;

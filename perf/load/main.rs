@@ -241,6 +241,8 @@ struct Conn {
     ready: bool,
     /// Why it ended, if it did.
     closed: Option<String>,
+    /// It ended after the publisher had stopped (the server ending the stream).
+    closed_after_stop: bool,
     bytes_in: u64,
     check: Checker,
     /// (bytes_in, video frames) when the window opened.
@@ -261,6 +263,7 @@ impl Conn {
             connected: false,
             ready: false,
             closed: None,
+            closed_after_stop: false,
             bytes_in: 0,
             check: Checker::new(now_ns),
             at_window: (0, 0),
@@ -731,6 +734,7 @@ impl Run {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            let stopped = self.pub_stopped;
             for ev in events.iter() {
                 let conn = if ev.token() == PUBLISHER {
                     match self.publisher.as_mut() {
@@ -761,6 +765,9 @@ impl Run {
                     );
                 }
                 conn.flush();
+                if conn.closed.is_some() && stopped {
+                    conn.closed_after_stop = true;
+                }
             }
         }
         Ok(())
@@ -816,7 +823,10 @@ impl Run {
             if let Some(j) = c.join_us() {
                 join.record(j);
             }
-            if p.closed.is_some() {
+            // A close after the publisher stopped is the server ending the
+            // stream, not a failure; frames it cut short still count as missing.
+            let failed_close = p.closed.is_some() && !p.closed_after_stop;
+            if failed_close {
                 disconnected += 1;
             }
             let miss = c.missing_through(pub_last_video, pub_last_audio);
@@ -833,7 +843,7 @@ impl Run {
                     && miss == 0
                     && c.video.out_of_order + c.audio.out_of_order == 0
                     && c.corrupt == 0
-                    && p.closed.is_none()
+                    && !failed_close
             };
             if ok {
                 complete += 1;

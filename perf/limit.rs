@@ -1,0 +1,499 @@
+//! `sluice-limit`: the physical limit of fan-out on this machine. Writes the
+//! same pre-built frames the server would send (the generated 3 Mbit/s
+//! stream, chunked as RTMP with the same chunk size) to N loopback sockets,
+//! with one `write`/`writev` per socket per frame wakeup and nothing else: no
+//! parsing, no queues beyond a resend offset, no poll for writability. Reports
+//! the writer's CPU-seconds per GB delivered; a child process (pinned to
+//! another core with `taskset` when it exists) reads and discards.
+//!
+//! Modes (`--mode`): `frame` writes each frame as one contiguous buffer
+//! (headers and payload copied together once, up front) with write(2);
+//! `send` does the same with send(2), which skips the VFS layer: the floor;
+//! `writev` writes the server's wire form (chunk headers interleaved with
+//! payload slices, as iovecs); `chunk` makes one `write` per RTMP chunk, as
+//! nginx-rtmp does.
+
+#[allow(dead_code)]
+#[path = "load/stats.rs"]
+mod stats;
+#[allow(dead_code)]
+#[path = "load/stream.rs"]
+mod stream;
+
+use bytes::Bytes;
+use mio::net::TcpStream as MioStream;
+use mio::{Events, Interest, Poll, Token};
+use serde_json::json;
+use sluice::protocol::chunk::{wire_form, Message};
+use std::collections::VecDeque;
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, ExitCode, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Frame,
+    Send,
+    Writev,
+    Chunk,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Frame => "frame",
+            Mode::Send => "send",
+            Mode::Writev => "writev",
+            Mode::Chunk => "chunk",
+        }
+    }
+}
+
+/// One frame ready to send: the pieces one syscall writes.
+struct Wire {
+    /// For `frame` and `writev`: all pieces go in one call. For `chunk`: one
+    /// call per (header, payload) pair, built as contiguous chunks.
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
+    let msg = Message {
+        csid: f.kind.csid(),
+        timestamp: f.timestamp,
+        type_id: f.kind.type_id(),
+        stream_id: 1,
+        payload: f.payload.clone(),
+    };
+    let form = wire_form(chunk_size, &msg);
+    let pieces = match mode {
+        Mode::Writev => form.pieces().to_vec(),
+        Mode::Frame | Mode::Send => vec![Bytes::from(form.to_vec())],
+        Mode::Chunk => form
+            .pieces()
+            .chunks(2)
+            .map(|hp| Bytes::from(hp.concat()))
+            .collect(),
+    };
+    Wire {
+        len: form.len(),
+        pieces,
+    }
+}
+
+/// A socket's unsent frames and how far into the first one it got.
+struct Peer {
+    sock: TcpStream,
+    queue: VecDeque<Rc<Wire>>,
+    offset: usize,
+    dead: bool,
+    error: Option<String>,
+}
+
+impl Peer {
+    /// One write (or one per chunk in `chunk` mode) for what is queued.
+    fn write(&mut self, mode: Mode, syscalls: &mut u64) -> usize {
+        let mut total = 0;
+        loop {
+            if self.queue.is_empty() {
+                return total;
+            }
+            // The slices for this call (a small allocation; the syscall costs
+            // a thousand times more).
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(16);
+            let mut skip = self.offset;
+            let per_call_limit = if mode == Mode::Chunk { 1 } else { usize::MAX };
+            'outer: for w in self.queue.iter() {
+                for p in &w.pieces {
+                    if skip >= p.len() {
+                        skip -= p.len();
+                        continue;
+                    }
+                    slices.push(IoSlice::new(&p[skip..]));
+                    skip = 0;
+                    if slices.len() >= per_call_limit || slices.len() >= 512 {
+                        break 'outer;
+                    }
+                }
+            }
+            *syscalls += 1;
+            let r = if mode == Mode::Send {
+                send(&self.sock, &slices[0])
+            } else if slices.len() == 1 {
+                self.sock.write(&slices[0])
+            } else {
+                self.sock.write_vectored(&slices)
+            };
+            drop(slices);
+            match r {
+                Ok(n) => {
+                    total += n;
+                    let mut n = n + self.offset;
+                    while let Some(w) = self.queue.front() {
+                        if n >= w.len {
+                            n -= w.len;
+                            self.queue.pop_front();
+                        } else {
+                            break;
+                        }
+                    }
+                    self.offset = n;
+                    // frame/writev: one call per wakeup; chunk: one per chunk
+                    // until the socket is full or the queue is empty.
+                    if mode != Mode::Chunk {
+                        return total;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return total,
+                Err(e) => {
+                    self.error = Some(e.to_string());
+                    self.dead = true;
+                    self.queue.clear();
+                    return total;
+                }
+            }
+        }
+    }
+}
+
+/// send(2) on the socket: the same bytes as write(2) without the VFS layer
+/// (no file position lock), as nginx-rtmp sends.
+fn send(sock: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the call.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
+    let mut poll = Poll::new().expect("poll");
+    let mut socks = Vec::with_capacity(n);
+    for i in 0..n {
+        match MioStream::connect(addr) {
+            Ok(mut s) => {
+                poll.registry()
+                    .register(&mut s, Token(i), Interest::READABLE)
+                    .expect("register");
+                socks.push(Some(s));
+            }
+            Err(e) => {
+                eprintln!("sluice-limit sink: connect {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut open = n;
+    let mut errors = 0u64;
+    while open > 0 && Instant::now() < deadline {
+        let _ = poll.poll(&mut events, Some(Duration::from_millis(100)));
+        for ev in events.iter() {
+            let Some(slot) = socks.get_mut(ev.token().0) else {
+                continue;
+            };
+            let Some(s) = slot.as_mut() else { continue };
+            if ev.is_error() {
+                if let Ok(Some(e)) | Err(e) = s.take_error() {
+                    eprintln!("sluice-limit sink: socket {}: {e}", ev.token().0);
+                }
+            }
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        *slot = None;
+                        open -= 1;
+                        break;
+                    }
+                    Ok(k) if k < buf.len() => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if errors == 0 {
+                            eprintln!("sluice-limit sink: read: {e}");
+                        }
+                        errors += 1;
+                        *slot = None;
+                        open -= 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+struct Opts {
+    players: usize,
+    mode: Mode,
+    chunk_size: u32,
+    bitrate: u64,
+    warmup: f64,
+    duration: f64,
+    sink_cpu: Option<String>,
+    json: Option<String>,
+    /// Frames written per wakeup: 1 is the strict limit (every frame sent
+    /// the moment it exists); more matches a server that batches under load.
+    batch: usize,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("sink") {
+        let addr = args[2].parse().expect("sink ADDR N SECS");
+        let n = args[3].parse().expect("sink ADDR N SECS");
+        let secs = args[4].parse().expect("sink ADDR N SECS");
+        return sink(addr, n, secs);
+    }
+    let mut o = getopts::Options::new();
+    o.optopt("n", "players", "sockets [100]", "N");
+    o.optopt("", "mode", "frame | send | writev | chunk [frame]", "MODE");
+    o.optopt("", "chunk-size", "RTMP chunk size [4096]", "BYTES");
+    o.optopt("", "bitrate", "stream bitrate, bit/s [3000000]", "BPS");
+    o.optopt("", "warmup", "seconds before measuring [2]", "SECS");
+    o.optopt("", "duration", "seconds measured [10]", "SECS");
+    o.optopt(
+        "",
+        "sink-cpu",
+        "CPU list for the reading process (taskset) [none]",
+        "CPUS",
+    );
+    o.optopt(
+        "",
+        "json",
+        "write the JSON record here ('-': stdout)",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "batch",
+        "frames per wakeup (one write per socket each) [1]",
+        "K",
+    );
+    o.optflag("h", "help", "print this help");
+    let m = match o.parse(&args[1..]) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sluice-limit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if m.opt_present("h") {
+        print!("{}", o.usage("Usage: sluice-limit [options]\n\nThe cost of writing pre-built frames to N loopback sockets."));
+        return ExitCode::SUCCESS;
+    }
+    let get = |k: &str, d: &str| m.opt_str(k).unwrap_or_else(|| d.to_owned());
+    let opts = Opts {
+        players: get("players", "100").parse().expect("--players"),
+        mode: match get("mode", "frame").as_str() {
+            "frame" => Mode::Frame,
+            "send" => Mode::Send,
+            "writev" => Mode::Writev,
+            "chunk" => Mode::Chunk,
+            other => {
+                eprintln!("sluice-limit: --mode {other:?}: frame, send, writev or chunk");
+                return ExitCode::from(2);
+            }
+        },
+        chunk_size: get("chunk-size", "4096").parse().expect("--chunk-size"),
+        bitrate: get("bitrate", "3000000").parse().expect("--bitrate"),
+        warmup: get("warmup", "2").parse().expect("--warmup"),
+        duration: get("duration", "10").parse().expect("--duration"),
+        sink_cpu: m.opt_str("sink-cpu"),
+        json: m.opt_str("json"),
+        batch: get("batch", "1").parse::<usize>().expect("--batch").max(1),
+    };
+    let report = match run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice-limit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "limit ({}, {} frame(s) per wakeup): {} sockets, {:.3} Gbit/s, {:.3} CPU-s ({:.2} of a core), {:.3} CPU-s/GB, {:.0} bytes per syscall, backlog max {} bytes",
+        opts.mode.name(),
+        opts.batch,
+        opts.players,
+        report["gbit_per_s"].as_f64().unwrap_or(0.0),
+        report["cpu_seconds"].as_f64().unwrap_or(0.0),
+        report["cpu_util"].as_f64().unwrap_or(0.0),
+        report["cpu_s_per_gb"].as_f64().unwrap_or(0.0),
+        report["bytes_per_syscall"].as_f64().unwrap_or(0.0),
+        report["max_backlog_bytes"],
+    );
+    let text = serde_json::to_string_pretty(&report).expect("json");
+    match opts.json.as_deref() {
+        Some("-") => println!("{text}"),
+        Some(p) => {
+            if let Err(e) = std::fs::write(p, text + "\n") {
+                eprintln!("sluice-limit: {p}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        None => {}
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(o: &Opts) -> Result<serde_json::Value, String> {
+    // A backlog that holds every connection at once: with std's 128 the
+    // sink's burst of connects overflows the accept queue and the last ones
+    // wait for SYN-ACK retransmissions, seconds apart.
+    let listener: TcpListener = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        s.bind(&any.into()).map_err(|e| e.to_string())?;
+        s.listen(4096).map_err(|e| e.to_string())?;
+        s.into()
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let total = o.warmup + o.duration + 60.0;
+    let mut cmd = match &o.sink_cpu {
+        Some(cpus) if Command::new("taskset").arg("-V").output().is_ok() => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    let mut child = cmd
+        .arg("sink")
+        .arg(addr.to_string())
+        .arg(o.players.to_string())
+        .arg(total.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sink: {e}"))?;
+    let mut peers = Vec::with_capacity(o.players);
+    listener.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let accept_deadline = Instant::now() + Duration::from_secs(30);
+    while peers.len() < o.players {
+        if Instant::now() > accept_deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "only {} of {} sockets connected",
+                peers.len(),
+                o.players
+            ));
+        }
+        let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        peers.push(Peer {
+            sock: s,
+            queue: VecDeque::new(),
+            offset: 0,
+            dead: false,
+            error: None,
+        });
+    }
+    let shape = stream::Shape {
+        bitrate: o.bitrate,
+        ..stream::Shape::default()
+    };
+    let mut gen = stream::Generator::new(shape);
+    let start = Instant::now();
+    let win_start = Duration::from_secs_f64(o.warmup);
+    let win_end = win_start + Duration::from_secs_f64(o.duration);
+    let mut measuring = false;
+    let (mut t0_ticks, mut t0_at) = (0u64, start);
+    let (mut bytes, mut syscalls, mut wakeups) = (0u64, 0u64, 0u64);
+    let mut max_backlog = 0usize;
+    // Pre-build one GOP's frames and reuse them: the writer only writes.
+    let mut frames = Vec::new();
+    for _ in 0..2 * shape.gop * 2 {
+        let f = gen.next(0);
+        frames.push((f.due_ns, Rc::new(build(o.mode, o.chunk_size, &f))));
+    }
+    let cycle_ns = {
+        let mut g = stream::Generator::new(shape);
+        for _ in 0..frames.len() {
+            let _ = g.next(0);
+        }
+        g.next_due_ns()
+    };
+    let mut i = 0usize;
+    loop {
+        // The wakeup comes when the last frame of this batch is due.
+        let last = i + o.batch - 1;
+        let (due_in_cycle, _) = &frames[last % frames.len()];
+        let due = Duration::from_nanos((last / frames.len()) as u64 * cycle_ns + due_in_cycle);
+        let now = start.elapsed();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let now = start.elapsed();
+        if !measuring && now >= win_start {
+            measuring = true;
+            t0_ticks = stats::cpu_ticks(None).unwrap_or(0);
+            t0_at = Instant::now();
+            bytes = 0;
+            syscalls = 0;
+            wakeups = 0;
+        }
+        if now >= win_end {
+            break;
+        }
+        wakeups += 1;
+        for p in &mut peers {
+            if p.dead {
+                continue;
+            }
+            for k in i..i + o.batch {
+                p.queue.push_back(frames[k % frames.len()].1.clone());
+            }
+            bytes += p.write(o.mode, &mut syscalls) as u64;
+            let backlog: usize = p.queue.iter().map(|w| w.len).sum::<usize>() - p.offset;
+            max_backlog = max_backlog.max(backlog);
+        }
+        i += o.batch;
+    }
+    let ticks = stats::cpu_ticks(None).unwrap_or(0) - t0_ticks;
+    let secs = t0_at.elapsed().as_secs_f64();
+    let cpu = ticks as f64 / stats::clock_ticks();
+    let dead = peers.iter().filter(|p| p.dead).count();
+    let first_error = peers.iter().find_map(|p| p.error.clone());
+    drop(peers);
+    let sink_status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    let gb = bytes as f64 / 1e9;
+    Ok(json!({
+        "tool": "sluice-limit",
+        "mode": o.mode.name(),
+        "batch": o.batch,
+        "players": o.players,
+        "chunk_size": o.chunk_size,
+        "bitrate_bps": o.bitrate,
+        "seconds": secs,
+        "bytes": bytes,
+        "gbit_per_s": gb * 8.0 / secs,
+        "syscalls": syscalls,
+        "wakeups": wakeups,
+        "bytes_per_syscall": if syscalls > 0 { bytes as f64 / syscalls as f64 } else { 0.0 },
+        "cpu_seconds": cpu,
+        "cpu_util": cpu / secs,
+        "cpu_s_per_gb": if gb > 0.0 { Some(cpu / gb) } else { None },
+        "max_backlog_bytes": max_backlog,
+        "dead_sockets": dead,
+        "first_error": first_error,
+        "sink_exit": sink_status,
+    }))
+}

@@ -1,0 +1,123 @@
+//! The load generator against the real `sluice` binary: 20 RTMP players for a
+//! few seconds, then checks of its JSON record. No timing or performance
+//! assertion: figures belong in perf/results/, not in `cargo test`.
+
+use serde_json::Value;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_sluice() -> (Server, u16) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--rtmp", &format!("127.0.0.1:{port}"), "--workers", "1"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sluice");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sluice did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
+#[test]
+fn twenty_players_get_every_frame_with_latency_and_cpu_recorded() {
+    let (mut server, port) = start_sluice();
+    let dir = std::env::temp_dir().join(format!("sluice-perf-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("run.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-load"))
+        .args([
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--players",
+            "20",
+            "--lead",
+            "0.5",
+            "--ramp",
+            "0.5",
+            "--settle",
+            "0.5",
+            "--duration",
+            "2",
+            "--drain",
+            "1",
+            "--server-pid",
+            &server.0.id().to_string(),
+            "--label",
+            "sluice",
+            "--per-player",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run sluice-load");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice-load failed:\n{summary}");
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    let _ = std::fs::remove_dir_all(&dir);
+    let r: Value = serde_json::from_str(&text).expect("valid JSON");
+
+    let mut server_log = String::new();
+    let _ = server.0.kill();
+    if let Some(mut e) = server.0.stderr.take() {
+        let _ = e.read_to_string(&mut server_log);
+    }
+    let ctx = format!("summary:\n{summary}\nserver log:\n{server_log}");
+
+    assert_eq!(r["errors"], Value::Array(vec![]), "{ctx}");
+    assert_eq!(r["counts"]["started"], 20, "{ctx}");
+    assert_eq!(r["counts"]["complete"], 20, "{ctx}");
+    assert_eq!(r["frames"]["missing"], 0, "{ctx}");
+    assert_eq!(r["frames"]["out_of_order"], 0, "{ctx}");
+    assert_eq!(r["frames"]["corrupt"], 0, "{ctx}");
+    let last_video = r["publisher"]["video_frames"].as_u64().unwrap() - 1;
+    let last_audio = r["publisher"]["audio_frames"].as_u64().unwrap() - 1;
+    let players = r["per_player"].as_array().expect("per-player records");
+    assert_eq!(players.len(), 20);
+    for p in players {
+        assert_eq!(p["ok"], true, "player {p}\n{ctx}");
+        assert_eq!(
+            p["headers"], true,
+            "metadata and both sequence headers: {p}"
+        );
+        assert_eq!(p["missing"], 0, "{p}");
+        // Every frame from the first keyframe through the publisher's last.
+        assert_eq!(p["last_video_seq"].as_u64(), Some(last_video), "{p}");
+        assert_eq!(p["last_audio_seq"].as_u64(), Some(last_audio), "{p}");
+        assert!(p["join_ms"].is_number(), "{p}");
+    }
+    // Latency was measured (a count, and percentiles that are numbers).
+    assert!(r["latency_ms"]["count"].as_u64().unwrap() > 0, "{ctx}");
+    assert!(r["latency_ms"]["p99"].is_number());
+    // CPU was recorded for the server and for the generator itself.
+    assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{ctx}");
+    assert!(r["generator"]["cpu_seconds"].as_f64().is_some(), "{ctx}");
+    assert!(r["server"]["rss_peak_bytes"].as_u64().is_some(), "{ctx}");
+    assert!(r["window"]["bytes_delivered"].as_u64().unwrap() > 0);
+}

@@ -881,7 +881,7 @@ impl Worker {
         why: &str,
     ) {
         log::info!(
-            "play stop stream={} conn={conn_id} peer={peer} worker={} protocol={} dropped_frames={}: {why}",
+            "play stop stream={} conn={conn_id} peer={peer} worker={} format={} dropped_frames={}: {why}",
             s.stream.key,
             self.index,
             s.format.name(),
@@ -1493,15 +1493,23 @@ fn write_tls(
         } else {
             out.write_to(&mut tls.writer())?
         };
+        // rustls may have been full when this round started (nothing moved):
+        // keep going while the socket takes its records, or the rest of the
+        // queue would wait for the next tick (no new writable edge comes
+        // while the socket never blocked).
+        let mut flushed = false;
         while tls.wants_write() {
             match tls.write_tls(socket) {
-                Ok(n) => written += n as u64,
+                Ok(n) => {
+                    written += n as u64;
+                    flushed = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((written, true)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if out.is_empty() || moved == 0 {
+        if out.is_empty() || (moved == 0 && !flushed) {
             return Ok((written, false));
         }
     }

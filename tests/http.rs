@@ -689,7 +689,7 @@ fn ffmpeg_plays_http_flv_and_ends_with_the_publisher() {
     let log = server.log();
     assert!(
         log.lines()
-            .any(|l| l.contains("protocol=http-flv") && l.contains("play stop")),
+            .any(|l| l.contains("format=http-flv") && l.contains("play stop")),
         "no HTTP-FLV play stop in the log"
     );
     assert!(

@@ -26,7 +26,8 @@ fn run(parts: &[&[u8]]) -> Result<Vec<Message>, ChunkError> {
         while let Some(m) = decoder.decode(&mut buf)? {
             // What the session does with the two messages that change the reader.
             if m.payload.len() >= 4 {
-                let v = u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
+                let v =
+                    u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
                 match m.type_id {
                     1 => decoder.set_chunk_size(v)?,
                     2 => decoder.abort(v),

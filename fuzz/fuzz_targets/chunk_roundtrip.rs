@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let mut msgs = Vec::new();
     // Each message: csid (u16 -> 2..=65599 by adding), timestamp u32,
     // type, stream id byte, payload length byte (x 13), then payload bytes from a pattern.
-    while rest.len() >= 9 && msgs.len() < 32 {
+    // At most 32 messages and 8 KiB of payload per input, so that chunk
+    // sizes down to 1 byte stay cheap to run.
+    let mut total = 0;
+    while rest.len() >= 9 && msgs.len() < 32 && total < 8 * 1024 {
         let csid = 2 + u32::from(u16::from_le_bytes([rest[0], rest[1]])) % 65_598;
         let timestamp = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]);
         let type_id = match rest[6] {
@@ -26,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let stream_id = u32::from(rest[7]);
         let len = usize::from(rest[8]) * 13;
+        total += len;
         let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(rest[8])).collect();
         msgs.push(Message {
             csid,

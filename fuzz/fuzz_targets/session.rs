@@ -82,5 +82,9 @@ fuzz_target!(|input: &[u8]| {
     }
     // Replies are bounded by the input: no amplification beyond a constant
     // per byte (a connect reply is ~400 bytes for a ~150-byte connect).
-    assert!(out_bytes <= 64 * 1024 + 64 * data.len(), "{out_bytes} bytes out for {} in", data.len());
+    assert!(
+        out_bytes <= 64 * 1024 + 64 * data.len(),
+        "{out_bytes} bytes out for {} in",
+        data.len()
+    );
 });

@@ -42,6 +42,7 @@
 //!   why, and the [`config::Config`] the command line fills.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod media;
 pub mod protocol;

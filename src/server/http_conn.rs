@@ -13,6 +13,7 @@
 //! the player stalls, exactly like RTMP players: the same subscription,
 //! queue bound and skip-to-keyframe policy, with the frame's FLV form.
 
+use super::access::{self, Reply};
 use super::api;
 use super::flv;
 use super::http::{self, Parsed, Request, WsFrame};
@@ -20,6 +21,7 @@ use super::queue::{Item, OutQueue};
 use super::stats::CloseReason;
 use super::stream::Format;
 use super::worker::{ListenerKind, Proto, Worker};
+use crate::auth::Action;
 use crate::protocol::session::valid_name;
 use crate::wire::WireForm;
 use bytes::{Buf, Bytes};
@@ -34,6 +36,9 @@ pub(super) enum HttpState {
     },
     /// Streaming FLV (in WebSocket messages when `websocket`).
     Streaming { websocket: bool },
+    /// A denied request whose reply is delayed (repeated failures from its
+    /// address): nothing more is read as a request.
+    Deciding,
 }
 
 impl HttpState {
@@ -142,8 +147,9 @@ impl Worker {
                     }
                     self.mark_dirty(k);
                 }
-                HttpState::Streaming { websocket: false } => {
-                    // An HTTP-FLV player has nothing more to say.
+                HttpState::Streaming { websocket: false } | HttpState::Deciding => {
+                    // An HTTP-FLV player has nothing more to say; a denied
+                    // client waits for its answer.
                     conn.read_buf.clear();
                     return;
                 }
@@ -297,6 +303,17 @@ impl Worker {
             return self.respond(now, k, resp, keep);
         }
         let key = format!("{app}/{name}");
+        let Some(conn) = self.conns.get(k) else {
+            return;
+        };
+        let verdict = self
+            .shared
+            .auth
+            .check(Action::Play, app, name, &req.query, conn.peer.ip());
+        if let Err(why) = verdict {
+            let reply = Reply::Http(access::http_denial(why, cors));
+            return self.deny(k, Action::Play, &key, why, reply);
+        }
         let live = self.shared.registry.get(&key).and_then(|s| {
             s.with_state(|st| st.publisher().is_some().then(|| st.has_audio_video()))
         });

@@ -1,9 +1,12 @@
 //! RTMP connections on a worker: feeding the sans-IO [`ServerSession`] and
 //! acting on its events (publish, play, media, stop).
 
+use super::access::Reply;
 use super::stats::CloseReason;
 use super::stream::{Format, PublishError, PublisherInfo, Stream};
 use super::worker::{Proto, Worker};
+use crate::auth::Action;
+use crate::config::PublisherPolicy;
 use crate::protocol::handshake::HandshakeError;
 use crate::protocol::session::{
     Event, MediaKind, PlayRequest, PublishRejection, PublishRequest, ServerSession, SessionError,
@@ -132,6 +135,9 @@ impl Worker {
                 let Some(p) = r.publications.iter().find(|p| p.msid == stream_id) else {
                     return;
                 };
+                if !p.stream.is_published_by(conn.id) {
+                    return; // replaced; its worker closes this connection
+                }
                 let stream = p.stream.clone();
                 let (frame, interest) = stream.push(kind, timestamp, payload);
                 self.fan_out(interest, frame, stream.id);
@@ -176,7 +182,27 @@ impl Worker {
         if req.name == super::worker::FAULT_PANIC_ON_PUBLISH {
             panic!("injected fault: publish {key}");
         }
+        let Some(conn) = self.conns.get(k) else {
+            return;
+        };
+        let verdict = self.shared.auth.check(
+            Action::Publish,
+            &req.app,
+            &req.name,
+            &req.query,
+            conn.peer.ip(),
+        );
+        if let Err(why) = verdict {
+            let reply = Reply::RejectPublish(req.stream_id);
+            return self.deny(k, Action::Publish, &key, why, reply);
+        }
+        self.publish_allowed(k, req, key);
+    }
+
+    /// Claims the name for an authorized publisher.
+    fn publish_allowed(&mut self, k: usize, req: PublishRequest, key: String) {
         let index = self.index;
+        let replace = self.shared.config.second_publisher == PublisherPolicy::Replace;
         let Some(conn) = self.conns.get_mut(k) else {
             return;
         };
@@ -190,8 +216,17 @@ impl Worker {
             protocol: if conn.tls.is_some() { "rtmps" } else { "rtmp" },
             since: SystemTime::now(),
         };
-        match self.shared.registry.publish(&key, info) {
-            Ok((stream, notice)) => {
+        let claimed = if replace && !r.publications.iter().any(|p| p.stream.key == key) {
+            let (stream, notice, old) = self.shared.registry.publish_replacing(&key, info);
+            Ok((stream, notice, old))
+        } else {
+            self.shared
+                .registry
+                .publish(&key, info)
+                .map(|(s, n)| (s, n, None))
+        };
+        match claimed {
+            Ok((stream, notice, old)) => {
                 r.session.accept_publish(req.stream_id);
                 r.publications.push(Publication {
                     msid: req.stream_id,
@@ -206,6 +241,15 @@ impl Worker {
                 );
                 self.set_client_state(k, "publishing", Some(&key));
                 self.notify(&stream, notice, true);
+                if let Some(old) = old {
+                    log::info!(
+                        "publish replaced stream={key}: conn={} peer={} worker={} loses it",
+                        old.conn_id,
+                        old.peer,
+                        old.worker
+                    );
+                    self.close_replaced(old);
+                }
             }
             Err(PublishError::AlreadyPublishing { peer }) => {
                 r.session
@@ -224,6 +268,17 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(k) else {
             return;
         };
+        let verdict = self.shared.auth.check(
+            Action::Play,
+            &req.app,
+            &req.name,
+            &req.query,
+            conn.peer.ip(),
+        );
+        if let Err(why) = verdict {
+            let reply = Reply::RejectPlay(req.stream_id);
+            return self.deny(k, Action::Play, &key, why, reply);
+        }
         let Proto::Rtmp(r) = &mut conn.proto else {
             return;
         };

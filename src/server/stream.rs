@@ -392,6 +392,10 @@ pub struct Stream {
     pub bytes_out: AtomicU64,
     /// Frames skipped for slow players.
     pub frames_dropped: AtomicU64,
+    /// The publishing connection's id (0: none), readable without the lock:
+    /// a publisher replaced by another drops its frames until its own
+    /// worker closes it.
+    publisher_conn: AtomicU64,
 }
 
 /// What a publish or unpublish tells the workers with players.
@@ -427,6 +431,11 @@ impl Stream {
     /// Publishes one message: classifies it, maps its timestamp, builds its
     /// RTMP wire form once, updates the headers and GOP cache, and returns
     /// the shared frame with the workers that must receive it.
+    /// Whether connection `conn_id` is this stream's publisher now.
+    pub fn is_published_by(&self, conn_id: u64) -> bool {
+        self.publisher_conn.load(Ordering::Relaxed) == conn_id
+    }
+
     pub fn push(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> (Arc<Frame>, u64) {
         let (info, header) = describe(kind, &payload);
         let mut st = self.lock();
@@ -655,6 +664,7 @@ impl Registry {
                     gop_limits: self.gop_limits,
                     bytes_out: AtomicU64::new(0),
                     frames_dropped: AtomicU64::new(0),
+                    publisher_conn: AtomicU64::new(0),
                     state: Mutex::new(StreamState {
                         publisher: None,
                         players: [0; MAX_WORKERS],
@@ -683,12 +693,48 @@ impl Registry {
         key: &str,
         publisher: PublisherInfo,
     ) -> Result<(Arc<Stream>, Notice), PublishError> {
+        self.claim(key, publisher, false)
+            .map(|(stream, notice, _)| (stream, notice))
+    }
+
+    /// Claims `key` for a publisher, taking it over from a current one if
+    /// any, atomically across workers: the replaced publisher is returned
+    /// (its worker must close it; meanwhile its frames are dropped) and
+    /// players see a new publisher (fresh headers, next keyframe).
+    pub fn publish_replacing(
+        &self,
+        key: &str,
+        publisher: PublisherInfo,
+    ) -> (Arc<Stream>, Notice, Option<PublisherInfo>) {
+        self.claim(key, publisher, true)
+            .expect("a replacing claim always succeeds")
+    }
+
+    fn claim(
+        &self,
+        key: &str,
+        publisher: PublisherInfo,
+        replace: bool,
+    ) -> Result<(Arc<Stream>, Notice, Option<PublisherInfo>), PublishError> {
         let mut map = self.map();
         let stream = self.get_or_create(&mut map, key);
         let mut st = stream.lock();
         if let Some(p) = &st.publisher {
-            return Err(PublishError::AlreadyPublishing { peer: p.peer });
+            if !replace {
+                return Err(PublishError::AlreadyPublishing { peer: p.peer });
+            }
         }
+        let replaced = st.publisher.take();
+        if replaced.is_some() {
+            st.gop.clear();
+            st.headers.clear();
+            st.has_video = false;
+            st.has_default_video = false;
+            st.has_audio = false;
+        }
+        stream
+            .publisher_conn
+            .store(publisher.conn_id, Ordering::Relaxed);
         st.publisher = Some(publisher);
         st.frames_in = 0;
         st.bytes_in = 0;
@@ -700,7 +746,7 @@ impl Registry {
             interest: st.interest(),
         };
         drop(st);
-        Ok((stream, notice))
+        Ok((stream, notice, replaced))
     }
 
     /// Releases the publisher `conn_id` of `stream`: headers and GOP are
@@ -712,6 +758,7 @@ impl Registry {
             return None;
         }
         st.publisher = None;
+        stream.publisher_conn.store(0, Ordering::Relaxed);
         st.gop.clear();
         st.headers.clear();
         st.has_video = false;

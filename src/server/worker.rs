@@ -92,6 +92,8 @@ pub enum Delivery {
     },
     /// Close connection `id` (HTTP API).
     Close(u64),
+    /// Close publisher `id`: another publisher took its stream over.
+    Replaced(u64),
 }
 
 /// A connection's byte counters, readable by the API from any thread.
@@ -145,6 +147,8 @@ pub struct Shared {
     pub panics: AtomicU64,
     pub stats: Stats,
     pub tls: Option<Tls>,
+    /// Access control (publish / play rules, failed-attempt delays).
+    pub auth: crate::auth::Auth,
 }
 
 impl Shared {
@@ -388,8 +392,6 @@ pub struct Worker {
     /// TLS connections still handshaking on this worker.
     tls_pending: usize,
     pub(super) conns: Slab<Conn>,
-    /// Connection id → slab key, for API close requests.
-    ids: HashMap<u64, usize>,
     pub(super) shared: Arc<Shared>,
     /// Stream id → tokens of local players.
     pub(super) locals: HashMap<u64, Vec<usize>>,
@@ -403,6 +405,10 @@ pub struct Worker {
     pub(super) shutting_down: Option<Instant>,
     /// Until when shutdown waits for publishers asked to reconnect.
     drain_deadline: Option<Instant>,
+    /// Denials whose reply waits (failed attempts are slowed), by time.
+    pub(super) deferred: Vec<super::access::Deferred>,
+    /// Connection id → slab key, for deferred replies and close requests.
+    pub(super) ids: HashMap<u64, usize>,
 }
 
 impl Worker {
@@ -442,6 +448,7 @@ impl Worker {
             seed: 0x9E37_79B9_7F4A_7C15 ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
             shutting_down: None,
             drain_deadline: None,
+            deferred: Vec::new(),
             shared,
         })
     }
@@ -451,11 +458,14 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.read_again.is_empty() {
+            let mut timeout = if self.read_again.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
+            if let Some(at) = self.deferred.iter().map(|d| d.at).min() {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -492,6 +502,9 @@ impl Worker {
             }
             if woken {
                 self.drain_inbox();
+            }
+            if !self.deferred.is_empty() {
+                self.run_deferred(now);
             }
             if now >= next_tick {
                 self.tick(now);
@@ -939,6 +952,12 @@ impl Worker {
                 }
                 return;
             }
+            Delivery::Replaced(id) => {
+                if let Some(&k) = self.ids.get(id) {
+                    self.close(k, CloseReason::Replaced, "replaced by a new publisher");
+                }
+                return;
+            }
         };
         let Some(tokens) = self.locals.get(&stream_id) else {
             return;
@@ -992,7 +1011,7 @@ impl Worker {
                         conn.pull_transmit();
                     }
                 }
-                Delivery::Close(_) => {}
+                Delivery::Close(_) | Delivery::Replaced(_) => {}
             });
             conn.subscriptions.push(sub);
             if let Err(msg) = delivered {
@@ -1172,7 +1191,7 @@ impl Worker {
     /// Runs `f`, this worker's handling of connection `k`, so that a panic in
     /// it closes connection `k` alone rather than unwinding the worker and
     /// dropping every connection on this core.
-    fn guarded(&mut self, k: usize, doing: &'static str, f: impl FnOnce(&mut Self)) {
+    pub(super) fn guarded(&mut self, k: usize, doing: &'static str, f: impl FnOnce(&mut Self)) {
         if let Err(msg) = catch(|| f(self)) {
             self.on_panic(k, doing, &msg);
         }

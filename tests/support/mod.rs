@@ -98,6 +98,12 @@ impl TestClient {
         &self.session
     }
 
+    /// The client session, to send commands the helpers do not wrap
+    /// (call [`TestClient::flush`] after).
+    pub fn session_mut(&mut self) -> &mut ClientSession {
+        &mut self.session
+    }
+
     /// Sends a raw media message (any payload) on `stream_id`.
     pub fn send_raw(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: &[u8]) {
         self.session

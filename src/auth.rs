@@ -184,6 +184,9 @@ pub struct AppRules {
     pub publish: Rules,
     #[serde(default)]
     pub play: Rules,
+    /// HTTP callbacks (`[app.NAME.hooks]`).
+    #[serde(default)]
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// Every application's rules; `*` applies to applications not listed.
@@ -202,6 +205,8 @@ pub enum Denial {
     WrongKey,
     BadSignature,
     Expired,
+    /// The HTTP callback said no (or did not answer in time).
+    Callback,
 }
 
 impl Denial {
@@ -213,6 +218,7 @@ impl Denial {
             Denial::WrongKey => "wrong key",
             Denial::BadSignature => "bad signature",
             Denial::Expired => "signature expired",
+            Denial::Callback => "refused by the callback",
         }
     }
 }
@@ -272,6 +278,8 @@ pub struct Auth {
     /// Keys from each `key_file`, by path.
     file_keys: RwLock<HashMap<PathBuf, Vec<String>>>,
     pub penalties: Penalties,
+    /// Each application's callbacks, shared with the helper threads.
+    hooks: HashMap<String, std::sync::Arc<crate::hooks::Hooks>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -295,10 +303,16 @@ fn read_keys(path: &PathBuf) -> Result<Vec<String>, String> {
 impl Auth {
     /// Reads the key files; Err names a file that does not load.
     pub fn new(config: AccessConfig) -> Result<Self, String> {
+        let hooks = config
+            .apps
+            .iter()
+            .map(|(app, r)| (app.clone(), std::sync::Arc::new(r.hooks.clone())))
+            .collect();
         let auth = Self {
             config,
             file_keys: RwLock::new(HashMap::new()),
             penalties: Penalties::default(),
+            hooks,
         };
         auth.reload()?;
         Ok(auth)
@@ -320,6 +334,23 @@ impl Auth {
         let n = next.values().map(Vec::len).sum();
         *self.file_keys.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(n)
+    }
+
+    /// The callbacks of `app` (or of `*`), if any is configured.
+    pub fn hooks(&self, app: &str) -> Option<&std::sync::Arc<crate::hooks::Hooks>> {
+        self.hooks.get(app).or_else(|| self.hooks.get("*"))
+    }
+
+    /// Whether any application has a callback (the helper threads are
+    /// started only then).
+    pub fn has_hooks(&self) -> bool {
+        self.hooks.values().any(|h| {
+            h.on_publish.is_some()
+                || h.on_play.is_some()
+                || h.on_publish_done.is_some()
+                || h.on_play_done.is_some()
+                || h.on_done.is_some()
+        })
     }
 
     fn rules(&self, app: &str, action: Action) -> Option<&Rules> {

@@ -306,6 +306,21 @@ impl FileConfig {
                 return Err(format!("[app.{name:?}]: not a valid application name"));
             }
         }
+        for (name, rules) in &f.app {
+            let h = &rules.hooks;
+            for (what, url) in [
+                ("on_publish", &h.on_publish),
+                ("on_play", &h.on_play),
+                ("on_publish_done", &h.on_publish_done),
+                ("on_play_done", &h.on_play_done),
+                ("on_done", &h.on_done),
+            ] {
+                if let Some(url) = url {
+                    crate::hooks::check_url(url)
+                        .map_err(|e| format!("[app.{name:?}.hooks] {what} = {url:?}: {e}"))?;
+                }
+            }
+        }
         if f.tls_cert.len() != f.tls_key.len() {
             return Err(format!(
                 "{} tls_cert but {} tls_key: give them in pairs",

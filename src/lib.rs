@@ -44,6 +44,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod hooks;
 pub mod media;
 pub mod protocol;
 pub mod server;

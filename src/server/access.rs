@@ -9,14 +9,15 @@
 //! either way what the client sends meanwhile is bounded by the worker's
 //! read-buffer limit. The worker's poll wakes at the earliest reply due.
 
-use super::http;
+use super::http::{self, Request};
 use super::http_conn::HttpState;
 use super::queue::Item;
 use super::stats::CloseReason;
 use super::stream::PublisherInfo;
 use super::worker::{Delivery, Proto, Worker};
 use crate::auth::{Action, Denial};
-use crate::protocol::session::{PlayRejection, PublishRejection};
+use crate::hooks::{Answer, Call, Job};
+use crate::protocol::session::{PlayRejection, PlayRequest, PublishRejection, PublishRequest};
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -158,5 +159,207 @@ impl Worker {
         } else if let Some(out) = self.outgoing.get_mut(old.worker) {
             out.push(Delivery::Replaced(old.conn_id));
         }
+    }
+}
+
+/// A request waiting for its HTTP callback.
+pub(super) enum AwaitingHook {
+    Publish(PublishRequest),
+    Play(PlayRequest),
+    /// An HTTP-FLV / ws-flv player's request, and its CORS origin.
+    Http {
+        req: Request,
+        app: String,
+        name: String,
+        cors: String,
+    },
+}
+
+impl Worker {
+    /// If `app` has a deciding callback for `action`, asks it (on a helper
+    /// thread) and parks the request; otherwise hands the request back.
+    pub(super) fn ask_hook(
+        &mut self,
+        k: usize,
+        action: Action,
+        app: &str,
+        name: &str,
+        query: &str,
+        waiting: AwaitingHook,
+    ) -> Option<AwaitingHook> {
+        let Some(pool) = &self.shared.hooks else {
+            return Some(waiting);
+        };
+        let Some(hooks) = self.shared.auth.hooks(app) else {
+            return Some(waiting);
+        };
+        let url = match action {
+            Action::Publish => &hooks.on_publish,
+            Action::Play => &hooks.on_play,
+        };
+        let Some(url) = url.clone() else {
+            return Some(waiting);
+        };
+        let conn = self.conns.get_mut(k)?;
+        let tc_url = match &conn.proto {
+            Proto::Rtmp(r) => r.tc_url.clone(),
+            Proto::Http(_) => String::new(),
+        };
+        if let AwaitingHook::Http { .. } = waiting {
+            conn.proto = Proto::Http(HttpState::Deciding);
+        }
+        let call = Call {
+            call: action.name(),
+            app: app.to_owned(),
+            name: name.to_owned(),
+            addr: conn.peer.ip().to_string(),
+            client_id: conn.id,
+            tc_url,
+            query: query.to_owned(),
+        };
+        let conn_id = conn.id;
+        log::debug!(
+            "{} stream={app}/{name} conn={conn_id} worker={}: asking {url}",
+            action.name(),
+            self.index
+        );
+        self.awaiting_hook.insert(conn_id, waiting);
+        self.set_client_state(k, "authorizing", None);
+        let (shared, index) = (self.shared.clone(), self.index);
+        pool.submit(Job {
+            url,
+            call,
+            hooks: hooks.clone(),
+            reply: Some(Box::new(move |answer| {
+                let handle = &shared.workers[index];
+                handle
+                    .inbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Delivery::Hook { conn_id, answer });
+                if let Err(e) = handle.waker.wake() {
+                    log::warn!("waking worker {index} with a callback's answer: {e}");
+                }
+            })),
+        });
+        None
+    }
+
+    /// A callback answered: carry on with the parked request.
+    pub(super) fn hook_answered(&mut self, conn_id: u64, answer: Answer) {
+        let Some(waiting) = self.awaiting_hook.remove(&conn_id) else {
+            return;
+        };
+        let Some(&k) = self.ids.get(&conn_id) else {
+            return; // gone while waiting
+        };
+        self.guarded(k, "acting on a callback's answer", |w| {
+            let now = Instant::now();
+            let (action, app, name) = match &waiting {
+                AwaitingHook::Publish(r) => (Action::Publish, r.app.clone(), r.name.clone()),
+                AwaitingHook::Play(r) => (Action::Play, r.app.clone(), r.name.clone()),
+                AwaitingHook::Http { app, name, .. } => (Action::Play, app.clone(), name.clone()),
+            };
+            let key = format!("{app}/{name}");
+            let renamed = match &answer {
+                Answer::Deny(why) => {
+                    log::info!(
+                        "{} callback for stream={key} conn={conn_id}: {why}",
+                        action.name()
+                    );
+                    let reply = match waiting {
+                        AwaitingHook::Publish(r) => Reply::RejectPublish(r.stream_id),
+                        AwaitingHook::Play(r) => Reply::RejectPlay(r.stream_id),
+                        AwaitingHook::Http { cors, .. } => {
+                            Reply::Http(http_denial(Denial::Callback, &cors))
+                        }
+                    };
+                    w.deny(k, action, &key, Denial::Callback, reply);
+                    if matches!(w.conns.get(k).map(|c| &c.proto), Some(Proto::Rtmp(_))) {
+                        w.rtmp_input(now, k);
+                    }
+                    return;
+                }
+                Answer::Allow => None,
+                Answer::Rename(n) => {
+                    log::info!(
+                        "{} callback for stream={key} conn={conn_id}: renamed to {app}/{n}",
+                        action.name()
+                    );
+                    Some(n.clone())
+                }
+            };
+            match waiting {
+                AwaitingHook::Publish(mut r) => {
+                    if let Some(n) = renamed {
+                        r.name = n;
+                    }
+                    let key = format!("{}/{}", r.app, r.name);
+                    w.publish_allowed(k, r, key);
+                }
+                AwaitingHook::Play(mut r) => {
+                    if let Some(n) = renamed {
+                        r.name = n;
+                    }
+                    w.play_allowed(k, r);
+                }
+                AwaitingHook::Http {
+                    req,
+                    app,
+                    name,
+                    cors,
+                } => {
+                    let name = renamed.unwrap_or(name);
+                    w.http_player_allowed(now, k, req, &app, &name, &cors);
+                }
+            }
+            if let Some(c) = w.conns.get_mut(k) {
+                c.pull_transmit();
+            }
+            w.mark_dirty(k);
+            if matches!(w.conns.get(k).map(|c| &c.proto), Some(Proto::Rtmp(_))) {
+                w.rtmp_input(now, k);
+            }
+        });
+    }
+
+    /// Tells `app`'s callback that something ended (fire and forget).
+    pub(super) fn notify_hook(
+        &self,
+        call: &'static str,
+        key: &str,
+        conn_id: u64,
+        peer: std::net::SocketAddr,
+        tc_url: &str,
+    ) {
+        let Some(pool) = &self.shared.hooks else {
+            return;
+        };
+        let (app, name) = key.split_once('/').unwrap_or((key, ""));
+        let Some(hooks) = self.shared.auth.hooks(app) else {
+            return;
+        };
+        let url = match call {
+            "publish_done" => &hooks.on_publish_done,
+            "play_done" => &hooks.on_play_done,
+            _ => &hooks.on_done,
+        };
+        let Some(url) = url.clone() else {
+            return;
+        };
+        pool.submit(Job {
+            url,
+            call: Call {
+                call,
+                app: app.to_owned(),
+                name: name.to_owned(),
+                addr: peer.ip().to_string(),
+                client_id: conn_id,
+                tc_url: tc_url.to_owned(),
+                query: String::new(),
+            },
+            hooks: hooks.clone(),
+            reply: None,
+        });
     }
 }

@@ -13,7 +13,7 @@
 //! the player stalls, exactly like RTMP players: the same subscription,
 //! queue bound and skip-to-keyframe policy, with the frame's FLV form.
 
-use super::access::{self, Reply};
+use super::access::{self, AwaitingHook, Reply};
 use super::api;
 use super::flv;
 use super::http::{self, Parsed, Request, WsFrame};
@@ -314,6 +314,34 @@ impl Worker {
             let reply = Reply::Http(access::http_denial(why, cors));
             return self.deny(k, Action::Play, &key, why, reply);
         }
+        let (app, name) = (app.to_owned(), name.to_owned());
+        let query = req.query.clone();
+        let waiting = AwaitingHook::Http {
+            req,
+            app: app.clone(),
+            name: name.clone(),
+            cors: cors.to_owned(),
+        };
+        if let Some(AwaitingHook::Http { req, .. }) =
+            self.ask_hook(k, Action::Play, &app, &name, &query, waiting)
+        {
+            self.http_player_allowed(now, k, req, &app, &name, cors);
+        }
+    }
+
+    /// Starts an authorized HTTP-FLV / ws-flv player.
+    pub(super) fn http_player_allowed(
+        &mut self,
+        now: Instant,
+        k: usize,
+        req: Request,
+        app: &str,
+        name: &str,
+        cors: &str,
+    ) {
+        let keep = req.keep_alive();
+        let head_only = req.method == "HEAD";
+        let key = format!("{app}/{name}");
         let live = self.shared.registry.get(&key).and_then(|s| {
             s.with_state(|st| st.publisher().is_some().then(|| st.has_audio_video()))
         });

@@ -265,6 +265,11 @@ impl Server {
             panics: AtomicU64::new(0),
             stats: Default::default(),
             tls,
+            hooks: if auth.has_hooks() {
+                Some(crate::hooks::Pool::new(crate::hooks::HOOK_THREADS)?)
+            } else {
+                None
+            },
             auth,
         });
         let workers = polls

@@ -1,7 +1,7 @@
 //! RTMP connections on a worker: feeding the sans-IO [`ServerSession`] and
 //! acting on its events (publish, play, media, stop).
 
-use super::access::Reply;
+use super::access::{AwaitingHook, Reply};
 use super::stats::CloseReason;
 use super::stream::{Format, PublishError, PublisherInfo, Stream};
 use super::worker::{Proto, Worker};
@@ -30,6 +30,8 @@ pub(super) struct RtmpConn {
     /// Shutdown asked this publisher to reconnect (Enhanced RTMP): it is
     /// still served until it leaves or the drain deadline passes.
     pub reconnect_requested: bool,
+    /// The `tcUrl` from `connect` (for callbacks).
+    pub tc_url: String,
 }
 
 impl RtmpConn {
@@ -39,6 +41,7 @@ impl RtmpConn {
             publications: Vec::new(),
             events: Vec::new(),
             reconnect_requested: false,
+            tc_url: String::new(),
         }
     }
 }
@@ -119,6 +122,9 @@ impl Worker {
                         caps.caps_ex
                     );
                 }
+                if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                    r.tc_url = tc_url;
+                }
                 self.set_client_state(k, "connected", None);
             }
             Event::PublishRequested(req) => self.on_publish(k, req),
@@ -196,11 +202,17 @@ impl Worker {
             let reply = Reply::RejectPublish(req.stream_id);
             return self.deny(k, Action::Publish, &key, why, reply);
         }
-        self.publish_allowed(k, req, key);
+        let (app, name, query) = (req.app.clone(), req.name.clone(), req.query.clone());
+        let waiting = AwaitingHook::Publish(req);
+        if let Some(AwaitingHook::Publish(req)) =
+            self.ask_hook(k, Action::Publish, &app, &name, &query, waiting)
+        {
+            self.publish_allowed(k, req, key);
+        }
     }
 
     /// Claims the name for an authorized publisher.
-    fn publish_allowed(&mut self, k: usize, req: PublishRequest, key: String) {
+    pub(super) fn publish_allowed(&mut self, k: usize, req: PublishRequest, key: String) {
         let index = self.index;
         let replace = self.shared.config.second_publisher == PublisherPolicy::Replace;
         let Some(conn) = self.conns.get_mut(k) else {
@@ -279,6 +291,21 @@ impl Worker {
             let reply = Reply::RejectPlay(req.stream_id);
             return self.deny(k, Action::Play, &key, why, reply);
         }
+        let (app, name, query) = (req.app.clone(), req.name.clone(), req.query.clone());
+        let waiting = AwaitingHook::Play(req);
+        if let Some(AwaitingHook::Play(req)) =
+            self.ask_hook(k, Action::Play, &app, &name, &query, waiting)
+        {
+            self.play_allowed(k, req);
+        }
+    }
+
+    /// Starts an authorized player.
+    pub(super) fn play_allowed(&mut self, k: usize, req: PlayRequest) {
+        let key = format!("{}/{}", req.app, req.name);
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
         let Proto::Rtmp(r) = &mut conn.proto else {
             return;
         };
@@ -329,6 +356,7 @@ impl Worker {
         if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
             self.notify(&p.stream, notice, false);
         }
+        self.notify_hook("publish_done", &p.stream.key, conn_id, peer, "");
     }
 
     fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {

@@ -94,6 +94,11 @@ pub enum Delivery {
     Close(u64),
     /// Close publisher `id`: another publisher took its stream over.
     Replaced(u64),
+    /// An HTTP callback answered for connection `conn_id`.
+    Hook {
+        conn_id: u64,
+        answer: crate::hooks::Answer,
+    },
 }
 
 /// A connection's byte counters, readable by the API from any thread.
@@ -149,6 +154,8 @@ pub struct Shared {
     pub tls: Option<Tls>,
     /// Access control (publish / play rules, failed-attempt delays).
     pub auth: crate::auth::Auth,
+    /// Helper threads for HTTP callbacks (when any is configured).
+    pub hooks: Option<crate::hooks::Pool>,
 }
 
 impl Shared {
@@ -407,6 +414,8 @@ pub struct Worker {
     drain_deadline: Option<Instant>,
     /// Denials whose reply waits (failed attempts are slowed), by time.
     pub(super) deferred: Vec<super::access::Deferred>,
+    /// Requests waiting for an HTTP callback's answer, by connection id.
+    pub(super) awaiting_hook: HashMap<u64, super::access::AwaitingHook>,
     /// Connection id → slab key, for deferred replies and close requests.
     pub(super) ids: HashMap<u64, usize>,
 }
@@ -449,6 +458,7 @@ impl Worker {
             shutting_down: None,
             drain_deadline: None,
             deferred: Vec::new(),
+            awaiting_hook: HashMap::new(),
             shared,
         })
     }
@@ -907,6 +917,7 @@ impl Worker {
             }
         }
         self.shared.registry.leave(&s.stream, self.index, s.format);
+        self.notify_hook("play_done", &s.stream.key, conn_id, peer, "");
     }
 
     /// Tells the workers with players that `stream` got or lost its publisher.
@@ -957,6 +968,9 @@ impl Worker {
                     self.close(k, CloseReason::Replaced, "replaced by a new publisher");
                 }
                 return;
+            }
+            Delivery::Hook { conn_id, answer } => {
+                return self.hook_answered(*conn_id, answer.clone());
             }
         };
         let Some(tokens) = self.locals.get(&stream_id) else {
@@ -1011,7 +1025,7 @@ impl Worker {
                         conn.pull_transmit();
                     }
                 }
-                Delivery::Close(_) | Delivery::Replaced(_) => {}
+                Delivery::Close(_) | Delivery::Replaced(_) | Delivery::Hook { .. } => {}
             });
             conn.subscriptions.push(sub);
             if let Err(msg) = delivered {
@@ -1329,6 +1343,10 @@ impl Worker {
         if let Proto::Rtmp(r) = &mut conn.proto {
             for p in std::mem::take(&mut r.publications) {
                 self.end_publication(conn.id, conn.peer, p, why);
+            }
+            if let Some(app) = r.session.app() {
+                let app = format!("{app}/");
+                self.notify_hook("done", &app, conn.id, conn.peer, &r.tc_url);
             }
         }
         for s in std::mem::take(&mut conn.subscriptions) {

@@ -290,6 +290,12 @@ pub fn decide(url: &str, call: &Call, hooks: &Hooks) -> Answer {
             }
         }
         Ok((status, Some(location), _)) if (300..400).contains(&status) => {
+            if location.contains("://") {
+                // nginx-rtmp relays to another server here; Sluice does not.
+                return Answer::Deny(format!(
+                    "callback redirected to another server ({status}), which is not supported"
+                ));
+            }
             let name = location.trim_start_matches('/');
             let name = name.rsplit_once('/').map_or(name, |(_, n)| n);
             if crate::protocol::session::valid_name(name) {

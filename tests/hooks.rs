@@ -1,6 +1,6 @@
 //! HTTP callbacks against a real callback server started by the test
 //! (std only): allow, deny, rename by 3xx Location, 500, a timeout, a 1 MB
-//! body, an endless head, JSON (SRS-style) hooks, notifications, and the
+//! body, an endless head, a 10 KB Location, a redirect to another server, JSON (SRS-style) hooks, notifications, and the
 //! proof that a hung callback delays only its own connection.
 //!
 //! The callback server decides by the stream name's prefix: `allow`,
@@ -120,6 +120,17 @@ fn serve(mut s: TcpStream, got: &Mutex<Vec<String>>) {
             s,
             "HTTP/1.1 302 Found\r\nLocation: renamed\r\nContent-Length: 0\r\n\r\n"
         )
+    } else if name.starts_with("longloc") {
+        let loc = "x".repeat(10 * 1024);
+        write!(
+            s,
+            "HTTP/1.1 302 Found\r\nLocation: {loc}\r\nContent-Length: 0\r\n\r\n"
+        )
+    } else if name.starts_with("remote") {
+        write!(
+            s,
+            "HTTP/1.1 302 Found\r\nLocation: rtmp://elsewhere/live/x\r\nContent-Length: 0\r\n\r\n"
+        )
     } else if name.starts_with("err") {
         write!(s, "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
     } else if name.starts_with("hang") {
@@ -188,6 +199,16 @@ fn publish_callbacks_allow_deny_rename_fail() {
         publish_code(addr, "head-1").2,
         "NetStream.Publish.Unauthorized",
         "a head over the limit denies"
+    );
+    assert_eq!(
+        publish_code(addr, "longloc-1").2,
+        "NetStream.Publish.Unauthorized",
+        "a 10 KB Location is no stream name"
+    );
+    assert_eq!(
+        publish_code(addr, "remote-1").2,
+        "NetStream.Publish.Unauthorized",
+        "redirects to another server are not followed"
     );
     let (_, _, code, took) = publish_code(addr, "hang-1");
     assert_eq!(code, "NetStream.Publish.Unauthorized");

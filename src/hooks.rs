@@ -273,14 +273,14 @@ fn post(
     }
 }
 
-/// Makes a deciding callback (blocking).
-pub fn decide(url: &str, call: &Call, hooks: &Hooks) -> Answer {
+/// Makes a deciding callback (blocking), within `timeout`.
+pub fn decide(url: &str, call: &Call, hooks: &Hooks, timeout: Duration) -> Answer {
     let (ct, body) = if hooks.json {
         ("application/json", call.json())
     } else {
         ("application/x-www-form-urlencoded", call.form())
     };
-    match post(url, ct, &body, hooks.timeout(), hooks.json) {
+    match post(url, ct, &body, timeout, hooks.json) {
         Err(e) => Answer::Deny(format!("callback failed: {e}")),
         Ok((status, _, body)) if (200..300).contains(&status) => {
             if hooks.json && !srs_allows(&body) {
@@ -329,6 +329,9 @@ pub struct Job {
     pub hooks: Arc<Hooks>,
     /// Where the answer goes (None: a notification).
     pub reply: Option<Box<dyn FnOnce(Answer) + Send>>,
+    /// When it was queued: the timeout counts from here, so time spent
+    /// waiting for a free helper thread is part of it.
+    pub queued: Instant,
 }
 
 /// The helper threads.
@@ -384,7 +387,12 @@ fn run(rx: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let answer = decide(&job.url, &job.call, &job.hooks);
+        let left = job.hooks.timeout().saturating_sub(job.queued.elapsed());
+        let answer = if left.is_zero() {
+            Answer::Deny("timed out waiting for a helper thread".into())
+        } else {
+            decide(&job.url, &job.call, &job.hooks, left)
+        };
         match job.reply {
             Some(reply) => reply(answer),
             None => {

@@ -241,6 +241,7 @@ impl Worker {
                     log::warn!("waking worker {index} with a callback's answer: {e}");
                 }
             })),
+            queued: Instant::now(),
         });
         None
     }
@@ -360,6 +361,7 @@ impl Worker {
             },
             hooks: hooks.clone(),
             reply: None,
+            queued: Instant::now(),
         });
     }
 }

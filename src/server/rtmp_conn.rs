@@ -141,11 +141,13 @@ impl Worker {
                 let Some(p) = r.publications.iter().find(|p| p.msid == stream_id) else {
                     return;
                 };
-                if !p.stream.is_published_by(conn.id) {
-                    return; // replaced; its worker closes this connection
-                }
                 let stream = p.stream.clone();
-                let (frame, interest) = stream.push(kind, timestamp, payload);
+                // None: replaced by another publisher; its worker closes
+                // this connection.
+                let Some((frame, interest)) = stream.push_from(conn.id, kind, timestamp, payload)
+                else {
+                    return;
+                };
                 self.fan_out(interest, frame, stream.id);
             }
             Event::PublishStopped { stream_id } => {

@@ -392,10 +392,6 @@ pub struct Stream {
     pub bytes_out: AtomicU64,
     /// Frames skipped for slow players.
     pub frames_dropped: AtomicU64,
-    /// The publishing connection's id (0: none), readable without the lock:
-    /// a publisher replaced by another drops its frames until its own
-    /// worker closes it.
-    publisher_conn: AtomicU64,
 }
 
 /// What a publish or unpublish tells the workers with players.
@@ -431,14 +427,36 @@ impl Stream {
     /// Publishes one message: classifies it, maps its timestamp, builds its
     /// RTMP wire form once, updates the headers and GOP cache, and returns
     /// the shared frame with the workers that must receive it.
-    /// Whether connection `conn_id` is this stream's publisher now.
-    pub fn is_published_by(&self, conn_id: u64) -> bool {
-        self.publisher_conn.load(Ordering::Relaxed) == conn_id
+    pub fn push(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> (Arc<Frame>, u64) {
+        self.push_inner(None, kind, timestamp, payload)
+            .expect("an unchecked push always succeeds")
     }
 
-    pub fn push(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> (Arc<Frame>, u64) {
+    /// [`Stream::push`] from publisher `conn_id`: None (the frame dropped)
+    /// when that connection no longer publishes the stream (replaced by
+    /// another), checked under the stream's lock.
+    pub fn push_from(
+        &self,
+        conn_id: u64,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+    ) -> Option<(Arc<Frame>, u64)> {
+        self.push_inner(Some(conn_id), kind, timestamp, payload)
+    }
+
+    fn push_inner(
+        &self,
+        conn_id: Option<u64>,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+    ) -> Option<(Arc<Frame>, u64)> {
         let (info, header) = describe(kind, &payload);
         let mut st = self.lock();
+        if conn_id.is_some() && st.publisher.as_ref().map(|p| p.conn_id) != conn_id {
+            return None;
+        }
         st.frames_in += 1;
         st.bytes_in += payload.len() as u64;
         match kind {
@@ -537,7 +555,7 @@ impl Stream {
             }
         }
         let interest = st.interest();
-        (frame, interest)
+        Some((frame, interest))
     }
 
     /// Latest header frames (for a player resuming after a skip).
@@ -664,7 +682,6 @@ impl Registry {
                     gop_limits: self.gop_limits,
                     bytes_out: AtomicU64::new(0),
                     frames_dropped: AtomicU64::new(0),
-                    publisher_conn: AtomicU64::new(0),
                     state: Mutex::new(StreamState {
                         publisher: None,
                         players: [0; MAX_WORKERS],
@@ -732,9 +749,6 @@ impl Registry {
             st.has_default_video = false;
             st.has_audio = false;
         }
-        stream
-            .publisher_conn
-            .store(publisher.conn_id, Ordering::Relaxed);
         st.publisher = Some(publisher);
         st.frames_in = 0;
         st.bytes_in = 0;
@@ -758,7 +772,6 @@ impl Registry {
             return None;
         }
         st.publisher = None;
-        stream.publisher_conn.store(0, Ordering::Relaxed);
         st.gop.clear();
         st.headers.clear();
         st.has_video = false;

@@ -82,6 +82,11 @@ fn publish_needs_the_right_key() {
         publish_code(addr, "live", "cam3"),
         "NetStream.Publish.Unauthorized"
     );
+    // OBS style: the key in the server URL (the app's query).
+    assert_eq!(
+        publish_code(addr, "live?key=right", "cam4"),
+        "NetStream.Publish.Start"
+    );
     // Other applications and playing are open.
     assert_eq!(publish_code(addr, "open", "cam"), "NetStream.Publish.Start");
     assert_eq!(play_code(addr, "live", "cam"), "NetStream.Play.Start");

@@ -114,8 +114,10 @@ impl Worker {
                         Proto::Rtmp(r) => r.session.client_caps().clone(),
                         Proto::Http(_) => Default::default(),
                     };
+                    // The query may carry a key or a signature: never logged.
+                    let shown = tc_url.split_once('?').map_or(tc_url.as_str(), |(u, _)| u);
                     log::debug!(
-                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?} fourCCs={:?} capsEx={:?}",
+                        "conn={} peer={}: connect app={app:?} tcUrl={shown:?} fourCCs={:?} capsEx={:?}",
                         c.id,
                         c.peer,
                         caps.fourccs,

@@ -1,10 +1,11 @@
 //! Access control with the real binary and ffmpeg: a config file (`-c`)
 //! with a publish key and signed play URLs; ffmpeg publishing with the
 //! right and a wrong key, players over RTMP and HTTP-FLV with a valid and
-//! an expired signature; `--check-config` naming the line of an error; and
-//! no key in the log.
+//! an expired signature; `--check-config` naming the line of an error; no
+//! key in the log; and a key file re-read on SIGHUP.
 
 mod common;
+mod support;
 
 use common::*;
 use sluice::auth::{sign, SignScheme};
@@ -145,4 +146,39 @@ fn check_config_names_the_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 5"));
+}
+
+#[test]
+fn sighup_reloads_the_key_file() {
+    let dir = TestDir::new();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# publishers\nfirst-key\n").unwrap();
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[app.live.publish]\nkey_file = {:?}\n",
+            keys.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(1, &["-c", config.to_str().unwrap()]);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port()).into();
+    let code = |name: &str| support::TestClient::connect(addr, "live").publish(name).1;
+    assert_eq!(code("a?key=first-key"), "NetStream.Publish.Start");
+    assert_eq!(code("b?key=second-key"), "NetStream.Publish.Unauthorized");
+    std::fs::write(&keys, "second-key\n").unwrap();
+    assert!(send_signal(server.pid().unwrap(), "HUP"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("reloaded key files (1 keys)") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload in the log:\n{}",
+            server.log()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    assert_eq!(code("c?key=second-key"), "NetStream.Publish.Start");
+    assert_eq!(code("d?key=first-key"), "NetStream.Publish.Unauthorized");
+    assert!(!server.log().contains("second-key"));
 }

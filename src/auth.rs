@@ -28,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub enum Action {
     Publish,
     Play,
+    /// RTMP `connect` (only callbacks decide it).
+    Connect,
 }
 
 impl Action {
@@ -35,6 +37,7 @@ impl Action {
         match self {
             Action::Publish => "publish",
             Action::Play => "play",
+            Action::Connect => "connect",
         }
     }
 }
@@ -341,11 +344,18 @@ impl Auth {
         self.hooks.get(app).or_else(|| self.hooks.get("*"))
     }
 
+    /// Whether any application has an `on_connect` callback (RTMP sessions
+    /// then wait for a decision at `connect`).
+    pub fn has_connect_hooks(&self) -> bool {
+        self.hooks.values().any(|h| h.on_connect.is_some())
+    }
+
     /// Whether any application has a callback (the helper threads are
     /// started only then).
     pub fn has_hooks(&self) -> bool {
         self.hooks.values().any(|h| {
-            h.on_publish.is_some()
+            h.on_connect.is_some()
+                || h.on_publish.is_some()
                 || h.on_play.is_some()
                 || h.on_publish_done.is_some()
                 || h.on_play_done.is_some()
@@ -359,10 +369,11 @@ impl Auth {
             .apps
             .get(app)
             .or_else(|| self.config.apps.get("*"))?;
-        Some(match action {
-            Action::Publish => &a.publish,
-            Action::Play => &a.play,
-        })
+        match action {
+            Action::Publish => Some(&a.publish),
+            Action::Play => Some(&a.play),
+            Action::Connect => None,
+        }
     }
 
     /// Whether `peer` may `action` `/app/name` with this query string.

@@ -309,6 +309,7 @@ impl FileConfig {
         for (name, rules) in &f.app {
             let h = &rules.hooks;
             for (what, url) in [
+                ("on_connect", &h.on_connect),
                 ("on_publish", &h.on_publish),
                 ("on_play", &h.on_play),
                 ("on_publish_done", &h.on_publish_done),

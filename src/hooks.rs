@@ -40,6 +40,9 @@ pub const HOOK_QUEUE: usize = 1024;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
+    /// Asked when an RTMP client connects to the application: 2xx allows,
+    /// anything else answers NetConnection.Connect.Rejected and closes.
+    pub on_connect: Option<String>,
     /// Asked before a publish: allow, rename or deny.
     pub on_publish: Option<String>,
     /// Asked before a play (RTMP or HTTP-FLV): allow, rename or deny.
@@ -76,7 +79,7 @@ pub enum Answer {
 /// What a callback is told.
 #[derive(Debug, Clone, Default)]
 pub struct Call {
-    /// `publish`, `play`, `publish_done`, `play_done`, `done`.
+    /// `connect`, `publish`, `play`, `publish_done`, `play_done`, `done`.
     pub call: &'static str,
     pub app: String,
     pub name: String,

@@ -99,6 +99,13 @@ fn serve(mut s: TcpStream, got: &Mutex<Vec<String>>) {
             let i = body.find("\"stream\":\"")? + 10;
             Some(body[i..].split('"').next()?.to_owned())
         })
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            // on_connect has no stream name: decide by `who=` in the app's query.
+            body.split('&')
+                .find_map(|kv| kv.strip_prefix("who="))
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     let json = body.starts_with('{');
     let _ = if name.starts_with("allow") {
@@ -399,5 +406,42 @@ fn callbacks_run_after_keys() {
         publish_code(addr, "allow-k?key=k").2,
         "NetStream.Publish.Start"
     );
+    server.stop();
+}
+
+#[test]
+fn connect_callback_accepts_or_rejects() {
+    let cb = Callbacks::start();
+    let server = server_with(
+        &format!(
+            "[app.live.hooks]\non_connect = \"{}\"\non_done = \"{}\"\ntimeout = 1\n",
+            cb.url(),
+            cb.url()
+        ),
+        1,
+    );
+    let addr = server.local_addr();
+    let mut ok = TestClient::try_connect(addr, "live?who=allow-c").expect("allowed");
+    let form = cb.wait_for("call=connect&app=live&name=&addr=127.0.0.1");
+    assert!(form.ends_with("&who=allow-c"), "{form}");
+    assert_eq!(ok.publish("cam").1, "NetStream.Publish.Start");
+    let refused = TestClient::try_connect(addr, "live?who=deny-c")
+        .err()
+        .expect("refused");
+    assert!(
+        refused.contains("NetConnection.Connect.Rejected"),
+        "{refused}"
+    );
+    let refused = TestClient::try_connect(addr, "live?who=hang-c")
+        .err()
+        .expect("refused");
+    assert!(
+        refused.contains("NetConnection.Connect.Rejected"),
+        "{refused}"
+    );
+    // Applications without on_connect connect at once.
+    assert!(TestClient::try_connect(addr, "other").is_ok());
+    drop(ok);
+    cb.wait_for("call=done&app=live");
     server.stop();
 }

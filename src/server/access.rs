@@ -30,6 +30,8 @@ pub(super) struct Deferred {
 
 /// What a denied request gets.
 pub(super) enum Reply {
+    /// NetConnection.Connect.Rejected, then the connection closes.
+    RejectConnect,
     /// NetStream.Publish.Unauthorized on this message stream.
     RejectPublish(u32),
     /// NetStream.Play.Failed on this message stream.
@@ -129,6 +131,10 @@ impl Worker {
             return;
         };
         match (reply, &mut conn.proto) {
+            (Reply::RejectConnect, Proto::Rtmp(r)) => {
+                r.session.reject_connect();
+                conn.close_after_flush = Some((CloseReason::Done, "connect rejected".into()));
+            }
             (Reply::RejectPublish(sid), Proto::Rtmp(r)) => r
                 .session
                 .reject_publish(sid, PublishRejection::Unauthorized),
@@ -164,6 +170,10 @@ impl Worker {
 
 /// A request waiting for its HTTP callback.
 pub(super) enum AwaitingHook {
+    /// An RTMP `connect` to this application.
+    Connect {
+        app: String,
+    },
     Publish(PublishRequest),
     Play(PlayRequest),
     /// An HTTP-FLV / ws-flv player's request, and its CORS origin.
@@ -194,6 +204,7 @@ impl Worker {
             return Some(waiting);
         };
         let url = match action {
+            Action::Connect => &hooks.on_connect,
             Action::Publish => &hooks.on_publish,
             Action::Play => &hooks.on_play,
         };
@@ -257,6 +268,7 @@ impl Worker {
         self.guarded(k, "acting on a callback's answer", |w| {
             let now = Instant::now();
             let (action, app, name) = match &waiting {
+                AwaitingHook::Connect { app } => (Action::Connect, app.clone(), String::new()),
                 AwaitingHook::Publish(r) => (Action::Publish, r.app.clone(), r.name.clone()),
                 AwaitingHook::Play(r) => (Action::Play, r.app.clone(), r.name.clone()),
                 AwaitingHook::Http { app, name, .. } => (Action::Play, app.clone(), name.clone()),
@@ -269,6 +281,7 @@ impl Worker {
                         action.name()
                     );
                     let reply = match waiting {
+                        AwaitingHook::Connect { .. } => Reply::RejectConnect,
                         AwaitingHook::Publish(r) => Reply::RejectPublish(r.stream_id),
                         AwaitingHook::Play(r) => Reply::RejectPlay(r.stream_id),
                         AwaitingHook::Http { cors, .. } => {
@@ -291,6 +304,11 @@ impl Worker {
                 }
             };
             match waiting {
+                AwaitingHook::Connect { .. } => {
+                    if let Some(Proto::Rtmp(r)) = w.conns.get_mut(k).map(|c| &mut c.proto) {
+                        r.session.accept_connect();
+                    }
+                }
                 AwaitingHook::Publish(mut r) => {
                     if let Some(n) = renamed {
                         r.name = n;

@@ -108,6 +108,21 @@ impl Worker {
 
     fn handle_event(&mut self, k: usize, ev: Event) {
         match ev {
+            Event::ConnectRequested { app, tc_url, query } => {
+                if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                    r.tc_url = tc_url;
+                }
+                let waiting = AwaitingHook::Connect { app: app.clone() };
+                if self
+                    .ask_hook(k, Action::Connect, &app, "", &query, waiting)
+                    .is_some()
+                {
+                    // No on_connect for this application.
+                    if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                        r.session.accept_connect();
+                    }
+                }
+            }
             Event::Connected { app, tc_url } => {
                 if let Some(c) = self.conns.get(k) {
                     let caps = match &c.proto {
@@ -125,7 +140,9 @@ impl Worker {
                     );
                 }
                 if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
-                    r.tc_url = tc_url;
+                    if r.tc_url.is_empty() {
+                        r.tc_url = tc_url;
+                    }
                 }
                 self.set_client_state(k, "connected", None);
             }

@@ -438,7 +438,8 @@ impl Worker {
             control_bytes: c.control_queue_bytes,
             stall: c.player_stall_timeout,
         };
-        let session_config = SessionConfig::from(c);
+        let mut session_config = SessionConfig::from(c);
+        session_config.connect_decision = shared.auth.has_connect_hooks();
         let workers = shared.workers.len();
         Ok(Self {
             index,

@@ -21,7 +21,7 @@
 //!          same worker: straight to                 other workers: one Arc per worker per frame into
 //!          its local players                        that worker's inbox, one mio::Waker wake per wakeup
 //!                     ▼                                   ▼
-//!   each player's OutQueue: VecDeque<Arc<WireForm>> + offset, bounded in bytes (skip to next keyframe)
+//!   each player's OutQueue: Arc'd frames (in the player's format) + offset, bounded in bytes
 //!                     │
 //!                     ▼
 //!   write_vectored over as many queued frames as the socket takes (IoSlice per piece, up to IOV_MAX)
@@ -35,9 +35,13 @@
 //!   Enhanced RTMP FourCC headers) so the GOP cache is right for every codec.
 //! * [`wire`] is the shared, immutable wire form of a message.
 //! * [`server`] owns sockets: one thread per worker, each with its own mio
-//!   `Poll`, SO_REUSEPORT listener and slab of connections; a stream registry
-//!   shared by all workers is touched only when streams and players start or
-//!   stop.
+//!   `Poll`, SO_REUSEPORT listeners (RTMP, RTMPS, HTTP, HTTPS, API) and slab
+//!   of connections; a connection is RTMP or HTTP (HTTP-FLV, ws-flv, the API,
+//!   `/metrics`), optionally inside rustls, around the same output queue and
+//!   subscriptions. A stream registry shared by all workers is touched only
+//!   when streams and players start or stop (and once per published frame by
+//!   the publisher's worker). Each frame's FLV and WebSocket forms are built
+//!   at most once, by the first player that needs them.
 //! * [`config`] holds every limit as a named constant with a doc comment saying
 //!   why, and the [`config::Config`] the command line fills.
 #![forbid(unsafe_code)]

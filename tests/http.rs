@@ -684,12 +684,16 @@ fn ffmpeg_plays_http_flv_and_ends_with_the_publisher() {
     );
     assert_h264_640x360(&out);
     let join = assert_same_from_first_keyframe(clip_packets(), &received);
-    assert!(join.audio_from_rel_ms <= 0, "{join:?}");
+    // The cached GOP starts at the keyframe as it arrived: an AAC frame
+    // stamped a few ms after the keyframe but muxed just before it belongs to
+    // the previous GOP. So audio may start up to one AAC frame (1024 samples
+    // at 44.1 kHz: 23.2 ms) after the keyframe, never later.
+    assert!(join.audio_from_rel_ms <= 24, "{join:?}");
     eprintln!("[http] ffmpeg HTTP-FLV player: {join:?}, ended {after:?} after the publisher");
     let log = server.log();
     assert!(
         log.lines()
-            .any(|l| l.contains("protocol=http-flv") && l.contains("play stop")),
+            .any(|l| l.contains("format=http-flv") && l.contains("play stop")),
         "no HTTP-FLV play stop in the log"
     );
     assert!(

@@ -388,7 +388,7 @@ impl Worker {
             return;
         };
         let s = conn.subscriptions.remove(pos);
-        let (id, peer) = (conn.id, conn.peer);
-        self.end_subscription(k, id, peer, s, why);
+        let who = (conn.id, conn.peer, conn.protocol());
+        self.end_subscription(k, who, s, why);
     }
 }

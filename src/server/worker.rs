@@ -45,8 +45,13 @@ pub(super) const WAKER: Token = Token(usize::MAX - 1);
 /// Listener tokens count down from here, one per listener kind.
 const LISTENER_BASE: usize = usize::MAX - 2;
 
-/// Bytes asked of the kernel per `read`.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes asked of the kernel by a connection's first `read`. Players and idle
+/// connections only ever read acks and pings: a small buffer keeps them at a
+/// few KiB each (a 64 KiB buffer cost 60 KiB per player in RSS).
+const MIN_READ_CHUNK: usize = 4 * 1024;
+/// The largest `read`: a connection whose reads fill its chunk (a publisher)
+/// doubles it up to this.
+const MAX_READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one connection per wakeup before the others get a turn.
 const READ_BUDGET: usize = 1024 * 1024;
 /// A read buffer holding more unconsumed bytes than this means the decoder
@@ -307,6 +312,8 @@ pub(super) struct Conn {
     /// Close once the queue is written (HTTP responses, ended streams).
     pub close_after_flush: Option<(CloseReason, String)>,
     pub counters: Arc<ConnCounters>,
+    /// Bytes asked of the kernel per read (grows while reads come back full).
+    read_chunk: usize,
     /// TLS state for RTMPS and HTTPS connections.
     pub tls: Option<Box<rustls::ServerConnection>>,
     /// Counted in the worker's pending-handshake total.
@@ -634,6 +641,7 @@ impl Worker {
                         blocked_since: None,
                         close_after_flush: None,
                         counters: Arc::new(ConnCounters::default()),
+                        read_chunk: MIN_READ_CHUNK,
                         tls_handshaking: tls.is_some(),
                         tls,
                     };
@@ -715,8 +723,12 @@ impl Worker {
                 return;
             };
             let len = conn.read_buf.len();
-            conn.read_buf.resize(len + READ_CHUNK, 0);
+            let chunk = conn.read_chunk;
+            conn.read_buf.resize(len + chunk, 0);
             let r = conn.socket.read(&mut conn.read_buf[len..]);
+            if matches!(r, Ok(n) if n == chunk) {
+                conn.read_chunk = (chunk * 2).min(MAX_READ_CHUNK);
+            }
             let n = match r {
                 Ok(n) => n,
                 Err(e) => {
@@ -899,15 +911,17 @@ impl Worker {
     pub(super) fn end_subscription(
         &mut self,
         k: usize,
-        conn_id: u64,
-        peer: SocketAddr,
+        conn: (u64, SocketAddr, Protocol),
         s: Subscription,
         why: &str,
     ) {
         log::info!(
-            "play stop stream={} conn={conn_id} peer={peer} worker={} format={} dropped_frames={}: {why}",
+            "play stop stream={} conn={} peer={} worker={} protocol={} format={} dropped_frames={}: {why}",
             s.stream.key,
+            conn.0,
+            conn.1,
             self.index,
+            conn.2.name(),
             s.format.name(),
             s.dropped
         );
@@ -918,7 +932,7 @@ impl Worker {
             }
         }
         self.shared.registry.leave(&s.stream, self.index, s.format);
-        self.notify_hook("play_done", &s.stream.key, conn_id, peer, "");
+        self.notify_hook("play_done", &s.stream.key, conn.0, conn.1, "");
     }
 
     /// Tells the workers with players that `stream` got or lost its publisher.
@@ -1351,7 +1365,7 @@ impl Worker {
             }
         }
         for s in std::mem::take(&mut conn.subscriptions) {
-            self.end_subscription(k, conn.id, conn.peer, s, why);
+            self.end_subscription(k, (conn.id, conn.peer, conn.protocol()), s, why);
         }
         if role == "client" {
             log::debug!(

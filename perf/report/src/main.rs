@@ -387,6 +387,11 @@ fn run(a: &Args) -> Result<(), String> {
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_owned();
+    // Relative to the repository (perf/results/raw/NAME), whatever the checkout.
+    let full = a.raw.display().to_string();
+    let raw_rel = full
+        .find("perf/results/")
+        .map_or(full.clone(), |i| full[i..].to_owned());
     let record = json!({
         "name": date,
         "machine": a.machine,
@@ -404,7 +409,7 @@ fn run(a: &Args) -> Result<(), String> {
         "idle_memory": idle,
         "join_without_gop_cache_sluice": nogop,
         "sluice_two_workers": two_workers,
-        "raw": a.raw.display().to_string(),
+        "raw": raw_rel,
     });
     let json_path = a.out.with_extension("json");
     fs::write(

@@ -1,7 +1,11 @@
 //! Every limit the server enforces, as a named constant saying why that value,
 //! and the [`Config`] the command line fills (each limit has a flag).
 
+use crate::auth::{AccessConfig, AppRules};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default RTMP listen address (the registered RTMP port).
@@ -133,6 +137,36 @@ pub struct Config {
     pub reconnect_url: Option<String>,
     /// How long shutdown waits for publishers asked to reconnect to leave.
     pub drain_timeout: Duration,
+    /// What a second publisher on a live name gets.
+    pub second_publisher: PublisherPolicy,
+    /// Who may publish and play, per application (the config file's
+    /// `[app.NAME.publish]` and `[app.NAME.play]` tables).
+    pub access: AccessConfig,
+}
+
+/// What happens when a publisher asks for a name someone already publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublisherPolicy {
+    /// The first publisher keeps the name; the second gets
+    /// NetStream.Publish.BadName.
+    #[default]
+    Reject,
+    /// The second publisher takes the name over; the first is disconnected
+    /// (an encoder that reconnects before the server noticed it left).
+    Replace,
+}
+
+impl std::str::FromStr for PublisherPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "replace" => Ok(Self::Replace),
+            _ => Err("expected reject or replace".into()),
+        }
+    }
 }
 
 impl Default for Config {
@@ -166,6 +200,8 @@ impl Default for Config {
             max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
             reconnect_url: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            second_publisher: PublisherPolicy::Reject,
+            access: AccessConfig::default(),
         }
     }
 }
@@ -196,5 +232,218 @@ impl Config {
             return Err("message and chunk stream limits must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// A positive number of seconds in the config file.
+#[derive(Debug, Clone, Copy)]
+pub struct Secs(pub Duration);
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(serde::de::Error::custom(
+                "expected a positive number of seconds",
+            ));
+        }
+        Ok(Secs(Duration::from_secs_f64(v)))
+    }
+}
+
+/// The config file (`-c FILE`, TOML): every flag under its name with `_`
+/// for `-` (durations in seconds), plus `[app.NAME.publish]` and
+/// `[app.NAME.play]` access rules. Flags given on the command line
+/// override it. Unknown keys are errors (a typo must not silently open a
+/// stream).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub rtmp: Option<SocketAddr>,
+    /// An address, or `"off"`.
+    pub http: Option<String>,
+    pub rtmps: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls_cert: Vec<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Vec<PathBuf>,
+    pub tls_dir: Option<PathBuf>,
+    pub max_tls_handshakes: Option<usize>,
+    pub api: Option<SocketAddr>,
+    pub api_token: Option<String>,
+    pub cors_origin: Option<String>,
+    pub http_request_timeout: Option<Secs>,
+    pub workers: Option<usize>,
+    pub chunk_size: Option<u32>,
+    pub max_message_len: Option<u32>,
+    pub max_chunk_streams: Option<usize>,
+    pub max_partial_bytes: Option<usize>,
+    pub max_message_streams: Option<u32>,
+    pub handshake_timeout: Option<Secs>,
+    pub ping_interval: Option<Secs>,
+    pub ping_timeout: Option<Secs>,
+    pub publisher_idle_timeout: Option<Secs>,
+    pub player_queue_bytes: Option<usize>,
+    pub player_stall_timeout: Option<Secs>,
+    pub gop_cache_bytes: Option<usize>,
+    pub gop_cache_frames: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub reconnect_url: Option<String>,
+    pub drain_timeout: Option<Secs>,
+    pub second_publisher: Option<PublisherPolicy>,
+    /// Access rules by application name (`*`: every other application).
+    #[serde(default)]
+    pub app: BTreeMap<String, AppRules>,
+}
+
+impl FileConfig {
+    /// Parses a config file's text. Errors name the line and column.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        for name in f.app.keys() {
+            if name != "*" && !crate::protocol::session::valid_name(name) {
+                return Err(format!("[app.{name:?}]: not a valid application name"));
+            }
+        }
+        for (name, rules) in &f.app {
+            let h = &rules.hooks;
+            for (what, url) in [
+                ("on_connect", &h.on_connect),
+                ("on_publish", &h.on_publish),
+                ("on_play", &h.on_play),
+                ("on_publish_done", &h.on_publish_done),
+                ("on_play_done", &h.on_play_done),
+                ("on_done", &h.on_done),
+            ] {
+                if let Some(url) = url {
+                    crate::hooks::check_url(url)
+                        .map_err(|e| format!("[app.{name:?}.hooks] {what} = {url:?}: {e}"))?;
+                }
+            }
+        }
+        if f.tls_cert.len() != f.tls_key.len() {
+            return Err(format!(
+                "{} tls_cert but {} tls_key: give them in pairs",
+                f.tls_cert.len(),
+                f.tls_key.len()
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The access rules.
+    pub fn access(&self) -> AccessConfig {
+        AccessConfig {
+            apps: self.app.clone(),
+        }
+    }
+
+    /// `Config::default()` with what the file sets.
+    pub fn to_config(&self) -> Result<Config, String> {
+        let mut c = Config::default();
+        macro_rules! set {
+            ($($field:ident => $into:ident),* $(,)?) => {
+                $(if let Some(v) = self.$field.clone() { c.$into = v; })*
+            };
+        }
+        macro_rules! secs {
+            ($($field:ident),* $(,)?) => {
+                $(if let Some(Secs(v)) = self.$field { c.$field = v; })*
+            };
+        }
+        set!(
+            rtmp => rtmp_addr,
+            max_tls_handshakes => max_tls_handshakes_per_worker,
+            cors_origin => cors_origin,
+            workers => workers,
+            chunk_size => chunk_size,
+            max_message_len => max_message_len,
+            max_chunk_streams => max_chunk_streams,
+            max_partial_bytes => max_partial_bytes,
+            max_message_streams => max_message_streams,
+            player_queue_bytes => player_queue_bytes,
+            gop_cache_bytes => gop_cache_bytes,
+            gop_cache_frames => gop_cache_frames,
+            max_connections => max_connections_per_worker,
+            second_publisher => second_publisher,
+        );
+        secs!(
+            http_request_timeout,
+            handshake_timeout,
+            ping_interval,
+            ping_timeout,
+            publisher_idle_timeout,
+            player_stall_timeout,
+            drain_timeout,
+        );
+        match self.http.as_deref() {
+            None => {}
+            Some("off") => c.http_addr = None,
+            Some(a) => c.http_addr = Some(a.parse().map_err(|e| format!("http = {a:?}: {e}"))?),
+        }
+        c.rtmps_addr = self.rtmps.or(c.rtmps_addr);
+        c.https_addr = self.https.or(c.https_addr);
+        c.api_addr = self.api.or(c.api_addr);
+        c.api_token = self.api_token.clone().or(c.api_token);
+        c.reconnect_url = self.reconnect_url.clone().or(c.reconnect_url);
+        c.tls.pairs = self
+            .tls_cert
+            .iter()
+            .cloned()
+            .zip(self.tls_key.iter().cloned())
+            .collect();
+        c.tls.dir = self.tls_dir.clone();
+        c.access = self.access();
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sets_fields() {
+        let f = FileConfig::parse(
+            "rtmp = \"127.0.0.1:1936\"\nhttp = \"off\"\nworkers = 3\nping_interval = 1.5\nsecond_publisher = \"replace\"\n[app.live.publish]\nkeys = [\"k\"]\n",
+        )
+        .unwrap();
+        let c = f.to_config().unwrap();
+        assert_eq!(c.rtmp_addr, "127.0.0.1:1936".parse().unwrap());
+        assert_eq!(c.http_addr, None);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.ping_interval, Duration::from_millis(1500));
+        assert_eq!(c.second_publisher, PublisherPolicy::Replace);
+        assert_eq!(c.access.apps["live"].publish.keys, vec!["k".to_owned()]);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        for (text, line) in [
+            ("workers = 2\nrtmp = \"nonsense\"\n", 2),
+            ("workers = 2\n\nwrkers = 3\n", 3),
+            // A bad element is reported at the start of its array.
+            (
+                "[app.live.publish]\nallow = [\"10.0.0.0/8\",\n  \"10.0.0.0/40\"]\n",
+                2,
+            ),
+            (
+                "[app.live.play]\nsign = { secret = \"s\", scheme = \"sha1\" }\n",
+                2,
+            ),
+            ("ping_timeout = -1\n", 1),
+            ("[app.live]\npublsh = {}\n", 2),
+            ("workers = \n", 1),
+        ] {
+            let e = FileConfig::parse(text).unwrap_err();
+            assert!(e.contains(&format!("line {line}")), "{text:?}: {e}");
+        }
     }
 }

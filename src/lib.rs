@@ -46,7 +46,9 @@
 //!   why, and the [`config::Config`] the command line fills.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
+pub mod hooks;
 pub mod media;
 pub mod protocol;
 pub mod server;

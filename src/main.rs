@@ -215,6 +215,24 @@ fn options() -> Options {
         ),
         "SECS",
     );
+    o.optopt(
+        "",
+        "second-publisher",
+        "a second publisher on a live name: reject or replace [reject]",
+        "POLICY",
+    );
+    o.optopt(
+        "c",
+        "config",
+        "TOML config file (flags given here override it)",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "check-config",
+        "check a config file, explain any error, and exit",
+        "FILE",
+    );
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
@@ -241,7 +259,10 @@ fn parse_secs(m: &getopts::Matches, name: &str, into: &mut Duration) -> Result<(
 }
 
 fn config_from(m: &getopts::Matches) -> Result<Config, String> {
-    let mut c = Config::default();
+    let mut c = match m.opt_str("c") {
+        Some(path) => config::FileConfig::load(path.as_ref())?.to_config()?,
+        None => Config::default(),
+    };
     parse(m, "rtmp", &mut c.rtmp_addr)?;
     if let Some(a) = m.opt_str("http") {
         c.http_addr = Some(a.parse().map_err(|e| format!("--http {a:?}: {e}"))?);
@@ -263,12 +284,16 @@ fn config_from(m: &getopts::Matches) -> Result<Config, String> {
             keys.len()
         ));
     }
-    c.tls.pairs = certs
-        .into_iter()
-        .map(Into::into)
-        .zip(keys.into_iter().map(Into::into))
-        .collect();
-    c.tls.dir = m.opt_str("tls-dir").map(Into::into);
+    if !certs.is_empty() {
+        c.tls.pairs = certs
+            .into_iter()
+            .map(Into::into)
+            .zip(keys.into_iter().map(Into::into))
+            .collect();
+    }
+    if let Some(d) = m.opt_str("tls-dir") {
+        c.tls.dir = Some(d.into());
+    }
     parse(
         m,
         "max-tls-handshakes",
@@ -297,7 +322,10 @@ fn config_from(m: &getopts::Matches) -> Result<Config, String> {
     parse(m, "max-connections", &mut c.max_connections_per_worker)?;
     c.reconnect_url = m.opt_str("reconnect-url").or(c.reconnect_url);
     parse_secs(m, "drain-timeout", &mut c.drain_timeout)?;
+    parse(m, "second-publisher", &mut c.second_publisher)?;
     c.validate()?;
+    // Key files must load now, not at the first publish.
+    sluice::auth::Auth::new(c.access.clone())?;
     Ok(c)
 }
 
@@ -323,6 +351,25 @@ fn main() -> ExitCode {
     if m.opt_present("V") {
         println!("sluice {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
+    }
+    if let Some(path) = m.opt_str("check-config") {
+        let checked = config::FileConfig::load(path.as_ref())
+            .and_then(|f| f.to_config())
+            .and_then(|c| {
+                c.validate()?;
+                sluice::auth::Auth::new(c.access.clone())?;
+                Ok(c)
+            });
+        return match checked {
+            Ok(c) => {
+                println!("{path}: OK ({} application rule sets)", c.access.apps.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match config_from(&m) {
@@ -371,6 +418,12 @@ fn main() -> ExitCode {
         let mut asked = false;
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
+                match handle.reload_access() {
+                    Ok(n) => log::info!("SIGHUP: reloaded key files ({n} keys)"),
+                    Err(e) => {
+                        log::warn!("SIGHUP: key file reload failed, keeping the old keys: {e}")
+                    }
+                }
                 match handle.reload_tls() {
                     Ok(n) => log::info!("SIGHUP: reloaded {n} TLS certificates"),
                     Err(e) => {

@@ -57,6 +57,10 @@ pub struct SessionConfig {
     pub publisher_idle_timeout: Duration,
     /// Window Acknowledgement Size and Set Peer Bandwidth announced at connect.
     pub window_ack_size: u32,
+    /// Ask the server about each `connect` ([`Event::ConnectRequested`],
+    /// then [`ServerSession::accept_connect`] / `reject_connect`) instead
+    /// of accepting it at once.
+    pub connect_decision: bool,
 }
 
 impl From<&Config> for SessionConfig {
@@ -75,6 +79,7 @@ impl From<&Config> for SessionConfig {
             ping_timeout: c.ping_timeout,
             publisher_idle_timeout: c.publisher_idle_timeout,
             window_ack_size: crate::config::SERVER_WINDOW_ACK_SIZE,
+            connect_decision: false,
         }
     }
 }
@@ -229,6 +234,14 @@ pub struct PlayRequest {
 /// What the session tells the server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// With [`SessionConfig::connect_decision`]: a client asks to connect;
+    /// answer with `accept_connect` or `reject_connect`.
+    ConnectRequested {
+        app: String,
+        tc_url: String,
+        /// What followed `?` in the app.
+        query: String,
+    },
     /// `connect` succeeded.
     Connected {
         app: String,
@@ -382,7 +395,21 @@ impl From<ProtocolError> for SessionError {
 enum State {
     Handshaking(Box<ServerHandshake>),
     AwaitingConnect,
-    Connected { app: String, app_query: String },
+    /// `connect` received; the server decides (`connect_decision`).
+    ConnectPending(Box<PendingConnect>),
+    Connected {
+        app: String,
+        app_query: String,
+    },
+}
+
+/// A `connect` waiting for the server's decision.
+struct PendingConnect {
+    txid: f64,
+    obj: Amf0Value,
+    app: String,
+    app_query: String,
+    tc_url: String,
 }
 
 /// What one message stream (createStream) is doing.
@@ -521,12 +548,13 @@ impl ServerSession {
     /// [`ServerSession::handle_input`] again with the same buffer once the
     /// decision is made.
     pub fn is_awaiting_decision(&self) -> bool {
-        self.streams.iter().any(|s| {
-            matches!(
-                s.role,
-                StreamRole::AwaitingPublishDecision | StreamRole::AwaitingPlayDecision
-            )
-        })
+        matches!(self.state, State::ConnectPending(_))
+            || self.streams.iter().any(|s| {
+                matches!(
+                    s.role,
+                    StreamRole::AwaitingPublishDecision | StreamRole::AwaitingPlayDecision
+                )
+            })
     }
 
     /// Sends an Acknowledgement when the bytes since the last one reach the
@@ -1162,6 +1190,76 @@ impl ServerSession {
             );
             return Err(bad("connect", "invalid application name"));
         }
+        let app_query = app_query.to_owned();
+        if self.config.connect_decision {
+            self.events.push_back(Event::ConnectRequested {
+                app: app.clone(),
+                tc_url: tc_url.clone(),
+                query: app_query.clone(),
+            });
+            self.state = State::ConnectPending(Box::new(PendingConnect {
+                txid,
+                obj,
+                app,
+                app_query,
+                tc_url,
+            }));
+            return Ok(());
+        }
+        self.finish_connect(PendingConnect {
+            txid,
+            obj,
+            app,
+            app_query,
+            tc_url,
+        });
+        Ok(())
+    }
+
+    /// The `connect` waiting for a decision may go ahead:
+    /// NetConnection.Connect.Success.
+    pub fn accept_connect(&mut self) {
+        if let State::ConnectPending(_) = self.state {
+            let State::ConnectPending(p) =
+                std::mem::replace(&mut self.state, State::AwaitingConnect)
+            else {
+                unreachable!()
+            };
+            self.finish_connect(*p);
+        }
+    }
+
+    /// The `connect` waiting for a decision is refused:
+    /// NetConnection.Connect.Rejected. The server should close the
+    /// connection once that is sent.
+    pub fn reject_connect(&mut self) {
+        if let State::ConnectPending(p) = &self.state {
+            let txid = p.txid;
+            self.state = State::AwaitingConnect;
+            self.send_command(
+                0,
+                &[
+                    Amf0Value::string("_error"),
+                    Amf0Value::Number(txid),
+                    Amf0Value::Null,
+                    Amf0Value::object([
+                        ("level", Amf0Value::string("error")),
+                        ("code", Amf0Value::string("NetConnection.Connect.Rejected")),
+                        ("description", Amf0Value::string("Not authorized.")),
+                    ]),
+                ],
+            );
+        }
+    }
+
+    fn finish_connect(&mut self, p: PendingConnect) {
+        let PendingConnect {
+            txid,
+            obj,
+            app,
+            app_query,
+            tc_url,
+        } = p;
         self.our_window = self.config.window_ack_size;
         self.send(&message::window_ack_size(self.config.window_ack_size));
         self.send(&message::set_peer_bandwidth(self.config.window_ack_size, 2));
@@ -1200,11 +1298,7 @@ impl ServerSession {
             app: app.clone(),
             tc_url,
         });
-        self.state = State::Connected {
-            app,
-            app_query: app_query.to_owned(),
-        };
-        Ok(())
+        self.state = State::Connected { app, app_query };
     }
 
     fn handle_create_stream(&mut self, txid: f64) {

@@ -13,6 +13,7 @@
 //! the player stalls, exactly like RTMP players: the same subscription,
 //! queue bound and skip-to-keyframe policy, with the frame's FLV form.
 
+use super::access::{self, AwaitingHook, Reply};
 use super::api;
 use super::flv;
 use super::http::{self, Parsed, Request, WsFrame};
@@ -20,6 +21,7 @@ use super::queue::{Item, OutQueue};
 use super::stats::CloseReason;
 use super::stream::Format;
 use super::worker::{ListenerKind, Proto, Worker};
+use crate::auth::Action;
 use crate::protocol::session::valid_name;
 use crate::wire::WireForm;
 use bytes::{Buf, Bytes};
@@ -34,6 +36,9 @@ pub(super) enum HttpState {
     },
     /// Streaming FLV (in WebSocket messages when `websocket`).
     Streaming { websocket: bool },
+    /// A denied request whose reply is delayed (repeated failures from its
+    /// address): nothing more is read as a request.
+    Deciding,
 }
 
 impl HttpState {
@@ -142,8 +147,9 @@ impl Worker {
                     }
                     self.mark_dirty(k);
                 }
-                HttpState::Streaming { websocket: false } => {
-                    // An HTTP-FLV player has nothing more to say.
+                HttpState::Streaming { websocket: false } | HttpState::Deciding => {
+                    // An HTTP-FLV player has nothing more to say; a denied
+                    // client waits for its answer.
                     conn.read_buf.clear();
                     return;
                 }
@@ -296,6 +302,45 @@ impl Worker {
             );
             return self.respond(now, k, resp, keep);
         }
+        let key = format!("{app}/{name}");
+        let Some(conn) = self.conns.get(k) else {
+            return;
+        };
+        let verdict = self
+            .shared
+            .auth
+            .check(Action::Play, app, name, &req.query, conn.peer.ip());
+        if let Err(why) = verdict {
+            let reply = Reply::Http(access::http_denial(why, cors));
+            return self.deny(k, Action::Play, &key, why, reply);
+        }
+        let (app, name) = (app.to_owned(), name.to_owned());
+        let query = req.query.clone();
+        let waiting = AwaitingHook::Http {
+            req,
+            app: app.clone(),
+            name: name.clone(),
+            cors: cors.to_owned(),
+        };
+        if let Some(AwaitingHook::Http { req, .. }) =
+            self.ask_hook(k, Action::Play, &app, &name, &query, waiting)
+        {
+            self.http_player_allowed(now, k, req, &app, &name, cors);
+        }
+    }
+
+    /// Starts an authorized HTTP-FLV / ws-flv player.
+    pub(super) fn http_player_allowed(
+        &mut self,
+        now: Instant,
+        k: usize,
+        req: Request,
+        app: &str,
+        name: &str,
+        cors: &str,
+    ) {
+        let keep = req.keep_alive();
+        let head_only = req.method == "HEAD";
         let key = format!("{app}/{name}");
         let live = self.shared.registry.get(&key).and_then(|s| {
             s.with_state(|st| st.publisher().is_some().then(|| st.has_audio_video()))

@@ -6,6 +6,7 @@
 //! across workers), and [`Server::run`] runs one thread per worker until
 //! [`ShutdownHandle::shutdown`].
 
+mod access;
 pub mod api;
 pub mod flv;
 pub mod http;
@@ -66,6 +67,12 @@ impl ShutdownHandle {
             Some(t) => t.resolver.reload(),
             None => Err("TLS is not configured".into()),
         }
+    }
+
+    /// Reads the access key files again (`key_file`); on an error the old
+    /// keys stay. Returns how many keys the files hold.
+    pub fn reload_access(&self) -> Result<usize, String> {
+        self.0.auth.reload()
     }
 
     /// Reloads when a certificate file changed since the last load.
@@ -131,6 +138,11 @@ impl RunningServer {
         self.handle.reload_tls()
     }
 
+    /// Reads the access key files again (what SIGHUP does in the binary).
+    pub fn reload_access(&self) -> Result<usize, String> {
+        self.handle.reload_access()
+    }
+
     /// Shuts down and waits for every worker to return.
     pub fn stop(self) {
         self.handle.shutdown();
@@ -185,6 +197,8 @@ impl Server {
         let n = config.workers;
         config
             .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let auth = crate::auth::Auth::new(config.access.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = if config.rtmps_addr.is_some() || config.https_addr.is_some() {
             let resolver = Arc::new(
@@ -251,6 +265,12 @@ impl Server {
             panics: AtomicU64::new(0),
             stats: Default::default(),
             tls,
+            hooks: if auth.has_hooks() {
+                Some(crate::hooks::Pool::new(crate::hooks::HOOK_THREADS)?)
+            } else {
+                None
+            },
+            auth,
         });
         let workers = polls
             .into_iter()

@@ -1,9 +1,12 @@
 //! RTMP connections on a worker: feeding the sans-IO [`ServerSession`] and
 //! acting on its events (publish, play, media, stop).
 
+use super::access::{AwaitingHook, Reply};
 use super::stats::CloseReason;
 use super::stream::{Format, PublishError, PublisherInfo, Stream};
 use super::worker::{Proto, Worker};
+use crate::auth::Action;
+use crate::config::PublisherPolicy;
 use crate::protocol::handshake::HandshakeError;
 use crate::protocol::session::{
     Event, MediaKind, PlayRequest, PublishRejection, PublishRequest, ServerSession, SessionError,
@@ -27,6 +30,8 @@ pub(super) struct RtmpConn {
     /// Shutdown asked this publisher to reconnect (Enhanced RTMP): it is
     /// still served until it leaves or the drain deadline passes.
     pub reconnect_requested: bool,
+    /// The `tcUrl` from `connect` (for callbacks).
+    pub tc_url: String,
 }
 
 impl RtmpConn {
@@ -36,6 +41,7 @@ impl RtmpConn {
             publications: Vec::new(),
             events: Vec::new(),
             reconnect_requested: false,
+            tc_url: String::new(),
         }
     }
 }
@@ -102,19 +108,41 @@ impl Worker {
 
     fn handle_event(&mut self, k: usize, ev: Event) {
         match ev {
+            Event::ConnectRequested { app, tc_url, query } => {
+                if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                    r.tc_url = tc_url;
+                }
+                let waiting = AwaitingHook::Connect { app: app.clone() };
+                if self
+                    .ask_hook(k, Action::Connect, &app, "", &query, waiting)
+                    .is_some()
+                {
+                    // No on_connect for this application.
+                    if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                        r.session.accept_connect();
+                    }
+                }
+            }
             Event::Connected { app, tc_url } => {
                 if let Some(c) = self.conns.get(k) {
                     let caps = match &c.proto {
                         Proto::Rtmp(r) => r.session.client_caps().clone(),
                         Proto::Http(_) => Default::default(),
                     };
+                    // The query may carry a key or a signature: never logged.
+                    let shown = tc_url.split_once('?').map_or(tc_url.as_str(), |(u, _)| u);
                     log::debug!(
-                        "conn={} peer={}: connect app={app:?} tcUrl={tc_url:?} fourCCs={:?} capsEx={:?}",
+                        "conn={} peer={}: connect app={app:?} tcUrl={shown:?} fourCCs={:?} capsEx={:?}",
                         c.id,
                         c.peer,
                         caps.fourccs,
                         caps.caps_ex
                     );
+                }
+                if let Some(Proto::Rtmp(r)) = self.conns.get_mut(k).map(|c| &mut c.proto) {
+                    if r.tc_url.is_empty() {
+                        r.tc_url = tc_url;
+                    }
                 }
                 self.set_client_state(k, "connected", None);
             }
@@ -133,7 +161,12 @@ impl Worker {
                     return;
                 };
                 let stream = p.stream.clone();
-                let (frame, interest) = stream.push(kind, timestamp, payload);
+                // None: replaced by another publisher; its worker closes
+                // this connection.
+                let Some((frame, interest)) = stream.push_from(conn.id, kind, timestamp, payload)
+                else {
+                    return;
+                };
                 self.fan_out(interest, frame, stream.id);
             }
             Event::PublishStopped { stream_id } => {
@@ -176,7 +209,33 @@ impl Worker {
         if req.name == super::worker::FAULT_PANIC_ON_PUBLISH {
             panic!("injected fault: publish {key}");
         }
+        let Some(conn) = self.conns.get(k) else {
+            return;
+        };
+        let verdict = self.shared.auth.check(
+            Action::Publish,
+            &req.app,
+            &req.name,
+            &req.query,
+            conn.peer.ip(),
+        );
+        if let Err(why) = verdict {
+            let reply = Reply::RejectPublish(req.stream_id);
+            return self.deny(k, Action::Publish, &key, why, reply);
+        }
+        let (app, name, query) = (req.app.clone(), req.name.clone(), req.query.clone());
+        let waiting = AwaitingHook::Publish(req);
+        if let Some(AwaitingHook::Publish(req)) =
+            self.ask_hook(k, Action::Publish, &app, &name, &query, waiting)
+        {
+            self.publish_allowed(k, req, key);
+        }
+    }
+
+    /// Claims the name for an authorized publisher.
+    pub(super) fn publish_allowed(&mut self, k: usize, req: PublishRequest, key: String) {
         let index = self.index;
+        let replace = self.shared.config.second_publisher == PublisherPolicy::Replace;
         let Some(conn) = self.conns.get_mut(k) else {
             return;
         };
@@ -190,8 +249,17 @@ impl Worker {
             protocol: if conn.tls.is_some() { "rtmps" } else { "rtmp" },
             since: SystemTime::now(),
         };
-        match self.shared.registry.publish(&key, info) {
-            Ok((stream, notice)) => {
+        let claimed = if replace && !r.publications.iter().any(|p| p.stream.key == key) {
+            let (stream, notice, old) = self.shared.registry.publish_replacing(&key, info);
+            Ok((stream, notice, old))
+        } else {
+            self.shared
+                .registry
+                .publish(&key, info)
+                .map(|(s, n)| (s, n, None))
+        };
+        match claimed {
+            Ok((stream, notice, old)) => {
                 r.session.accept_publish(req.stream_id);
                 r.publications.push(Publication {
                     msid: req.stream_id,
@@ -206,6 +274,15 @@ impl Worker {
                 );
                 self.set_client_state(k, "publishing", Some(&key));
                 self.notify(&stream, notice, true);
+                if let Some(old) = old {
+                    log::info!(
+                        "publish replaced stream={key}: conn={} peer={} worker={} loses it",
+                        old.conn_id,
+                        old.peer,
+                        old.worker
+                    );
+                    self.close_replaced(old);
+                }
             }
             Err(PublishError::AlreadyPublishing { peer }) => {
                 r.session
@@ -220,6 +297,32 @@ impl Worker {
     }
 
     fn on_play(&mut self, k: usize, req: PlayRequest) {
+        let key = format!("{}/{}", req.app, req.name);
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        let verdict = self.shared.auth.check(
+            Action::Play,
+            &req.app,
+            &req.name,
+            &req.query,
+            conn.peer.ip(),
+        );
+        if let Err(why) = verdict {
+            let reply = Reply::RejectPlay(req.stream_id);
+            return self.deny(k, Action::Play, &key, why, reply);
+        }
+        let (app, name, query) = (req.app.clone(), req.name.clone(), req.query.clone());
+        let waiting = AwaitingHook::Play(req);
+        if let Some(AwaitingHook::Play(req)) =
+            self.ask_hook(k, Action::Play, &app, &name, &query, waiting)
+        {
+            self.play_allowed(k, req);
+        }
+    }
+
+    /// Starts an authorized player.
+    pub(super) fn play_allowed(&mut self, k: usize, req: PlayRequest) {
         let key = format!("{}/{}", req.app, req.name);
         let Some(conn) = self.conns.get_mut(k) else {
             return;
@@ -274,6 +377,7 @@ impl Worker {
         if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
             self.notify(&p.stream, notice, false);
         }
+        self.notify_hook("publish_done", &p.stream.key, conn_id, peer, "");
     }
 
     fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {

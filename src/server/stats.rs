@@ -27,10 +27,13 @@ pub enum CloseReason {
     Panic,
     /// Finished normally: an HTTP response sent with `Connection: close`.
     Done,
+    /// A publisher whose stream another publisher took over
+    /// (`second_publisher = "replace"`).
+    Replaced,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Peer,
         CloseReason::Timeout,
         CloseReason::Protocol,
@@ -41,6 +44,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Panic,
         CloseReason::Done,
+        CloseReason::Replaced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Panic => "panic",
             CloseReason::Done => "done",
+            CloseReason::Replaced => "replaced",
         }
     }
 }

@@ -428,8 +428,35 @@ impl Stream {
     /// RTMP wire form once, updates the headers and GOP cache, and returns
     /// the shared frame with the workers that must receive it.
     pub fn push(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> (Arc<Frame>, u64) {
+        self.push_inner(None, kind, timestamp, payload)
+            .expect("an unchecked push always succeeds")
+    }
+
+    /// [`Stream::push`] from publisher `conn_id`: None (the frame dropped)
+    /// when that connection no longer publishes the stream (replaced by
+    /// another), checked under the stream's lock.
+    pub fn push_from(
+        &self,
+        conn_id: u64,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+    ) -> Option<(Arc<Frame>, u64)> {
+        self.push_inner(Some(conn_id), kind, timestamp, payload)
+    }
+
+    fn push_inner(
+        &self,
+        conn_id: Option<u64>,
+        kind: MediaKind,
+        timestamp: u32,
+        payload: Bytes,
+    ) -> Option<(Arc<Frame>, u64)> {
         let (info, header) = describe(kind, &payload);
         let mut st = self.lock();
+        if conn_id.is_some() && st.publisher.as_ref().map(|p| p.conn_id) != conn_id {
+            return None;
+        }
         st.frames_in += 1;
         st.bytes_in += payload.len() as u64;
         match kind {
@@ -528,7 +555,7 @@ impl Stream {
             }
         }
         let interest = st.interest();
-        (frame, interest)
+        Some((frame, interest))
     }
 
     /// Latest header frames (for a player resuming after a skip).
@@ -683,11 +710,44 @@ impl Registry {
         key: &str,
         publisher: PublisherInfo,
     ) -> Result<(Arc<Stream>, Notice), PublishError> {
+        self.claim(key, publisher, false)
+            .map(|(stream, notice, _)| (stream, notice))
+    }
+
+    /// Claims `key` for a publisher, taking it over from a current one if
+    /// any, atomically across workers: the replaced publisher is returned
+    /// (its worker must close it; meanwhile its frames are dropped) and
+    /// players see a new publisher (fresh headers, next keyframe).
+    pub fn publish_replacing(
+        &self,
+        key: &str,
+        publisher: PublisherInfo,
+    ) -> (Arc<Stream>, Notice, Option<PublisherInfo>) {
+        self.claim(key, publisher, true)
+            .expect("a replacing claim always succeeds")
+    }
+
+    fn claim(
+        &self,
+        key: &str,
+        publisher: PublisherInfo,
+        replace: bool,
+    ) -> Result<(Arc<Stream>, Notice, Option<PublisherInfo>), PublishError> {
         let mut map = self.map();
         let stream = self.get_or_create(&mut map, key);
         let mut st = stream.lock();
         if let Some(p) = &st.publisher {
-            return Err(PublishError::AlreadyPublishing { peer: p.peer });
+            if !replace {
+                return Err(PublishError::AlreadyPublishing { peer: p.peer });
+            }
+        }
+        let replaced = st.publisher.take();
+        if replaced.is_some() {
+            st.gop.clear();
+            st.headers.clear();
+            st.has_video = false;
+            st.has_default_video = false;
+            st.has_audio = false;
         }
         st.publisher = Some(publisher);
         st.frames_in = 0;
@@ -700,7 +760,7 @@ impl Registry {
             interest: st.interest(),
         };
         drop(st);
-        Ok((stream, notice))
+        Ok((stream, notice, replaced))
     }
 
     /// Releases the publisher `conn_id` of `stream`: headers and GOP are

@@ -97,6 +97,13 @@ pub enum Delivery {
     },
     /// Close connection `id` (HTTP API).
     Close(u64),
+    /// Close publisher `id`: another publisher took its stream over.
+    Replaced(u64),
+    /// An HTTP callback answered for connection `conn_id`.
+    Hook {
+        conn_id: u64,
+        answer: crate::hooks::Answer,
+    },
 }
 
 /// A connection's byte counters, readable by the API from any thread.
@@ -150,6 +157,10 @@ pub struct Shared {
     pub panics: AtomicU64,
     pub stats: Stats,
     pub tls: Option<Tls>,
+    /// Access control (publish / play rules, failed-attempt delays).
+    pub auth: crate::auth::Auth,
+    /// Helper threads for HTTP callbacks (when any is configured).
+    pub hooks: Option<crate::hooks::Pool>,
 }
 
 impl Shared {
@@ -395,8 +406,6 @@ pub struct Worker {
     /// TLS connections still handshaking on this worker.
     tls_pending: usize,
     pub(super) conns: Slab<Conn>,
-    /// Connection id → slab key, for API close requests.
-    ids: HashMap<u64, usize>,
     pub(super) shared: Arc<Shared>,
     /// Stream id → tokens of local players.
     pub(super) locals: HashMap<u64, Vec<usize>>,
@@ -410,6 +419,12 @@ pub struct Worker {
     pub(super) shutting_down: Option<Instant>,
     /// Until when shutdown waits for publishers asked to reconnect.
     drain_deadline: Option<Instant>,
+    /// Denials whose reply waits (failed attempts are slowed), by time.
+    pub(super) deferred: Vec<super::access::Deferred>,
+    /// Requests waiting for an HTTP callback's answer, by connection id.
+    pub(super) awaiting_hook: HashMap<u64, super::access::AwaitingHook>,
+    /// Connection id → slab key, for deferred replies and close requests.
+    pub(super) ids: HashMap<u64, usize>,
 }
 
 impl Worker {
@@ -430,7 +445,8 @@ impl Worker {
             control_bytes: c.control_queue_bytes,
             stall: c.player_stall_timeout,
         };
-        let session_config = SessionConfig::from(c);
+        let mut session_config = SessionConfig::from(c);
+        session_config.connect_decision = shared.auth.has_connect_hooks();
         let workers = shared.workers.len();
         Ok(Self {
             index,
@@ -449,6 +465,8 @@ impl Worker {
             seed: 0x9E37_79B9_7F4A_7C15 ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
             shutting_down: None,
             drain_deadline: None,
+            deferred: Vec::new(),
+            awaiting_hook: HashMap::new(),
             shared,
         })
     }
@@ -458,11 +476,14 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.read_again.is_empty() {
+            let mut timeout = if self.read_again.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
+            if let Some(at) = self.deferred.iter().map(|d| d.at).min() {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -499,6 +520,9 @@ impl Worker {
             }
             if woken {
                 self.drain_inbox();
+            }
+            if !self.deferred.is_empty() {
+                self.run_deferred(now);
             }
             if now >= next_tick {
                 self.tick(now);
@@ -908,6 +932,7 @@ impl Worker {
             }
         }
         self.shared.registry.leave(&s.stream, self.index, s.format);
+        self.notify_hook("play_done", &s.stream.key, conn.0, conn.1, "");
     }
 
     /// Tells the workers with players that `stream` got or lost its publisher.
@@ -952,6 +977,15 @@ impl Worker {
                     self.close(k, CloseReason::Api, "closed through the API");
                 }
                 return;
+            }
+            Delivery::Replaced(id) => {
+                if let Some(&k) = self.ids.get(id) {
+                    self.close(k, CloseReason::Replaced, "replaced by a new publisher");
+                }
+                return;
+            }
+            Delivery::Hook { conn_id, answer } => {
+                return self.hook_answered(*conn_id, answer.clone());
             }
         };
         let Some(tokens) = self.locals.get(&stream_id) else {
@@ -1006,7 +1040,7 @@ impl Worker {
                         conn.pull_transmit();
                     }
                 }
-                Delivery::Close(_) => {}
+                Delivery::Close(_) | Delivery::Replaced(_) | Delivery::Hook { .. } => {}
             });
             conn.subscriptions.push(sub);
             if let Err(msg) = delivered {
@@ -1186,7 +1220,7 @@ impl Worker {
     /// Runs `f`, this worker's handling of connection `k`, so that a panic in
     /// it closes connection `k` alone rather than unwinding the worker and
     /// dropping every connection on this core.
-    fn guarded(&mut self, k: usize, doing: &'static str, f: impl FnOnce(&mut Self)) {
+    pub(super) fn guarded(&mut self, k: usize, doing: &'static str, f: impl FnOnce(&mut Self)) {
         if let Err(msg) = catch(|| f(self)) {
             self.on_panic(k, doing, &msg);
         }
@@ -1324,6 +1358,10 @@ impl Worker {
         if let Proto::Rtmp(r) = &mut conn.proto {
             for p in std::mem::take(&mut r.publications) {
                 self.end_publication(conn.id, conn.peer, p, why);
+            }
+            if let Some(app) = r.session.app() {
+                let app = format!("{app}/");
+                self.notify_hook("done", &app, conn.id, conn.peer, &r.tc_url);
             }
         }
         for s in std::mem::take(&mut conn.subscriptions) {

@@ -98,6 +98,12 @@ impl TestClient {
         &self.session
     }
 
+    /// The client session, to send commands the helpers do not wrap
+    /// (call [`TestClient::flush`] after).
+    pub fn session_mut(&mut self) -> &mut ClientSession {
+        &mut self.session
+    }
+
     /// Sends a raw media message (any payload) on `stream_id`.
     pub fn send_raw(&mut self, stream_id: u32, kind: MediaKind, timestamp: u32, payload: &[u8]) {
         self.session
@@ -112,6 +118,35 @@ impl TestClient {
         s.set_recv_buffer_size(4096).unwrap();
         s.connect(&addr.into()).expect("connect");
         Self::over(s.into(), addr, app, 43)
+    }
+
+    /// Connects to `app`; Err with what the server answered (`_error`'s
+    /// arguments, or that it closed) when it refuses the `connect`.
+    pub fn try_connect(addr: SocketAddr, app: &str) -> Result<Self, String> {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_nodelay(true).unwrap();
+        let session =
+            ClientSession::new(ClientConfig::new(app, format!("rtmp://{addr}/{app}")), 43);
+        let mut c = Self {
+            sock,
+            tls: None,
+            session,
+            buf: BytesMut::new(),
+            events: VecDeque::new(),
+            closed: false,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match c.next_event(left) {
+                Some(ClientEvent::Connected) => return Ok(c),
+                Some(ClientEvent::Command { name, args }) if name == "_error" => {
+                    return Err(format!("{args:?}"))
+                }
+                Some(_) => {}
+                None => return Err(format!("no answer (closed: {})", c.closed)),
+            }
+        }
     }
 
     fn over(sock: TcpStream, addr: SocketAddr, app: &str, seed: u64) -> Self {

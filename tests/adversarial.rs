@@ -1631,7 +1631,7 @@ fn c34_ten_thousand_idle_sockets_against_the_binary() {
         .port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--rtmp", &addr.to_string(), "--workers", "2"])
+        .args(["--rtmp", &addr.to_string(), "--no-http", "--workers", "2"])
         .args(["--max-connections", "3000", "--handshake-timeout", "3"])
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())

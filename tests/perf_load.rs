@@ -29,7 +29,13 @@ fn free_port() -> u16 {
 fn start_sluice() -> (Server, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--rtmp", &format!("127.0.0.1:{port}"), "--workers", "1"])
+        .args([
+            "--rtmp",
+            &format!("127.0.0.1:{port}"),
+            "--no-http",
+            "--workers",
+            "1",
+        ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

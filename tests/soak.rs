@@ -51,6 +51,7 @@ impl Server {
             .args([
                 "--rtmp",
                 &addr.to_string(),
+                "--no-http",
                 "--workers",
                 "2",
                 "--player-stall-timeout",

@@ -208,166 +208,142 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family: HELP and TYPE, then one sample per (labels, value).
+fn family(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name} {value}");
+        } else {
+            let _ = writeln!(o, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 /// `/metrics` in the Prometheus text exposition format.
 pub fn metrics(shared: &Shared) -> String {
     let s = &shared.stats;
-    let mut o = String::with_capacity(4096);
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let streams = shared.registry.streams();
+    let one = |v: u64| [(String::new(), v)];
+    let per_stream = |f: &dyn Fn(&Stream) -> u64| {
+        streams
+            .iter()
+            .map(|st| (format!("stream=\"{}\"", label(&st.key)), f(st)))
+            .collect::<Vec<_>>()
     };
+    let mut o = String::with_capacity(4096);
     family(
         &mut o,
         "sluice_connections",
         "gauge",
         "Open connections by protocol.",
+        Protocol::ALL.map(|p| {
+            (
+                format!("protocol=\"{}\"", p.name()),
+                s.connections(p) as u64,
+            )
+        }),
     );
-    for p in Protocol::ALL {
-        let _ = writeln!(
-            o,
-            "sluice_connections{{protocol=\"{}\"}} {}",
-            p.name(),
-            s.connections(p)
-        );
-    }
     family(
         &mut o,
         "sluice_streams",
         "gauge",
         "Streams known (live or awaited by players).",
+        one(streams.len() as u64),
     );
-    let streams = shared.registry.streams();
-    let _ = writeln!(o, "sluice_streams {}", streams.len());
-    family(
-        &mut o,
-        "sluice_bytes_in_total",
-        "counter",
-        "Bytes read from all peers.",
-    );
-    let _ = writeln!(
-        o,
-        "sluice_bytes_in_total {}",
-        s.bytes_in.load(Ordering::Relaxed)
-    );
-    family(
-        &mut o,
-        "sluice_bytes_out_total",
-        "counter",
-        "Bytes written to all peers.",
-    );
-    let _ = writeln!(
-        o,
-        "sluice_bytes_out_total {}",
-        s.bytes_out.load(Ordering::Relaxed)
-    );
-    family(
-        &mut o,
-        "sluice_frames_dropped_total",
-        "counter",
-        "Frames skipped for slow players.",
-    );
-    let _ = writeln!(
-        o,
-        "sluice_frames_dropped_total {}",
-        s.frames_dropped.load(Ordering::Relaxed)
-    );
-    family(
-        &mut o,
-        "sluice_handshake_failures_total",
-        "counter",
-        "RTMP handshakes refused or timed out.",
-    );
-    let _ = writeln!(
-        o,
-        "sluice_handshake_failures_total {}",
-        s.handshake_failures.load(Ordering::Relaxed)
-    );
+    for (name, help, value) in [
+        (
+            "sluice_bytes_in_total",
+            "Bytes read from all peers.",
+            &s.bytes_in,
+        ),
+        (
+            "sluice_bytes_out_total",
+            "Bytes written to all peers.",
+            &s.bytes_out,
+        ),
+        (
+            "sluice_frames_dropped_total",
+            "Frames skipped for slow players.",
+            &s.frames_dropped,
+        ),
+        (
+            "sluice_handshake_failures_total",
+            "RTMP and TLS handshakes refused or timed out.",
+            &s.handshake_failures,
+        ),
+    ] {
+        family(
+            &mut o,
+            name,
+            "counter",
+            help,
+            one(value.load(Ordering::Relaxed)),
+        );
+    }
     family(
         &mut o,
         "sluice_closes_total",
         "counter",
         "Connections closed, by reason.",
+        CloseReason::ALL.map(|r| (format!("reason=\"{}\"", r.name()), s.closes(r))),
     );
-    for r in CloseReason::ALL {
-        let _ = writeln!(
-            o,
-            "sluice_closes_total{{reason=\"{}\"}} {}",
-            r.name(),
-            s.closes(r)
-        );
-    }
     family(
         &mut o,
         "sluice_worker_loop_iterations_total",
         "counter",
         "Event loop iterations per worker.",
+        shared.workers.iter().enumerate().map(|(w, h)| {
+            (
+                format!("worker=\"{w}\""),
+                h.iterations.load(Ordering::Relaxed),
+            )
+        }),
     );
-    for (w, h) in shared.workers.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "sluice_worker_loop_iterations_total{{worker=\"{w}\"}} {}",
-            h.iterations.load(Ordering::Relaxed)
-        );
-    }
+    let players = streams.iter().flat_map(|st| {
+        let n = label(&st.key);
+        st.with_state(|state| {
+            Format::ALL.map(|f| {
+                (
+                    format!("stream=\"{n}\",protocol=\"{}\"", f.name()),
+                    u64::from(state.players(f)),
+                )
+            })
+        })
+    });
     family(
         &mut o,
         "sluice_stream_players",
         "gauge",
         "Players per stream and protocol.",
+        players,
     );
-    for st in &streams {
-        let n = label(&st.key);
-        st.with_state(|state| {
-            for f in Format::ALL {
-                let _ = writeln!(
-                    o,
-                    "sluice_stream_players{{stream=\"{n}\",protocol=\"{}\"}} {}",
-                    f.name(),
-                    state.players(f)
-                );
-            }
-        });
-    }
     family(
         &mut o,
         "sluice_stream_bytes_in_total",
         "counter",
         "Bytes published into a stream by its current publisher.",
+        per_stream(&|st| st.with_state(|x| x.bytes_in)),
     );
-    for st in &streams {
-        let _ = writeln!(
-            o,
-            "sluice_stream_bytes_in_total{{stream=\"{}\"}} {}",
-            label(&st.key),
-            st.with_state(|x| x.bytes_in)
-        );
-    }
     family(
         &mut o,
         "sluice_stream_bytes_out_total",
         "counter",
         "Bytes written to a stream's players.",
+        per_stream(&|st| st.bytes_out.load(Ordering::Relaxed)),
     );
-    for st in &streams {
-        let _ = writeln!(
-            o,
-            "sluice_stream_bytes_out_total{{stream=\"{}\"}} {}",
-            label(&st.key),
-            st.bytes_out.load(Ordering::Relaxed)
-        );
-    }
     family(
         &mut o,
         "sluice_stream_frames_dropped_total",
         "counter",
         "Frames skipped for a stream's slow players.",
+        per_stream(&|st| st.frames_dropped.load(Ordering::Relaxed)),
     );
-    for st in &streams {
-        let _ = writeln!(
-            o,
-            "sluice_stream_frames_dropped_total{{stream=\"{}\"}} {}",
-            label(&st.key),
-            st.frames_dropped.load(Ordering::Relaxed)
-        );
-    }
     o
 }

@@ -73,6 +73,10 @@ pub const FAULT_PANIC_ON_PUBLISH: &str = "sluice-fault-panic-on-publish";
 #[cfg(feature = "fault-injection")]
 pub const FAULT_PANIC_ON_DELIVERY: &str = "sluice-fault-panic-on-delivery";
 
+/// Header frames remembered per player (see `Subscription::mark_sent`):
+/// metadata plus config and metadata for each track of a multitrack stream.
+const MAX_SENT_HEADERS: usize = 64;
+
 /// What a listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
@@ -232,6 +236,18 @@ impl Subscription {
     /// The headers in force at frame `seq`: per slot, the latest published
     /// before it, from the stream and from those held while skipping; in
     /// publish order.
+    /// Remembers that header frame `seq` was queued to this player. Only the
+    /// latest header of each slot matters on resume, so the list keeps the
+    /// newest [`MAX_SENT_HEADERS`]: a publisher that resends its sequence
+    /// header at every keyframe cannot grow it for as long as a player
+    /// watches (past that many slots, a resume may repeat a header).
+    fn mark_sent(&mut self, seq: u64) {
+        if self.sent_headers.len() >= MAX_SENT_HEADERS {
+            self.sent_headers.remove(0);
+        }
+        self.sent_headers.push(seq);
+    }
+
     fn headers_before(&mut self, seq: u64) -> Vec<Arc<Frame>> {
         let mut all = self.stream.headers();
         all.append(&mut self.held_headers);
@@ -1431,7 +1447,7 @@ pub(super) fn enqueue_frame(
         // While skipping, headers are sent with the frame that resumes play.
         if !sub.skipping && !refused {
             push_frame(conn, sub, f);
-            sub.sent_headers.push(f.seq);
+            sub.mark_sent(f.seq);
         } else if sub.skipping {
             sub.held_headers.retain(|h| h.header != f.header);
             sub.held_headers.push(f.clone());
@@ -1452,7 +1468,7 @@ pub(super) fn enqueue_frame(
         for h in sub.headers_before(f.seq) {
             if !sub.sent_headers.contains(&h.seq) && !sub.refuses(&h) {
                 push_frame(conn, sub, &h);
-                sub.sent_headers.push(h.seq);
+                sub.mark_sent(h.seq);
             }
         }
         sub.skipping = false;
@@ -1486,7 +1502,7 @@ pub(super) fn enqueue_frame(
         for h in sub.headers_before(f.seq) {
             if !sub.refuses(&h) {
                 push_frame(conn, sub, &h);
-                sub.sent_headers.push(h.seq);
+                sub.mark_sent(h.seq);
             }
         }
         sub.started_tracks = 0;
@@ -1590,4 +1606,29 @@ fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "non-string panic payload".to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::stream::GopLimits;
+
+    #[test]
+    fn sent_headers_stay_bounded_when_a_publisher_resends_them_forever() {
+        let registry = Registry::new(
+            4096,
+            GopLimits {
+                max_bytes: 1 << 20,
+                max_frames: 64,
+            },
+        );
+        let (stream, _) = registry.join("live/x", 0, Format::Rtmp);
+        let mut sub = Subscription::new(1, Format::Rtmp, stream, 0);
+        for seq in 0..10_000 {
+            sub.mark_sent(seq);
+        }
+        assert_eq!(sub.sent_headers.len(), MAX_SENT_HEADERS);
+        assert!(sub.sent_headers.contains(&9_999), "the newest is kept");
+        assert!(!sub.sent_headers.contains(&0), "the oldest went");
+    }
 }

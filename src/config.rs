@@ -2,6 +2,7 @@
 //! and the [`Config`] the command line fills (each limit has a flag).
 
 use crate::auth::{AccessConfig, AppRules};
+use crate::relay::{RelayKind, RuleSpec, Unavailable};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -142,6 +143,16 @@ pub struct Config {
     /// Who may publish and play, per application (the config file's
     /// `[app.NAME.publish]` and `[app.NAME.play]` tables).
     pub access: AccessConfig,
+    /// Push and pull rules (`[[push]]`, `[[pull]]`, `--push`, `--pull`).
+    pub relays: Vec<(RelayKind, RuleSpec)>,
+    /// Extra trusted roots (PEM) for `rtmps://` relay peers.
+    pub relay_ca: Option<PathBuf>,
+    /// How long a pulled stream with no player stays pulled (per rule
+    /// `idle_timeout` overrides it).
+    pub pull_idle_timeout: Duration,
+    /// What players get when an origin cannot be reached (per rule
+    /// `on_unavailable` overrides it).
+    pub pull_unavailable: Unavailable,
 }
 
 /// What happens when a publisher asks for a name someone already publishes.
@@ -202,6 +213,10 @@ impl Default for Config {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             second_publisher: PublisherPolicy::Reject,
             access: AccessConfig::default(),
+            relays: Vec::new(),
+            relay_ca: None,
+            pull_idle_timeout: crate::relay::DEFAULT_PULL_IDLE_TIMEOUT,
+            pull_unavailable: Unavailable::NotFound,
         }
     }
 }
@@ -231,7 +246,21 @@ impl Config {
         if self.max_message_streams == 0 || self.max_chunk_streams == 0 {
             return Err("message and chunk stream limits must be at least 1".into());
         }
+        for (kind, spec) in &self.relays {
+            self.relay_rule(*kind, spec, "config")
+                .map_err(|e| format!("{} {}: {e}", kind.name(), spec.url))?;
+        }
         Ok(())
+    }
+
+    /// A relay rule from its spec, with this config's defaults.
+    pub fn relay_rule(
+        &self,
+        kind: RelayKind,
+        spec: &RuleSpec,
+        source: &'static str,
+    ) -> Result<crate::relay::Rule, String> {
+        spec.to_rule(kind, self.pull_idle_timeout, self.pull_unavailable, source)
     }
 }
 
@@ -295,6 +324,16 @@ pub struct FileConfig {
     /// Access rules by application name (`*`: every other application).
     #[serde(default)]
     pub app: BTreeMap<String, AppRules>,
+    /// `[[push]]` rules: `app` or `stream`, `url`, `insecure`.
+    #[serde(default)]
+    pub push: Vec<RuleSpec>,
+    /// `[[pull]]` rules: `app` or `stream`, `url`, `insecure`, `static`,
+    /// `on_unavailable`, `idle_timeout`.
+    #[serde(default)]
+    pub pull: Vec<RuleSpec>,
+    pub relay_ca: Option<PathBuf>,
+    pub pull_idle_timeout: Option<Secs>,
+    pub pull_unavailable: Option<Unavailable>,
 }
 
 impl FileConfig {
@@ -382,6 +421,7 @@ impl FileConfig {
             publisher_idle_timeout,
             player_stall_timeout,
             drain_timeout,
+            pull_idle_timeout,
         );
         match self.http.as_deref() {
             None => {}
@@ -401,6 +441,21 @@ impl FileConfig {
             .collect();
         c.tls.dir = self.tls_dir.clone();
         c.access = self.access();
+        c.relay_ca = self.relay_ca.clone();
+        c.pull_unavailable = self.pull_unavailable.unwrap_or(c.pull_unavailable);
+        c.relays = self
+            .push
+            .iter()
+            .map(|s| (RelayKind::Push, s.clone()))
+            .chain(self.pull.iter().map(|s| (RelayKind::Pull, s.clone())))
+            .collect();
+        for (kind, spec) in &c.relays {
+            if spec.kind.is_some_and(|k| k != *kind) {
+                return Err(format!("[[{}]] {}: type says otherwise", kind.name(), spec.url));
+            }
+            c.relay_rule(*kind, spec, "config")
+                .map_err(|e| format!("[[{}]] url = {:?}: {e}", kind.name(), spec.url))?;
+        }
         Ok(c)
     }
 }

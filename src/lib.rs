@@ -51,5 +51,6 @@ pub mod config;
 pub mod hooks;
 pub mod media;
 pub mod protocol;
+pub mod relay;
 pub mod server;
 pub mod wire;

@@ -4,6 +4,7 @@
 
 use getopts::Options;
 use sluice::config::{self, Config};
+use sluice::relay::{RelayKind, RuleSpec};
 use sluice::server::Server;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -221,6 +222,47 @@ fn options() -> Options {
         "a second publisher on a live name: reject or replace [reject]",
         "POLICY",
     );
+    o.optmulti(
+        "",
+        "push",
+        "push every stream of APP (or the stream APP/NAME) to URL \
+         (rtmp:// or rtmps://; without a stream name in URL the local name is used); repeatable",
+        "APP[/NAME]=URL",
+    );
+    o.optmulti(
+        "",
+        "pull",
+        "make APP (or APP/NAME) an edge of the origin URL: a stream is pulled \
+         when its first player arrives; repeatable",
+        "APP[/NAME]=URL",
+    );
+    o.optmulti(
+        "",
+        "pull-static",
+        "keep APP/NAME pulled from URL, players or not; repeatable",
+        "APP/NAME=URL",
+    );
+    o.optopt(
+        "",
+        "pull-idle-timeout",
+        &format!(
+            "how long a pulled stream with no player stays pulled [{}]",
+            d.pull_idle_timeout.as_secs()
+        ),
+        "SECS",
+    );
+    o.optopt(
+        "",
+        "pull-unavailable",
+        "players of an unreachable origin get not_found, or wait [not_found]",
+        "POLICY",
+    );
+    o.optopt(
+        "",
+        "relay-ca",
+        "extra trusted root certificates (PEM) for rtmps:// relay peers",
+        "FILE",
+    );
     o.optopt(
         "c",
         "config",
@@ -323,7 +365,25 @@ fn config_from(m: &getopts::Matches) -> Result<Config, String> {
     c.reconnect_url = m.opt_str("reconnect-url").or(c.reconnect_url);
     parse_secs(m, "drain-timeout", &mut c.drain_timeout)?;
     parse(m, "second-publisher", &mut c.second_publisher)?;
+    parse_secs(m, "pull-idle-timeout", &mut c.pull_idle_timeout)?;
+    parse(m, "pull-unavailable", &mut c.pull_unavailable)?;
+    if let Some(f) = m.opt_str("relay-ca") {
+        c.relay_ca = Some(f.into());
+    }
+    for (flag, kind, always) in [
+        ("push", RelayKind::Push, false),
+        ("pull", RelayKind::Pull, false),
+        ("pull-static", RelayKind::Pull, true),
+    ] {
+        for arg in m.opt_strs(flag) {
+            let spec =
+                RuleSpec::from_flag(kind, &arg, always).map_err(|e| format!("--{flag} {e}"))?;
+            c.relays.push((kind, spec));
+        }
+    }
     c.validate()?;
+    // Relay certificates must load now too.
+    sluice::relay::ClientTls::new(c.relay_ca.as_deref())?;
     // Key files must load now, not at the first publish.
     sluice::auth::Auth::new(c.access.clone())?;
     Ok(c)

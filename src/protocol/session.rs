@@ -732,6 +732,21 @@ impl ServerSession {
         self.send(&message::user_control(UserControl::StreamEof(stream_id)));
     }
 
+    /// The stream a player in `stream_id` waits for cannot be had (an edge's
+    /// origin is unreachable): NetStream.Play.StreamNotFound and StreamEOF.
+    /// The play ends; the connection stays.
+    pub fn notify_not_found(&mut self, stream_id: u32) {
+        if self.set_role(stream_id, StreamRole::Playing, StreamRole::Idle) {
+            self.send_status(
+                stream_id,
+                "error",
+                "NetStream.Play.StreamNotFound",
+                "No such stream.",
+            );
+            self.send(&message::user_control(UserControl::StreamEof(stream_id)));
+        }
+    }
+
     /// The stream a player in `stream_id` watches has a publisher again:
     /// StreamBegin and NetStream.Play.PublishNotify.
     pub fn notify_published(&mut self, stream_id: u32) {

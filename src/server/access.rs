@@ -214,7 +214,7 @@ impl Worker {
         let conn = self.conns.get_mut(k)?;
         let tc_url = match &conn.proto {
             Proto::Rtmp(r) => r.tc_url.clone(),
-            Proto::Http(_) => String::new(),
+            Proto::Http(_) | Proto::Relay(_) => String::new(),
         };
         if let AwaitingHook::Http { .. } = waiting {
             conn.proto = Proto::Http(HttpState::Deciding);

@@ -5,7 +5,9 @@
 
 use super::stats::{CloseReason, Protocol};
 use super::stream::{Format, Stream};
+use super::relay::{RelayCommand, TaskInfo};
 use super::worker::{ClientInfo, Delivery, Shared};
+use crate::relay::{RelayKind, RuleSpec, Scope, Unavailable};
 use crate::protocol::session::MediaKind;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -16,7 +18,7 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn stream_json(s: &Stream) -> Value {
+fn stream_json(s: &Stream, relays: &[TaskInfo]) -> Value {
     let (app, name) = s.key.split_once('/').unwrap_or(("", &s.key));
     s.with_state(|st| {
         let media = st.media();
@@ -70,8 +72,122 @@ fn stream_json(s: &Stream) -> Value {
             },
             "gop_cache": { "frames": gop_frames, "bytes": gop_bytes },
             "tracks": tracks,
+            "relays": {
+                "push": relays
+                    .iter()
+                    .filter(|t| t.stream == s.key && t.kind == RelayKind::Push)
+                    .map(task_json)
+                    .collect::<Vec<_>>(),
+                "pull": relays
+                    .iter()
+                    .find(|t| t.stream == s.key && t.kind == RelayKind::Pull)
+                    .map(task_json),
+            },
         })
     })
+}
+
+fn task_json(t: &TaskInfo) -> Value {
+    json!({
+        "id": t.id,
+        "rule": t.rule,
+        "type": t.kind.name(),
+        "stream": t.stream,
+        "url": t.url,
+        "state": t.state,
+        "worker": t.worker,
+        "reconnects": t.reconnects,
+        "bytes_in": t.counters.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": t.counters.bytes_out.load(Ordering::Relaxed),
+        "since": unix_secs(t.since),
+        "last_error": t.last_error,
+    })
+}
+
+/// Every rule with its running tasks.
+fn relays_json(shared: &Shared) -> Value {
+    let tasks = shared.relays.tasks();
+    let rules: Vec<Value> = shared
+        .relays
+        .rules()
+        .iter()
+        .map(|r| {
+            let (app, stream) = match &r.scope {
+                Scope::App(a) => (Some(a.as_str()), None),
+                Scope::Stream(s) => (None, Some(s.as_str())),
+            };
+            let running: Vec<Value> = tasks
+                .iter()
+                .filter(|t| t.rule == r.id)
+                .map(task_json)
+                .collect();
+            let mut v = json!({
+                "id": r.id,
+                "type": r.kind.name(),
+                "app": app,
+                "stream": stream,
+                "url": r.url.redacted(),
+                "insecure": r.insecure,
+                "source": r.source,
+                "tasks": running,
+            });
+            if r.kind == RelayKind::Pull {
+                v["static"] = json!(r.always);
+                v["on_unavailable"] = json!(match r.on_unavailable {
+                    Unavailable::NotFound => "not_found",
+                    Unavailable::Wait => "wait",
+                });
+                v["idle_timeout_secs"] = json!(r.idle_timeout.as_secs_f64());
+            }
+            v
+        })
+        .collect();
+    json!({ "relays": rules })
+}
+
+/// `POST /api/relays`: a rule from a JSON body (see [`RuleSpec`]), started
+/// at once where it applies: a push for each matching live stream (on its
+/// publisher's worker), a static pull on the worker it is assigned to.
+fn add_relay(shared: &Shared, body: &[u8]) -> (u16, Value) {
+    let spec: RuleSpec = match serde_json::from_slice(body) {
+        Ok(s) => s,
+        Err(e) => return error(400, &format!("bad relay: {e}")),
+    };
+    let Some(kind) = spec.kind else {
+        return error(400, "bad relay: \"type\" must be \"push\" or \"pull\"");
+    };
+    let rule = match shared.config.relay_rule(kind, &spec, "api") {
+        Ok(r) => r,
+        Err(e) => return error(400, &format!("bad relay: {e}")),
+    };
+    let rule = shared.relays.add(rule);
+    log::info!(
+        "api: relay rule {} added ({} {} {})",
+        rule.id,
+        rule.kind.name(),
+        rule.scope.as_str(),
+        rule.url.redacted()
+    );
+    match rule.kind {
+        RelayKind::Push => {
+            for s in shared.registry.streams() {
+                let publisher = s.with_state(|st| st.publisher().map(|p| p.worker));
+                if let Some(w) = publisher.filter(|_| rule.scope.matches(&s.key)) {
+                    let cmd = RelayCommand::StartPush {
+                        rule: rule.id,
+                        key: s.key.clone(),
+                    };
+                    super::relay::post(shared, w, cmd);
+                }
+            }
+        }
+        RelayKind::Pull if rule.always => {
+            let w = super::relay::static_worker(shared, rule.id);
+            super::relay::post(shared, w, RelayCommand::StartPull { rule: rule.id });
+        }
+        RelayKind::Pull => {}
+    }
+    (201, json!({ "id": rule.id }))
 }
 
 fn client_json(worker: usize, c: &ClientInfo) -> Value {
@@ -116,7 +232,7 @@ fn close_client(shared: &Shared, id: u64) -> bool {
 }
 
 /// Answers an API request (`path` starts with `/api/`).
-pub fn handle(shared: &Shared, method: &str, path: &str) -> (u16, Value) {
+pub fn handle(shared: &Shared, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let rest = path.trim_start_matches("/api/").trim_end_matches('/');
     match (method, rest) {
         ("GET" | "HEAD", "server") => {
@@ -141,11 +257,12 @@ pub fn handle(shared: &Shared, method: &str, path: &str) -> (u16, Value) {
             )
         }
         ("GET" | "HEAD", "streams") => {
+            let relays = shared.relays.tasks();
             let streams: Vec<Value> = shared
                 .registry
                 .streams()
                 .iter()
-                .map(|s| stream_json(s))
+                .map(|s| stream_json(s, &relays))
                 .collect();
             (200, json!({ "streams": streams }))
         }
@@ -179,10 +296,42 @@ pub fn handle(shared: &Shared, method: &str, path: &str) -> (u16, Value) {
                 return error(404, "no such stream");
             };
             match m {
-                "GET" | "HEAD" => (200, stream_json(&stream)),
+                "GET" | "HEAD" => (200, stream_json(&stream, &shared.relays.tasks())),
                 "DELETE" => match stream.with_state(|st| st.publisher().map(|p| p.conn_id)) {
                     Some(id) if close_client(shared, id) => (200, json!({ "closed": id })),
                     _ => error(404, "stream has no publisher"),
+                },
+                _ => error(405, "method not allowed"),
+            }
+        }
+        ("GET" | "HEAD", "relays") => (200, relays_json(shared)),
+        ("POST", "relays") => add_relay(shared, body),
+        (m, r) if r.starts_with("relays/") => {
+            let Ok(id) = r["relays/".len()..].parse::<u64>() else {
+                return error(400, "relay ids are numbers");
+            };
+            match m {
+                "DELETE" => match shared.relays.remove(id) {
+                    Some(rule) => {
+                        log::info!(
+                            "api: relay rule {id} deleted ({} {} {})",
+                            rule.kind.name(),
+                            rule.scope.as_str(),
+                            rule.url.redacted()
+                        );
+                        for w in 0..shared.workers.len() {
+                            super::relay::post(shared, w, RelayCommand::Stop { rule: id });
+                        }
+                        (200, json!({ "deleted": id }))
+                    }
+                    None => error(404, "no such relay"),
+                },
+                "GET" | "HEAD" => match relays_json(shared)["relays"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|r| r["id"] == id).cloned())
+                {
+                    Some(r) => (200, r),
+                    None => error(404, "no such relay"),
                 },
                 _ => error(405, "method not allowed"),
             }

@@ -126,8 +126,8 @@ impl Worker {
                             return; // the body is still coming
                         }
                         conn.read_buf.advance(head_len);
-                        let _body = conn.read_buf.split_to(req.body_len);
-                        self.handle_request(now, k, req);
+                        let body = conn.read_buf.split_to(req.body_len).freeze();
+                        self.handle_request(now, k, req, body);
                         self.mark_dirty(k);
                     }
                 },
@@ -172,7 +172,7 @@ impl Worker {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, k: usize, req: Request) {
+    fn handle_request(&mut self, now: Instant, k: usize, req: Request, body: Bytes) {
         let Some(conn) = self.conns.get(k) else {
             return;
         };
@@ -203,7 +203,7 @@ impl Worker {
                 "text/plain",
                 &[
                     ("Access-Control-Allow-Origin", cors.as_str()),
-                    ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS, DELETE"),
+                    ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS, POST, DELETE"),
                     (
                         "Access-Control-Allow-Headers",
                         "Authorization, Content-Type, Range",
@@ -253,8 +253,8 @@ impl Worker {
                     head_only,
                 )
             } else {
-                let (status, body) = api::handle(&self.shared, &req.method, &req.path);
-                json(status, &body, &[])
+                let (status, answer) = api::handle(&self.shared, &req.method, &req.path, &body);
+                json(status, &answer, &[])
             };
             return self.respond(now, k, resp, keep);
         }
@@ -345,7 +345,9 @@ impl Worker {
         let live = self.shared.registry.get(&key).and_then(|s| {
             s.with_state(|st| st.publisher().is_some().then(|| st.has_audio_video()))
         });
-        if live.is_none() && !query_flag(&req.query, "wait") {
+        // An edge waits for the stream its first player pulls.
+        let pulled = live.is_none() && self.shared.relays.pull_for(&key).is_some();
+        if live.is_none() && !pulled && !query_flag(&req.query, "wait") {
             let resp = http::response(
                 404,
                 "text/plain",
@@ -405,6 +407,9 @@ impl Worker {
         });
         let (id, peer) = (conn.id, conn.peer);
         let (live, cached) = self.start_player(k, &key, 0, format);
+        if pulled {
+            self.ensure_pull(now, &key);
+        }
         log::info!(
             "play start stream={key} conn={id} peer={peer} worker={} protocol={} live={live} cached_frames={cached}",
             self.index,

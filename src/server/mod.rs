@@ -12,6 +12,7 @@ pub mod flv;
 pub mod http;
 mod http_conn;
 pub mod queue;
+pub mod relay;
 mod rtmp_conn;
 pub mod stats;
 pub mod stream;
@@ -256,6 +257,7 @@ impl Server {
                 max_frames: config.gop_cache_frames,
             },
         );
+        let relays = relay::Relays::new(&config).map_err(io::Error::other)?;
         let shared = Arc::new(Shared {
             config,
             registry,
@@ -271,6 +273,7 @@ impl Server {
                 None
             },
             auth,
+            relays,
         });
         let workers = polls
             .into_iter()

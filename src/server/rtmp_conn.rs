@@ -127,7 +127,7 @@ impl Worker {
                 if let Some(c) = self.conns.get(k) {
                     let caps = match &c.proto {
                         Proto::Rtmp(r) => r.session.client_caps().clone(),
-                        Proto::Http(_) => Default::default(),
+                        Proto::Http(_) | Proto::Relay(_) => Default::default(),
                     };
                     // The query may carry a key or a signature: never logged.
                     let shown = tc_url.split_once('?').map_or(tc_url.as_str(), |(u, _)| u);
@@ -272,8 +272,10 @@ impl Worker {
                     conn.protocol().name(),
                     req.publish_type
                 );
+                let id = conn.id;
                 self.set_client_state(k, "publishing", Some(&key));
                 self.notify(&stream, notice, true);
+                self.start_pushes(Instant::now(), &stream, id);
                 if let Some(old) = old {
                     log::info!(
                         "publish replaced stream={key}: conn={} peer={} worker={} loses it",
@@ -333,6 +335,10 @@ impl Worker {
         r.session.accept_play(req.stream_id, req.reset);
         conn.pull_transmit();
         let (live, cached) = self.start_player(k, &key, req.stream_id, Format::Rtmp);
+        if !live {
+            // An edge: the first player of a stream starts its pull.
+            self.ensure_pull(Instant::now(), &key);
+        }
         if let Some(conn) = self.conns.get(k) {
             log::info!(
                 "play start stream={key} conn={} peer={} worker={} protocol={} live={live} cached_frames={cached}",
@@ -377,10 +383,11 @@ impl Worker {
         if let Some(notice) = self.shared.registry.unpublish(&p.stream, conn_id) {
             self.notify(&p.stream, notice, false);
         }
+        self.stop_pushes(&p.stream, conn_id);
         self.notify_hook("publish_done", &p.stream.key, conn_id, peer, "");
     }
 
-    fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {
+    pub(super) fn stop_subscription(&mut self, k: usize, msid: u32, why: &str) {
         let Some(conn) = self.conns.get_mut(k) else {
             return;
         };

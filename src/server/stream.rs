@@ -309,7 +309,8 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    fn interest(&self) -> u64 {
+    /// Bit w set: worker w has players (or pushes) of this stream.
+    pub fn interest(&self) -> u64 {
         self.players
             .iter()
             .enumerate()
@@ -319,6 +320,11 @@ impl StreamState {
 
     fn player_count(&self) -> u32 {
         self.players.iter().sum()
+    }
+
+    /// Players watching (relays pushing the stream are not counted).
+    pub fn viewers(&self) -> u32 {
+        self.players_by_format.iter().sum()
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -826,6 +832,26 @@ impl Registry {
     }
 
     /// The stream named `key`, if known.
+    /// A relay joins `key` to push it: it counts for delivery to `worker`
+    /// but not as a viewer.
+    pub fn join_relay(&self, key: &str, worker: usize) -> (Arc<Stream>, JoinSnapshot) {
+        let (stream, snap) = self.join(key, worker, Format::Rtmp);
+        let mut st = stream.lock();
+        let f = &mut st.players_by_format[Format::Rtmp.index()];
+        *f = f.saturating_sub(1);
+        drop(st);
+        (stream, snap)
+    }
+
+    /// Undoes [`Registry::join_relay`].
+    pub fn leave_relay(&self, stream: &Arc<Stream>, worker: usize) {
+        {
+            let mut st = stream.lock();
+            st.players_by_format[Format::Rtmp.index()] += 1;
+        }
+        self.leave(stream, worker, Format::Rtmp);
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Stream>> {
         self.map().get(key).cloned()
     }

@@ -23,6 +23,7 @@
 
 use super::http_conn::HttpState;
 use super::queue::{Item, OutQueue};
+use super::relay::{RelayCommand, RelayConn};
 use super::rtmp_conn::RtmpConn;
 use super::stats::{CloseReason, Protocol, Stats};
 use super::stream::{Format, Frame, Notice, Registry, Stream, SHARED_MESSAGE_STREAM_ID};
@@ -85,6 +86,8 @@ pub enum ListenerKind {
     Http,
     /// The API and /metrics only.
     Api,
+    /// Not a listener: an outbound relay connection.
+    Relay,
 }
 
 /// What one worker posts to another (or the API to a worker).
@@ -108,6 +111,8 @@ pub enum Delivery {
         conn_id: u64,
         answer: crate::hooks::Answer,
     },
+    /// Start, stop or advance a relay.
+    Relay(RelayCommand),
 }
 
 /// A connection's byte counters, readable by the API from any thread.
@@ -165,6 +170,8 @@ pub struct Shared {
     pub auth: crate::auth::Auth,
     /// Helper threads for HTTP callbacks (when any is configured).
     pub hooks: Option<crate::hooks::Pool>,
+    /// Push and pull rules and tasks.
+    pub relays: super::relay::Relays,
 }
 
 impl Shared {
@@ -210,6 +217,8 @@ pub(super) struct Subscription {
     /// start point needs even if the stream's own latest headers have moved
     /// on by the time this worker gets there.
     pub held_headers: Vec<Arc<Frame>>,
+    /// A relay pushing the stream, not a viewer (counted apart).
+    pub relay: bool,
 }
 
 impl Subscription {
@@ -230,6 +239,7 @@ impl Subscription {
             started_tracks: 0,
             refusal_logged: false,
             held_headers: Vec::new(),
+            relay: false,
         }
     }
 
@@ -308,6 +318,8 @@ impl Subscription {
 pub(super) enum Proto {
     Rtmp(Box<RtmpConn>),
     Http(HttpState),
+    /// An outbound connection: a push to a target or a pull from an origin.
+    Relay(Box<RelayConn>),
 }
 
 pub(super) struct Conn {
@@ -330,30 +342,70 @@ pub(super) struct Conn {
     pub counters: Arc<ConnCounters>,
     /// Bytes asked of the kernel per read (grows while reads come back full).
     read_chunk: usize,
-    /// TLS state for RTMPS and HTTPS connections.
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    /// TLS state for RTMPS and HTTPS connections (client side for relays
+    /// to `rtmps://` peers).
+    pub tls: Option<Box<rustls::Connection>>,
     /// Counted in the worker's pending-handshake total.
     tls_handshaking: bool,
 }
 
 impl Conn {
+    pub fn new(
+        id: u64,
+        socket: TcpStream,
+        peer: SocketAddr,
+        listener: ListenerKind,
+        proto: Proto,
+        tls: Option<Box<rustls::Connection>>,
+        counters: Arc<ConnCounters>,
+    ) -> Self {
+        Conn {
+            id,
+            socket,
+            peer,
+            listener,
+            proto,
+            read_buf: BytesMut::new(),
+            out: OutQueue::default(),
+            subscriptions: Vec::new(),
+            dirty: false,
+            blocked_since: None,
+            close_after_flush: None,
+            counters,
+            read_chunk: MIN_READ_CHUNK,
+            // Accepted TLS connections count against the handshake cap.
+            tls_handshaking: tls.is_some() && listener != ListenerKind::Relay,
+            tls,
+        }
+    }
+
     pub fn push(&mut self, item: Item) {
         self.out.push(item);
     }
 
     /// Moves an RTMP session's pending bytes to the output queue.
     pub fn pull_transmit(&mut self) {
-        if let Proto::Rtmp(r) = &mut self.proto {
-            while let Some(bytes) = r.session.poll_transmit() {
-                self.out.push(Item::Control(bytes));
+        match &mut self.proto {
+            Proto::Rtmp(r) => {
+                while let Some(bytes) = r.session.poll_transmit() {
+                    self.out.push(Item::Control(bytes));
+                }
             }
+            Proto::Relay(r) => {
+                if let Some(s) = r.session.as_mut() {
+                    while let Some(bytes) = s.poll_transmit() {
+                        self.out.push(Item::Control(bytes));
+                    }
+                }
+            }
+            Proto::Http(_) => {}
         }
     }
 
     pub fn protocol(&self) -> Protocol {
         match (&self.proto, self.tls.is_some()) {
-            (Proto::Rtmp(_), false) => Protocol::Rtmp,
-            (Proto::Rtmp(_), true) => Protocol::Rtmps,
+            (Proto::Rtmp(_) | Proto::Relay(_), false) => Protocol::Rtmp,
+            (Proto::Rtmp(_) | Proto::Relay(_), true) => Protocol::Rtmps,
             (Proto::Http(_), false) => Protocol::Http,
             (Proto::Http(_), true) => Protocol::Https,
         }
@@ -381,6 +433,12 @@ impl Conn {
                     .join(","),
             ),
             Proto::Http(_) => (true, String::new()),
+            Proto::Relay(r) => (
+                r.session.as_ref().is_some_and(|s| s.is_connected()),
+                r.publication
+                    .as_ref()
+                    .map_or(String::new(), |p| p.stream.key.clone()),
+            ),
         };
         format!(
             "conn={} peer={} protocol={} role={} connected={connected} publishing=[{publishing}] playing=[{}] bytes_in={} bytes_out={} read_buf={} queued_media={} queued_control={}",
@@ -398,6 +456,9 @@ impl Conn {
     }
 
     fn role(&self) -> &'static str {
+        if matches!(self.proto, Proto::Relay(_)) {
+            return "relay";
+        }
         let publishing = matches!(&self.proto, Proto::Rtmp(r) if !r.publications.is_empty());
         match (publishing, self.subscriptions.is_empty()) {
             (true, _) => "publisher",
@@ -441,6 +502,10 @@ pub struct Worker {
     pub(super) awaiting_hook: HashMap<u64, super::access::AwaitingHook>,
     /// Connection id → slab key, for deferred replies and close requests.
     pub(super) ids: HashMap<u64, usize>,
+    /// Relay tasks this worker runs, by task id.
+    pub(super) relays: HashMap<u64, super::relay::Task>,
+    /// The static pulls this worker runs have been started.
+    pub(super) relays_started: bool,
 }
 
 impl Worker {
@@ -483,6 +548,8 @@ impl Worker {
             drain_deadline: None,
             deferred: Vec::new(),
             awaiting_hook: HashMap::new(),
+            relays: HashMap::new(),
+            relays_started: false,
             shared,
         })
     }
@@ -523,8 +590,13 @@ impl Worker {
                             self.guarded(k, "reading", |w| w.on_readable(now, k));
                         }
                         if ev.is_writable() {
+                            let mut connecting = false;
                             if let Some(c) = self.conns.get_mut(k) {
                                 c.blocked_since = None;
+                                connecting = matches!(&c.proto, Proto::Relay(r) if r.session.is_none());
+                            }
+                            if connecting {
+                                self.guarded(k, "connecting", |w| w.relay_connected(k));
                             }
                             self.mark_dirty(k);
                         }
@@ -535,7 +607,7 @@ impl Worker {
                 self.guarded(k, "reading", |w| w.on_readable(now, k));
             }
             if woken {
-                self.drain_inbox();
+                self.drain_inbox(now);
             }
             if !self.deferred.is_empty() {
                 self.run_deferred(now);
@@ -607,7 +679,7 @@ impl Worker {
                         (true, Some(t)) => match rustls::ServerConnection::new(t.config.clone()) {
                             Ok(mut c) => {
                                 c.set_buffer_limit(Some(super::tls::TLS_BUFFER_LIMIT));
-                                Some(Box::new(c))
+                                Some(Box::new(rustls::Connection::Server(c)))
                             }
                             Err(e) => {
                                 log::warn!("{peer}: TLS: {e}");
@@ -637,30 +709,15 @@ impl Worker {
                         ListenerKind::Rtmp => Proto::Rtmp(Box::new(RtmpConn::new(
                             ServerSession::new(self.session_config.clone(), now, self.next_seed()),
                         ))),
-                        ListenerKind::Http | ListenerKind::Api => {
+                        ListenerKind::Http | ListenerKind::Api | ListenerKind::Relay => {
                             Proto::Http(HttpState::awaiting_request(
                                 now,
                                 self.shared.config.http_request_timeout,
                             ))
                         }
                     };
-                    let conn = Conn {
-                        id,
-                        socket,
-                        peer,
-                        listener: kind,
-                        proto,
-                        read_buf: BytesMut::new(),
-                        out: OutQueue::default(),
-                        subscriptions: Vec::new(),
-                        dirty: false,
-                        blocked_since: None,
-                        close_after_flush: None,
-                        counters: Arc::new(ConnCounters::default()),
-                        read_chunk: MIN_READ_CHUNK,
-                        tls_handshaking: tls.is_some(),
-                        tls,
-                    };
+                    let counters = Arc::new(ConnCounters::default());
+                    let conn = Conn::new(id, socket, peer, kind, proto, tls, counters);
                     log::debug!(
                         "conn={id} peer={peer} worker={} listener={kind:?}: accepted",
                         self.index
@@ -784,10 +841,10 @@ impl Worker {
         let Some(conn) = self.conns.get(k) else {
             return false;
         };
-        if matches!(conn.proto, Proto::Rtmp(_)) {
-            self.rtmp_input(now, k);
-        } else {
-            self.http_input(now, k);
+        match conn.proto {
+            Proto::Rtmp(_) => self.rtmp_input(now, k),
+            Proto::Http(_) => self.http_input(now, k),
+            Proto::Relay(_) => self.relay_input(now, k),
         }
         let Some(conn) = self.conns.get(k) else {
             return false;
@@ -924,6 +981,30 @@ impl Worker {
         (snap.live, snap.gop.len())
     }
 
+    /// Starts a push on connection `k` (publishing at its target on message
+    /// stream `msid`): like a player, from the latest headers and the cached
+    /// GOP, but not counted as a viewer.
+    pub(super) fn start_relay_subscriber(&mut self, k: usize, key: &str, msid: u32) {
+        let (stream, snap) = self.shared.registry.join_relay(key, self.index);
+        let limits = self.limits;
+        let shared = self.shared.clone();
+        let Some(conn) = self.conns.get_mut(k) else {
+            self.shared.registry.leave_relay(&stream, self.index);
+            return;
+        };
+        let mut sub = Subscription::new(msid, Format::Rtmp, stream.clone(), snap.next_seq);
+        sub.relay = true;
+        if snap.live && (!snap.gop.is_empty() || snap.audio_only) {
+            sub.skipping = false;
+            for f in snap.headers.iter().chain(snap.gop.iter()) {
+                enqueue_frame(conn, &mut sub, f, &limits, &shared.stats);
+            }
+        }
+        conn.subscriptions.push(sub);
+        self.locals.entry(stream.id).or_default().push(k);
+        self.mark_dirty(k);
+    }
+
     pub(super) fn end_subscription(
         &mut self,
         k: usize,
@@ -931,6 +1012,16 @@ impl Worker {
         s: Subscription,
         why: &str,
     ) {
+        if s.relay {
+            if let Some(list) = self.locals.get_mut(&s.stream.id) {
+                list.retain(|&t| t != k);
+                if list.is_empty() {
+                    self.locals.remove(&s.stream.id);
+                }
+            }
+            self.shared.registry.leave_relay(&s.stream, self.index);
+            return;
+        }
         log::info!(
             "play stop stream={} conn={} peer={} worker={} protocol={} format={} dropped_frames={}: {why}",
             s.stream.key,
@@ -1003,6 +1094,7 @@ impl Worker {
             Delivery::Hook { conn_id, answer } => {
                 return self.hook_answered(*conn_id, answer.clone());
             }
+            Delivery::Relay(_) => return,
         };
         let Some(tokens) = self.locals.get(&stream_id) else {
             return;
@@ -1052,11 +1144,16 @@ impl Worker {
                                     Some((CloseReason::StreamEnded, "the publisher left".into()));
                             }
                             Proto::Http(_) => {}
+                            // A push ends with its publication (`stop_pushes`).
+                            Proto::Relay(_) => {}
                         }
                         conn.pull_transmit();
                     }
                 }
-                Delivery::Close(_) | Delivery::Replaced(_) | Delivery::Hook { .. } => {}
+                Delivery::Close(_)
+                | Delivery::Replaced(_)
+                | Delivery::Hook { .. }
+                | Delivery::Relay(_) => {}
             });
             conn.subscriptions.push(sub);
             if let Err(msg) = delivered {
@@ -1073,7 +1170,7 @@ impl Worker {
         }
     }
 
-    fn drain_inbox(&mut self) {
+    fn drain_inbox(&mut self, now: Instant) {
         let mut batch = std::mem::take(&mut self.inbox_scratch);
         {
             let mut inbox = self.shared.workers[self.index]
@@ -1083,7 +1180,10 @@ impl Worker {
             std::mem::swap(&mut *inbox, &mut batch);
         }
         for d in batch.drain(..) {
-            self.deliver_local(&d);
+            match &d {
+                Delivery::Relay(cmd) => self.relay_command(now, cmd),
+                _ => self.deliver_local(&d),
+            }
         }
         self.inbox_scratch = batch;
     }
@@ -1190,6 +1290,9 @@ impl Worker {
                     (e.to_string(), handshake)
                 }),
                 Proto::Http(h) => h.check_deadline(now).map_err(|e| (e, false)),
+                Proto::Relay(r) => r
+                    .check(now, self.shared.config.publisher_idle_timeout)
+                    .map_err(|e| (e, false)),
             });
             let deadline = match deadline {
                 Ok(d) => d,
@@ -1230,6 +1333,10 @@ impl Worker {
         }
         for (k, msg) in panicked {
             self.on_panic(k, "checking deadlines", &msg);
+        }
+        if let Err(msg) = catch(|| self.relay_tick(now)) {
+            self.shared.panics.fetch_add(1, Ordering::Relaxed);
+            log::error!("worker={}: panic in relay upkeep: {msg}", self.index);
         }
     }
 
@@ -1298,6 +1405,7 @@ impl Worker {
             match &mut conn.proto {
                 Proto::Rtmp(r) => r.session.notify_shutdown(),
                 Proto::Http(h) => h.shutdown(&mut conn.out),
+                Proto::Relay(r) => r.say_goodbye(),
             }
             conn.pull_transmit();
             conn.close_after_flush = Some((CloseReason::Shutdown, "server shutting down".into()));
@@ -1382,6 +1490,12 @@ impl Worker {
         }
         for s in std::mem::take(&mut conn.subscriptions) {
             self.end_subscription(k, (conn.id, conn.peer, conn.protocol()), s, why);
+        }
+        if matches!(conn.proto, Proto::Relay(_)) {
+            if self.shutting_down.is_some() {
+                self.relays.clear();
+            }
+            self.relay_closed(Instant::now(), &mut conn, why);
         }
         if role == "client" {
             log::debug!(
@@ -1522,6 +1636,7 @@ fn count_dropped(sub: &mut Subscription, stats: &Stats, n: u64) {
 
 fn push_frame(conn: &mut Conn, sub: &Subscription, f: &Arc<Frame>) {
     let item = match (sub.format, &conn.proto) {
+        (_, Proto::Relay(r)) => r.frame_item(f, sub.msid),
         (Format::Rtmp, Proto::Rtmp(r)) if sub.msid != SHARED_MESSAGE_STREAM_ID => {
             // Frames are written at the chunk size announced at connect.
             Item::OwnFrame(f.rtmp_for(r.session.chunk_size(), sub.msid))
@@ -1551,7 +1666,7 @@ fn write_plain(out: &mut OutQueue, socket: &mut TcpStream) -> io::Result<(u64, b
 /// nothing is left: (TLS bytes written, blocked).
 fn write_tls(
     out: &mut OutQueue,
-    tls: &mut rustls::ServerConnection,
+    tls: &mut rustls::Connection,
     socket: &mut TcpStream,
 ) -> io::Result<(u64, bool)> {
     let mut written = 0u64;

@@ -136,7 +136,7 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -262,6 +262,64 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Like [`Server::start`], on RTMP port `port` (a port chosen earlier,
+    /// e.g. one a relay was told about before this server existed).
+    pub fn start_on(port: u16, workers: usize, extra_args: &[&str]) -> Server {
+        let dir = TestDir::new();
+        let log_path = dir.join("sluice.log");
+        let http_port = free_port();
+        let log = fs::File::create(&log_path).expect("create server log");
+        let child = spawn_sluice(port, http_port, workers, extra_args, log);
+        let mut server = Server {
+            child: Some(child),
+            port,
+            http_port,
+            log_path,
+            exit: None,
+            dir,
+        };
+        server.wait_listening();
+        server
+    }
+
+    /// Kills the process (SIGKILL: no goodbye to its peers) and starts it
+    /// again on the same ports with `--workers 1`, its log appended.
+    pub fn restart_killed(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .expect("open server log");
+        self.child = Some(spawn_sluice(self.port, self.http_port, 1, &[], log));
+        self.wait_listening();
+    }
+
+    fn wait_listening(&mut self) {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait sluice") {
+                panic!(
+                    "sluice exited during startup with {status}; log tail:\n{}",
+                    tail(&self.log(), 40)
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not listen on {addr}; log tail:\n{}",
+                tail(&self.log(), 40)
+            );
+            thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// `http://127.0.0.1:HTTP_PORT/APP/NAME.flv`

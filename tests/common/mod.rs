@@ -136,6 +136,7 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -429,6 +430,323 @@ impl Drop for Server {
         if thread::panicking() {
             eprintln!(
                 "[harness] sluice log ({}), last 60 lines:\n{}",
+                self.log_path.display(),
+                tail(&self.log(), 60)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx-rtmp: a third-party RTMP server as a peer
+// ---------------------------------------------------------------------------------------
+
+/// The Debian `libnginx-mod-rtmp` module.
+pub const NGINX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+/// Hard deadline for an nginx process. It runs under `timeout -s KILL` like the peers, so it
+/// cannot outlive a test binary that died without running destructors.
+pub const NGINX_HARD_TIMEOUT: Duration = Duration::from_secs(600);
+const NGINX_READY_TIMEOUT: Duration = Duration::from_secs(10);
+const NGINX_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `nginx` on PATH, else Debian's /usr/sbin/nginx (not on a normal user's PATH). Panics with
+/// install instructions when nginx or the rtmp module is missing: tests that need a real
+/// third-party RTMP server fail rather than skip.
+fn nginx_binary() -> PathBuf {
+    let missing = |what: &str| -> ! {
+        let ci = if std::env::var_os("CI").is_some() {
+            " (CI is set: .ci/run should have installed it)"
+        } else {
+            ""
+        };
+        panic!(
+            "{what} is missing{ci}; these tests need nginx with the rtmp module as an RTMP peer: \
+             install them with `apt-get install nginx libnginx-mod-rtmp`"
+        )
+    };
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nginx"))
+            .find(|p| p.is_file())
+    });
+    let binary = on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| missing("nginx (not on PATH, no /usr/sbin/nginx)"));
+    if !Path::new(NGINX_RTMP_MODULE).is_file() {
+        missing(&format!("the nginx rtmp module ({NGINX_RTMP_MODULE})"));
+    }
+    binary
+}
+
+/// The whole nginx configuration: one single-process nginx in the foreground, every file it
+/// writes inside `dir`, one RTMP application `live` on 127.0.0.1:`port`.
+///
+/// - `master_process off`: no worker process, hence no switch to the `user` (nobody /
+///   www-data) that nginx makes in workers when started as root: nginx keeps the test's
+///   uid and can write to `dir` whoever runs the tests. The rtmp module works in this mode
+///   (it needs a master only for `rtmp_auto_push` between several workers).
+/// - No `http` block: nothing of nginx's HTTP side (access log, temp directories) is
+///   touched. The early error log (before this file is read) is `-e`.
+/// - `error_log ... info` logs every connect/publish/play/disconnect.
+/// - `access_log` in `dir` too: the rtmp module's default is the system's
+///   /var/log/nginx/access.log (not writable without root).
+fn nginx_config(dir: &Path, port: u16, application_directives: &str) -> String {
+    let log = dir.join("nginx.log");
+    let pid = dir.join("nginx.pid");
+    format!(
+        r#"# Written by tests/common/mod.rs (NginxRtmp) for one test.
+load_module {NGINX_RTMP_MODULE};
+daemon off;
+master_process off;
+worker_processes 1;
+error_log "{log}" info;
+pid "{pid}";
+events {{}}
+rtmp {{
+    access_log "{access_log}";
+    server {{
+        listen 127.0.0.1:{port};
+        chunk_size 4096;
+        application live {{
+            live on;
+            record off;
+            {application_directives}
+        }}
+    }}
+}}
+"#,
+        log = log.display(),
+        access_log = dir.join("access.log").display(),
+        pid = pid.display(),
+    )
+}
+
+/// nginx with the rtmp module (Debian's `libnginx-mod-rtmp`) as a real third-party RTMP
+/// server, in its own [`TestDir`] (config, log, pid file) on its own loopback port: tests
+/// running in parallel each get their own.
+///
+/// Command line: `timeout --foreground -s KILL 600s nginx -p DIR/ -e DIR/nginx.log
+/// -c DIR/nginx.conf`, stdout and stderr appended to DIR/nginx.log too.
+///
+/// Behaviour with the default config (`live on; record off;`), nginx 1.22 / rtmp 1.2.2:
+/// - a second publisher on a name being published is refused ("Already publishing";
+///   ffmpeg exits 1), the first one goes on;
+/// - players are not told when the publisher goes away (no UnpublishNotify, no close):
+///   they end on their own idle timeout. With `start_with("publish_notify on;")` (or
+///   `play_restart on;`) nginx sends it and ffmpeg/rtmpdump players end at once;
+/// - a player may wait for a name nobody publishes yet (`idle_streams` is on) and gets the
+///   stream from its first frame;
+/// - timestamps go out as published (not rebased per player): a player joining late gets
+///   audio at once and video from the next keyframe, at the publisher's timestamps;
+/// - onMetaData is rebuilt by nginx (`meta on`: Server=NGINX RTMP, width, height, ...), not
+///   the publisher's.
+pub struct NginxRtmp {
+    /// The `timeout` wrapper; nginx is its only child.
+    wrapper: Option<Child>,
+    /// nginx's own process id (read from its pid file).
+    pid: u32,
+    port: u16,
+    log_path: PathBuf,
+    command_line: String,
+    exit: Option<ExitStatus>,
+    // Declared last: dropped after the process has been stopped.
+    dir: TestDir,
+}
+
+impl NginxRtmp {
+    /// Starts nginx with the default application config; see [`NginxRtmp::start_with`].
+    pub fn start() -> NginxRtmp {
+        NginxRtmp::start_with("")
+    }
+
+    /// Starts nginx in a fresh [`TestDir`] with `application_directives` added inside
+    /// `application live { live on; record off; ... }` (e.g. `"push rtmp://127.0.0.1:N/live;"`),
+    /// and waits (≤ 10 s) until it has written its pid file (it does so after opening its
+    /// listening socket) and accepts a TCP connection. Retries on another port if nginx
+    /// exits early (e.g. the port was taken in between). Panics with the log tail on failure.
+    pub fn start_with(application_directives: &str) -> NginxRtmp {
+        let binary = nginx_binary();
+        let dir = TestDir::new();
+        let log_path = dir.join("nginx.log");
+        let conf_path = dir.join("nginx.conf");
+        let pid_path = dir.join("nginx.pid");
+        let mut last_failure = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            fs::write(
+                &conf_path,
+                nginx_config(dir.path(), port, application_directives),
+            )
+            .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
+            let _ = fs::remove_file(&pid_path);
+            fs::File::create(&log_path).expect("create nginx log");
+            // Append mode, like nginx's own writes to it: no clobbering each other.
+            let log = fs::OpenOptions::new()
+                .append(true)
+                .open(&log_path)
+                .expect("open nginx log");
+            let args = [
+                "--foreground".to_string(),
+                "-s".to_string(),
+                "KILL".to_string(),
+                format!("{}s", NGINX_HARD_TIMEOUT.as_secs()),
+                s(&binary),
+                "-p".to_string(),
+                format!("{}/", dir.path().display()),
+                "-e".to_string(),
+                s(&log_path),
+                "-c".to_string(),
+                s(&conf_path),
+            ];
+            let command_line = format!("timeout {}", args.join(" "));
+            let mut wrapper = Command::new("timeout")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone nginx log handle"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {command_line}: {e}"));
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let deadline = Instant::now() + NGINX_READY_TIMEOUT;
+            loop {
+                if let Some(status) = wrapper.try_wait().expect("try_wait nginx") {
+                    last_failure = format!(
+                        "nginx exited during startup with {status} ({command_line}); log tail:\n{}",
+                        tail(&fs::read_to_string(&log_path).unwrap_or_default(), 40)
+                    );
+                    break;
+                }
+                let pid = fs::read_to_string(&pid_path)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                        return NginxRtmp {
+                            wrapper: Some(wrapper),
+                            pid,
+                            port,
+                            log_path,
+                            command_line,
+                            exit: None,
+                            dir,
+                        };
+                    }
+                }
+                if Instant::now() >= deadline {
+                    send_signal(wrapper.id(), "ALRM");
+                    if wait_timeout(&mut wrapper, Duration::from_secs(2)).is_none() {
+                        let _ = wrapper.kill();
+                        let _ = wrapper.wait();
+                    }
+                    panic!(
+                        "nginx did not accept TCP connections on {addr} within {:?} \
+                         ({command_line}); log tail:\n{}",
+                        NGINX_READY_TIMEOUT,
+                        tail(&fs::read_to_string(&log_path).unwrap_or_default(), 40)
+                    );
+                }
+                thread::sleep(Duration::from_millis(25));
+            }
+        }
+        panic!("could not start nginx: {last_failure}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `rtmp://127.0.0.1:PORT/APP/NAME`
+    pub fn url(&self, app: &str, name: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}/{name}", self.port)
+    }
+
+    /// nginx's own process id (not the `timeout` wrapper's): for signals such as STOP/CONT.
+    /// Stale once nginx has exited.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The test's temp dir (nginx.conf, nginx.log; players' output files can go here too).
+    pub fn dir(&self) -> &TestDir {
+        &self.dir
+    }
+
+    /// Everything nginx logged so far (level info: connects, publish, play, disconnects).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Fast shutdown: SIGTERM (nginx closes every connection and exits 0), SIGKILL if it is
+    /// still running 5 s later. Returns its exit status (as the `timeout` wrapper passes it
+    /// on); calling it again returns the same status.
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit_status() {
+            return status;
+        }
+        send_signal(self.pid, "TERM");
+        let wrapper = self.wrapper.as_mut().expect("nginx wrapper");
+        match wait_timeout(wrapper, NGINX_STOP_TIMEOUT) {
+            Some(status) => {
+                self.exit = Some(status);
+                status
+            }
+            None => {
+                eprintln!("[harness] nginx ignored SIGTERM for {NGINX_STOP_TIMEOUT:?}: killing it");
+                self.kill()
+            }
+        }
+    }
+
+    /// Kills nginx at once (SIGKILL: its connections are closed by the kernel, as if it
+    /// crashed) and reaps it. Returns the exit status; idempotent.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit_status() {
+            return status;
+        }
+        let wrapper = self.wrapper.as_mut().expect("nginx wrapper");
+        // SIGALRM makes `timeout` SIGKILL nginx, then exit.
+        send_signal(wrapper.id(), "ALRM");
+        let status = match wait_timeout(wrapper, Duration::from_secs(2)) {
+            Some(status) => status,
+            None => {
+                send_signal(self.pid, "KILL");
+                let _ = wrapper.kill();
+                wrapper.wait().expect("wait nginx wrapper")
+            }
+        };
+        self.exit = Some(status);
+        status
+    }
+
+    /// The exit status if nginx has exited (reaping it).
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            if let Some(wrapper) = self.wrapper.as_mut() {
+                self.exit = wrapper.try_wait().expect("try_wait nginx");
+            }
+        }
+        self.exit
+    }
+}
+
+impl fmt::Debug for NginxRtmp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "nginx pid {} port {} [{}]",
+            self.pid, self.port, self.command_line
+        )
+    }
+}
+
+impl Drop for NginxRtmp {
+    fn drop(&mut self) {
+        let status = self.kill();
+        self.wrapper = None;
+        if thread::panicking() {
+            eprintln!(
+                "[harness] nginx ({}) exit {status}, log ({}), last 60 lines:\n{}",
+                self.command_line,
                 self.log_path.display(),
                 tail(&self.log(), 60)
             );

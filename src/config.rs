@@ -451,7 +451,11 @@ impl FileConfig {
             .collect();
         for (kind, spec) in &c.relays {
             if spec.kind.is_some_and(|k| k != *kind) {
-                return Err(format!("[[{}]] {}: type says otherwise", kind.name(), spec.url));
+                return Err(format!(
+                    "[[{}]] {}: type says otherwise",
+                    kind.name(),
+                    spec.url
+                ));
             }
             c.relay_rule(*kind, spec, "config")
                 .map_err(|e| format!("[[{}]] url = {:?}: {e}", kind.name(), spec.url))?;

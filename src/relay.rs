@@ -314,7 +314,7 @@ impl RuleSpec {
             _ => return Err("give either app or stream".into()),
         };
         let url = RelayUrl::parse(&self.url)?;
-        if kind == RelayKind::Push && matches!(self.always, true) {
+        if kind == RelayKind::Push && self.always {
             return Err("static applies to pulls".into());
         }
         if self.always && !matches!(scope, Scope::Stream(_)) {
@@ -480,22 +480,46 @@ mod tests {
     fn specs() {
         let s = RuleSpec::from_flag(RelayKind::Push, "live=rtmp://h/app", false).unwrap();
         let r = s
-            .to_rule(RelayKind::Push, Duration::from_secs(1), Unavailable::Wait, "config")
+            .to_rule(
+                RelayKind::Push,
+                Duration::from_secs(1),
+                Unavailable::Wait,
+                "config",
+            )
             .unwrap();
         assert_eq!(r.scope, Scope::App("live".into()));
         assert!(r.scope.matches("live/cam") && !r.scope.matches("other/cam"));
         let s = RuleSpec::from_flag(RelayKind::Pull, "live/cam=rtmp://o/live", true).unwrap();
         let r = s
-            .to_rule(RelayKind::Pull, Duration::from_secs(1), Unavailable::Wait, "config")
+            .to_rule(
+                RelayKind::Pull,
+                Duration::from_secs(1),
+                Unavailable::Wait,
+                "config",
+            )
             .unwrap();
         assert_eq!(r.static_key(), Some("live/cam"));
-        assert!(RuleSpec::from_flag(RelayKind::Pull, "live=rtmp://o/live", true)
-            .unwrap()
-            .to_rule(RelayKind::Pull, Duration::from_secs(1), Unavailable::Wait, "config")
-            .is_err());
-        assert!(RuleSpec::from_flag(RelayKind::Push, "live/../x=rtmp://o/live", false)
-            .unwrap()
-            .to_rule(RelayKind::Push, Duration::from_secs(1), Unavailable::Wait, "config")
-            .is_err());
+        assert!(
+            RuleSpec::from_flag(RelayKind::Pull, "live=rtmp://o/live", true)
+                .unwrap()
+                .to_rule(
+                    RelayKind::Pull,
+                    Duration::from_secs(1),
+                    Unavailable::Wait,
+                    "config"
+                )
+                .is_err()
+        );
+        assert!(
+            RuleSpec::from_flag(RelayKind::Push, "live/../x=rtmp://o/live", false)
+                .unwrap()
+                .to_rule(
+                    RelayKind::Push,
+                    Duration::from_secs(1),
+                    Unavailable::Wait,
+                    "config"
+                )
+                .is_err()
+        );
     }
 }

@@ -56,7 +56,12 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) 
 
 /// `GET /api/streams/KEY`, when the stream exists.
 fn stream(server: &Server, key: &str) -> Option<Value> {
-    match http(server.http_addr(), "GET", &format!("/api/streams/{key}"), "") {
+    match http(
+        server.http_addr(),
+        "GET",
+        &format!("/api/streams/{key}"),
+        "",
+    ) {
         (200, v) => Some(v),
         _ => None,
     }
@@ -81,7 +86,11 @@ fn compare(player: &Peer, end: &PeerEnd, published_end: Instant) -> Join {
         .iter()
         .find(|p| p.media == Media::Video)
         .expect("no video received");
-    assert!(first.keyframe, "{}: first video packet is not a keyframe", player.name());
+    assert!(
+        first.keyframe,
+        "{}: first video packet is not a keyframe",
+        player.name()
+    );
     compare_from_first_keyframe(clip_packets(), &received, 0)
         .unwrap_or_else(|e| panic!("{} ({}): {e}", player.name(), player.command_line()))
 }
@@ -124,8 +133,9 @@ fn play_for(url: &str, secs: u32, out: &Path) -> Peer {
         "-loglevel",
         "warning",
         "-y",
+        // Long enough to wait out a pull's retries (backoff 1 s, 2 s, 4 s).
         "-rw_timeout",
-        "3000000",
+        "10000000",
         "-i",
         url,
         "-t",
@@ -166,7 +176,10 @@ fn origin_edge_edge_serves_the_published_packets() {
     let mut players = vec![
         play_ffmpeg(&edge2.url("live", "chain"), &edge2.dir().join("edge2.flv")),
         play_ffmpeg(&edge1.url("live", "chain"), &edge1.dir().join("edge1.flv")),
-        play_ffmpeg(&origin.url("live", "chain"), &origin.dir().join("origin.flv")),
+        play_ffmpeg(
+            &origin.url("live", "chain"),
+            &origin.dir().join("origin.flv"),
+        ),
     ];
     // While it plays: edge1 pulls once from the origin for its own player
     // and edge2's pull; edge2 pulls once from edge1.
@@ -219,7 +232,11 @@ fn pull_starts_with_the_first_player_and_stops_after_the_last_leaves() {
         "no pull before a player"
     );
     let (_, relays) = http(edge.http_addr(), "GET", "/api/relays", "");
-    assert_eq!(relays["relays"][0]["tasks"], Value::Array(vec![]), "{relays}");
+    assert_eq!(
+        relays["relays"][0]["tasks"],
+        Value::Array(vec![]),
+        "{relays}"
+    );
 
     let mut players = vec![
         play_for(&edge.url("live", "idle"), 2, &edge.dir().join("a.flv")),
@@ -282,7 +299,10 @@ fn unreachable_origin_gives_stream_not_found_or_waits() {
         let mut all = Vec::new();
         let r = s.read_to_end(&mut all);
         assert!(r.is_ok(), "the response ended: {r:?}");
-        (String::from_utf8_lossy(&all[..12.min(all.len())]).to_string(), ())
+        (
+            String::from_utf8_lossy(&all[..12.min(all.len())]).to_string(),
+            (),
+        )
     };
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 
@@ -336,7 +356,8 @@ fn push_to_nginx_rtmp_and_to_sluice_over_rtmps() {
     let _ = (clip(), clip_packets());
     let dir = TestDir::new();
     let (ca, cert, key) = make_ca_and_cert(dir.path());
-    let nginx = NginxRtmp::start();
+    // publish_notify: nginx tells its players when the push ends.
+    let nginx = NginxRtmp::start_with("publish_notify on;");
     let rtmps_port = free_port();
     let target = Server::start(
         2,
@@ -397,7 +418,8 @@ fn push_to_nginx_rtmp_and_to_sluice_over_rtmps() {
     }
     let target_log = target.log();
     assert!(
-        target_log.contains("stream=ingest/KEY-0123456789") && target_log.contains("protocol=rtmps"),
+        target_log.contains("stream=ingest/KEY-0123456789")
+            && target_log.contains("protocol=rtmps"),
         "{target_log}"
     );
 }
@@ -427,7 +449,7 @@ fn a_target_that_restarts_is_pushed_again_from_a_keyframe() {
     sleep(Duration::from_millis(1500));
     // Target a dies mid-stream and comes back on the same port.
     a.restart_killed();
-    let mut late = play_ffmpeg(&a.url("live", "r"), &a.dir().join("a.flv"));
+    let late = play_ffmpeg(&a.url("live", "r"), &a.dir().join("a.flv"));
     wait_until(Duration::from_secs(5), "push to a resumed", || {
         stream(&origin, "live/r").is_some_and(|s| {
             s["relays"]["push"].as_array().unwrap().iter().any(|p| {
@@ -448,7 +470,10 @@ fn a_target_that_restarts_is_pushed_again_from_a_keyframe() {
         eprintln!("[relay] {}: {join:?}", player.output().unwrap().display());
     }
     let first = received_packets(&players[2], &ends[2], published_end);
-    let all_video = clip_packets().iter().filter(|p| p.media == Media::Video).count();
+    let all_video = clip_packets()
+        .iter()
+        .filter(|p| p.media == Media::Video)
+        .count();
     let got_video = first.iter().filter(|p| p.media == Media::Video).count();
     assert!(
         got_video < all_video,
@@ -550,21 +575,33 @@ fn blackholed_and_stalled_targets_do_not_slow_local_players_or_grow_memory() {
     assert!(out.status.success(), "sluice-load failed:\n{summary}");
     assert!(stopped, "the push to the second target never started");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let ctx = format!("summary:\n{summary}\norigin log tail:\n{}", tail(&origin.log(), 40));
+    let ctx = format!(
+        "summary:\n{summary}\norigin log tail:\n{}",
+        tail(&origin.log(), 40)
+    );
     // Local players got every frame, on time.
     assert_eq!(r["counts"]["complete"], 5, "{ctx}");
     assert_eq!(r["frames"]["missing"], 0, "{ctx}");
     assert_eq!(r["frames"]["corrupt"], 0, "{ctx}");
     let p99 = r["latency_ms"]["p99"].as_f64().unwrap();
-    assert!(p99 < 1000.0, "local players were held back: p99 {p99} ms\n{ctx}");
+    assert!(
+        p99 < 1000.0,
+        "local players were held back: p99 {p99} ms\n{ctx}"
+    );
     // 60 MB went through at 40 Mbit/s; the origin's memory stayed within
     // its bounds (two push queues of 2 MB, a 1 MB GOP cache, buffers).
     let rss = r["server"]["rss_peak_bytes"].as_u64().unwrap();
     eprintln!("[relay] origin peak RSS {} MB", rss / 1_000_000);
     assert!(rss < 60_000_000, "origin peak RSS {rss}\n{ctx}");
     let log = origin.log();
-    assert!(log.contains("skipping to the next keyframe"), "the stalled push skipped:\n{ctx}");
-    assert!(log.contains("relay failed"), "the blackholed push timed out and retried:\n{ctx}");
+    assert!(
+        log.contains("skipping to the next keyframe"),
+        "the stalled push skipped:\n{ctx}"
+    );
+    assert!(
+        log.contains("relay failed"),
+        "the blackholed push timed out and retried:\n{ctx}"
+    );
 }
 
 #[test]
@@ -603,7 +640,10 @@ fn relays_are_added_and_removed_through_the_api() {
     let (_, relays) = http(api, "GET", "/api/relays", "");
     assert_eq!(relays["relays"][0]["id"], id, "{relays}");
     assert_eq!(relays["relays"][0]["source"], "api", "{relays}");
-    assert_eq!(relays["relays"][0]["tasks"][0]["state"], "publishing", "{relays}");
+    assert_eq!(
+        relays["relays"][0]["tasks"][0]["state"], "publishing",
+        "{relays}"
+    );
     let (status, _) = http(api, "DELETE", &format!("/api/relays/{id}"), "");
     assert_eq!(status, 200);
     wait_until(Duration::from_secs(5), "target no longer live", || {

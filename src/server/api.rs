@@ -3,12 +3,12 @@
 //! registry, the process counters and each worker's client table; a DELETE
 //! posts a close request to the worker that owns the connection.
 
+use super::relay::{RelayCommand, TaskInfo};
 use super::stats::{CloseReason, Protocol};
 use super::stream::{Format, Stream};
-use super::relay::{RelayCommand, TaskInfo};
 use super::worker::{ClientInfo, Delivery, Shared};
-use crate::relay::{RelayKind, RuleSpec, Scope, Unavailable};
 use crate::protocol::session::MediaKind;
+use crate::relay::{RelayKind, RuleSpec, Scope, Unavailable};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;

@@ -203,7 +203,10 @@ impl Worker {
                 "text/plain",
                 &[
                     ("Access-Control-Allow-Origin", cors.as_str()),
-                    ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS, POST, DELETE"),
+                    (
+                        "Access-Control-Allow-Methods",
+                        "GET, HEAD, OPTIONS, POST, DELETE",
+                    ),
                     (
                         "Access-Control-Allow-Headers",
                         "Authorization, Content-Type, Range",

@@ -26,7 +26,9 @@ use super::queue::Item;
 use super::rtmp_conn::Publication;
 use super::stats::CloseReason;
 use super::stream::{Format, Frame, PublishError, PublisherInfo, Stream, SHARED_MESSAGE_STREAM_ID};
-use super::worker::{ClientInfo, Conn, ConnCounters, Delivery, ListenerKind, Proto, Shared, Worker};
+use super::worker::{
+    ClientInfo, Conn, ConnCounters, Delivery, ListenerKind, Proto, Shared, Worker,
+};
 use crate::config::Config;
 use crate::protocol::amf::{self, Amf0Value};
 use crate::protocol::chunk::{self, Message};
@@ -362,7 +364,8 @@ impl Worker {
 
     fn start_push(&mut self, now: Instant, rule: Arc<Rule>, stream: Arc<Stream>, publisher: u64) {
         let exists = self.relays.values().any(|t| {
-            t.rule.id == rule.id && matches!(&t.role, Role::Push { stream: s, .. } if s.id == stream.id)
+            t.rule.id == rule.id
+                && matches!(&t.role, Role::Push { stream: s, .. } if s.id == stream.id)
         });
         if exists {
             return;
@@ -536,7 +539,14 @@ impl Worker {
             key: key.clone(),
             config,
         };
-        let conn = Conn::outbound(conn_id, socket, addr, Proto::Relay(Box::new(relay)), tls, counters);
+        let conn = Conn::outbound(
+            conn_id,
+            socket,
+            addr,
+            Proto::Relay(Box::new(relay)),
+            tls,
+            counters,
+        );
         let handle = &self.shared.workers[self.index];
         handle.connections.fetch_add(1, Ordering::Relaxed);
         self.shared.stats.opened(conn.protocol());
@@ -673,17 +683,24 @@ impl Worker {
                 }
                 r.phase = Phase::Starting(stream_id);
             }
-            ClientEvent::Status { code, level, .. } => return self.relay_status(now, k, &level, &code),
-            ClientEvent::Command { name, args } if name == "_error" => {
-                if !matches!(r.phase, Phase::Active(_)) {
-                    let why = args
-                        .get(1)
-                        .and_then(|i| i.get("code").or_else(|| i.get("description")))
-                        .and_then(|c| c.as_str())
-                        .unwrap_or("no reason given")
-                        .to_owned();
-                    return Err(format!("the peer refused: {why}"));
-                }
+            ClientEvent::Status { code, level, .. } => {
+                return self.relay_status(now, k, &level, &code)
+            }
+            // An `_error` to `connect` (a refused app or key): this attempt
+            // failed. Later ones may answer releaseStream / FCPublish, which
+            // some servers do not implement (as ffmpeg, carry on); a refused
+            // createStream runs into the start deadline, a refused publish
+            // or play is an error onStatus.
+            ClientEvent::Command { name, args }
+                if name == "_error" && r.phase == Phase::Handshaking =>
+            {
+                let why = args
+                    .get(1)
+                    .and_then(|i| i.get("code").or_else(|| i.get("description")))
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("no reason given")
+                    .to_owned();
+                return Err(format!("the peer refused: {why}"));
             }
             ClientEvent::Media {
                 kind,
@@ -705,7 +722,13 @@ impl Worker {
         Ok(())
     }
 
-    fn relay_status(&mut self, now: Instant, k: usize, level: &str, code: &str) -> Result<(), String> {
+    fn relay_status(
+        &mut self,
+        now: Instant,
+        k: usize,
+        level: &str,
+        code: &str,
+    ) -> Result<(), String> {
         let Some(conn) = self.conns.get_mut(k) else {
             return Ok(());
         };
@@ -739,7 +762,15 @@ impl Worker {
             t.state = state;
             t.last_error = None;
         });
-        self.set_client_state(k, if state == "publishing" { "relay-push" } else { "relay-pull" }, None);
+        self.set_client_state(
+            k,
+            if state == "publishing" {
+                "relay-push"
+            } else {
+                "relay-pull"
+            },
+            None,
+        );
         if let Some(c) = self.conns.get(k) {
             log::info!(
                 "relay {state} id={task} conn={} peer={} worker={}",
@@ -878,7 +909,11 @@ impl Worker {
                         if w == self.index {
                             self.pull_failed_here(stream.id);
                         } else {
-                            post(&self.shared, w, RelayCommand::PullFailed { stream: stream.id });
+                            post(
+                                &self.shared,
+                                w,
+                                RelayCommand::PullFailed { stream: stream.id },
+                            );
                         }
                     }
                 }
@@ -913,7 +948,10 @@ impl Worker {
                 pulls.remove(&task.key);
             }
         }
-        log::info!("relay stop id={id} {}: {why}", describe(&task.rule, &task.key));
+        log::info!(
+            "relay stop id={id} {}: {why}",
+            describe(&task.rule, &task.key)
+        );
         let Some(k) = task.conn else { return };
         let Some(conn) = self.conns.get_mut(k) else {
             return;
@@ -981,9 +1019,10 @@ impl Worker {
     pub(super) fn relay_command(&mut self, now: Instant, cmd: &RelayCommand) {
         match cmd {
             RelayCommand::StartPush { rule, key } => {
-                let (Some(rule), Some(stream)) =
-                    (self.shared.relays.rule(*rule), self.shared.registry.get(key))
-                else {
+                let (Some(rule), Some(stream)) = (
+                    self.shared.relays.rule(*rule),
+                    self.shared.registry.get(key),
+                ) else {
                     return;
                 };
                 let publisher = stream.with_state(|st| {
@@ -1071,7 +1110,11 @@ impl Worker {
             // (and so found this pull claimed) keeps it running.
             // The claim goes in the same critical section, so a player who
             // finds it claimed after this check is sure to be served.
-            let key = self.relays.get(&id).map(|t| t.key.clone()).unwrap_or_default();
+            let key = self
+                .relays
+                .get(&id)
+                .map(|t| t.key.clone())
+                .unwrap_or_default();
             let mut pulls = locked(&self.shared.relays.pulls);
             let viewers = self
                 .shared
@@ -1084,7 +1127,10 @@ impl Worker {
             drop(pulls);
             if viewers == 0 {
                 let timeout = self.relays.get(&id).map(|t| t.rule.idle_timeout);
-                self.stop_task(id, &format!("no player for {:?}", timeout.unwrap_or_default()));
+                self.stop_task(
+                    id,
+                    &format!("no player for {:?}", timeout.unwrap_or_default()),
+                );
             }
         }
         for id in due {

@@ -593,7 +593,8 @@ impl Worker {
                             let mut connecting = false;
                             if let Some(c) = self.conns.get_mut(k) {
                                 c.blocked_since = None;
-                                connecting = matches!(&c.proto, Proto::Relay(r) if r.session.is_none());
+                                connecting =
+                                    matches!(&c.proto, Proto::Relay(r) if r.session.is_none());
                             }
                             if connecting {
                                 self.guarded(k, "connecting", |w| w.relay_connected(k));

@@ -42,6 +42,10 @@
 //!   when streams and players start or stop (and once per published frame by
 //!   the publisher's worker). Each frame's FLV and WebSocket forms are built
 //!   at most once, by the first player that needs them.
+//! * [`relay`] holds push and pull rules (restreaming, origin/edge); the
+//!   outbound connections are `server::relay` tasks in the same slabs: a push
+//!   is one more subscriber of its stream (same queue, same shared wire
+//!   form), a pull publishes into the registry like an encoder.
 //! * [`config`] holds every limit as a named constant with a doc comment saying
 //!   why, and the [`config::Config`] the command line fills.
 #![forbid(unsafe_code)]

@@ -48,6 +48,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+/// Failed attempts after which a pull that once had its stream gives its
+/// waiting players NetStream.Play.StreamNotFound (policy `not_found`):
+/// about 1 + 2 + 4 s of retries, enough for an origin process to restart.
+const PULL_RETRIES_BEFORE_NOT_FOUND: u32 = 3;
+
 /// A relay that ran this long is healthy: its next failure retries after
 /// the shortest backoff again.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
@@ -177,6 +182,8 @@ pub(super) struct Task {
     connected_once: bool,
     /// Name resolution is under way on a helper thread.
     resolving: bool,
+    /// Has published or played at its peer at least once.
+    ever_active: bool,
 }
 
 enum Role {
@@ -437,6 +444,7 @@ impl Worker {
                 counters,
                 connected_once: false,
                 resolving: false,
+                ever_active: false,
             },
         );
     }
@@ -758,6 +766,9 @@ impl Worker {
     }
 
     fn relay_active(&mut self, k: usize, task: u64, state: &'static str) {
+        if let Some(t) = self.relays.get_mut(&task) {
+            t.ever_active = true;
+        }
         self.shared.relays.update(task, |t| {
             t.state = state;
             t.last_error = None;
@@ -893,9 +904,13 @@ impl Worker {
         };
         task.conn = None;
         task.resolving = false;
+        // A pull that never got its stream fails its players at once; one
+        // that had it (an origin restarting, a network blip) retries a few
+        // times first, its players waiting after UnpublishNotify.
         let stop_pull = matches!(task.role, Role::Pull { .. })
             && task.rule.on_unavailable == Unavailable::NotFound
-            && !task.rule.always;
+            && !task.rule.always
+            && (!task.ever_active || task.failures >= PULL_RETRIES_BEFORE_NOT_FOUND);
         if stop_pull {
             let key = task.key.clone();
             log::warn!(
@@ -1072,6 +1087,11 @@ impl Worker {
     /// Once per tick: retries that are due, pulls nobody watches, and (at
     /// the first tick) this worker's share of the static pulls.
     pub(super) fn relay_tick(&mut self, now: Instant) {
+        if self.shutting_down.is_some() {
+            // No new connections; those open say goodbye (begin_shutdown).
+            self.relays.clear();
+            return;
+        }
         if !self.relays_started {
             self.relays_started = true;
             for rule in self.shared.relays.rules() {

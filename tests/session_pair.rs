@@ -407,3 +407,32 @@ fn media_sent_before_the_publish_answer_waits_for_it() {
         p.server_events
     );
 }
+
+#[test]
+fn client_answers_set_peer_bandwidth_with_its_window() {
+    use sluice::protocol::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
+    use sluice::protocol::message;
+    let mut p = Pair::connected();
+    // The server's chunk stream continues with its own encoder state: a new
+    // csid-2 message from a fresh encoder starts with a type-0 header.
+    let enc = ChunkEncoder::new();
+    let mut wire = BytesMut::new();
+    enc.encode(&message::set_peer_bandwidth(1_000_000, 2), &mut wire);
+    p.client.handle_input(&mut wire).unwrap();
+    let mut sent = BytesMut::new();
+    while let Some(b) = p.client.poll_transmit() {
+        sent.extend_from_slice(&b);
+    }
+    let mut dec = ChunkDecoder::new(ChunkLimits {
+        max_message_len: 1 << 20,
+        max_chunk_streams: 8,
+        max_partial_bytes: 1 << 20,
+    });
+    let msg = dec.decode(&mut sent).unwrap().expect("a reply");
+    assert_eq!(msg.type_id, 5, "Window Acknowledgement Size");
+    assert_eq!(&msg.payload[..], &1_000_000u32.to_be_bytes());
+    // The same window again needs no answer.
+    enc.encode(&message::set_peer_bandwidth(1_000_000, 2), &mut wire);
+    p.client.handle_input(&mut wire).unwrap();
+    assert!(p.client.poll_transmit().is_none());
+}

@@ -323,6 +323,16 @@ impl ClientSession {
             type_id::WINDOW_ACK_SIZE => {
                 self.peer_window = message::read_u32(msg.type_id, &msg.payload)?;
             }
+            type_id::SET_PEER_BANDWIDTH => {
+                // Answer a new window with Window Acknowledgement Size
+                // (RTMP 1.0 5.4.5); the limit type does not matter to a
+                // client that never waits for acknowledgements.
+                let window = message::read_u32(msg.type_id, &msg.payload)?;
+                if window > 0 && window != self.config.window_ack_size {
+                    self.config.window_ack_size = window;
+                    self.send(&message::window_ack_size(window));
+                }
+            }
             type_id::USER_CONTROL => {
                 let ev = UserControl::decode(&msg.payload)?;
                 if let UserControl::PingRequest(t) = ev {

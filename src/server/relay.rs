@@ -533,6 +533,10 @@ impl Worker {
         // The shared wire forms are chunked at the server's chunk size:
         // announcing the same lets a push send them as they are.
         config.chunk_size = self.shared.config.chunk_size;
+        // Enhanced RTMP: a forwarder takes every codec ("*") and every
+        // track, as it passes them on unchanged.
+        config.fourcc_list = vec!["*".to_owned()];
+        config.caps_ex = Some(crate::protocol::session::caps_ex::MULTITRACK);
         let conn_id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let relay = RelayConn {
             task: id,

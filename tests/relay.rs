@@ -655,3 +655,80 @@ fn relays_are_added_and_removed_through_the_api() {
     assert_eq!(relays["relays"], Value::Array(vec![]), "{relays}");
     publisher.stop();
 }
+
+#[test]
+fn static_pull_runs_without_players_and_insecure_accepts_a_self_signed_origin() {
+    let _ = clip();
+    let dir = TestDir::new();
+    // A self-signed certificate: verification fails unless the rule says
+    // insecure.
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("self.crt"), dir.join("self.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let rtmps_port = free_port();
+    let origin = Server::start(
+        1,
+        &[
+            "--rtmps",
+            &format!("127.0.0.1:{rtmps_port}"),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let mut publisher = publish_looping(&origin.url("live", "s"));
+    let rule = |insecure: bool| {
+        let conf = dir.join(&format!("edge-{insecure}.toml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "[[pull]]\nstream = \"live/s\"\nurl = \"rtmps://localhost:{rtmps_port}/live/s\"\nstatic = true\ninsecure = {insecure}\n"
+            ),
+        )
+        .unwrap();
+        conf
+    };
+    let conf = rule(true);
+    let edge = Server::start(
+        2,
+        &["-c", conf.to_str().unwrap(), "--pull-idle-timeout", "1"],
+    );
+    let conf = rule(false);
+    let strict = Server::start(1, &["-c", conf.to_str().unwrap()]);
+    // No player anywhere: the static pull brings the stream in anyway.
+    wait_until(Duration::from_secs(10), "statically pulled", || {
+        stream(&edge, "live/s").is_some_and(|s| {
+            s["live"] == true
+                && s["publisher"]["protocol"] == "pull"
+                && total_players(&s) == 0
+                && s["relays"]["pull"]["state"] == "playing"
+        })
+    });
+    assert_eq!(
+        stream(&origin, "live/s").map(|s| total_players(&s)),
+        Some(1)
+    );
+    // Verified against the roots, the self-signed origin is refused, and
+    // retried with backoff.
+    wait_until(
+        Duration::from_secs(10),
+        "strict edge refused the certificate",
+        || strict.log().contains("invalid peer certificate"),
+    );
+    assert!(stream(&strict, "live/s").map_or(true, |s| s["live"] == false));
+    // The pull stays with no player for longer than the idle timeout.
+    sleep(Duration::from_secs(2));
+    let (_, relays) = http(edge.http_addr(), "GET", "/api/relays", "");
+    assert_eq!(relays["relays"][0]["static"], true, "{relays}");
+    assert_eq!(
+        relays["relays"][0]["tasks"][0]["state"], "playing",
+        "{relays}"
+    );
+    // A player gets it at once from the edge's cache.
+    let mut player = play_for(&edge.url("live", "s"), 1, &edge.dir().join("s.flv"));
+    let end = player.wait_or_stop(Duration::from_secs(15));
+    assert!(end.status.success(), "{end:?}: {}", player.stderr());
+    publisher.stop();
+}

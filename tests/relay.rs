@@ -54,6 +54,20 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// `GET /metrics` as text.
+fn metrics_text(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the API");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned())
+}
+
 /// `GET /api/streams/KEY`, when the stream exists.
 fn stream(server: &Server, key: &str) -> Option<Value> {
     match http(
@@ -644,6 +658,12 @@ fn relays_are_added_and_removed_through_the_api() {
         relays["relays"][0]["tasks"][0]["state"], "publishing",
         "{relays}"
     );
+    let metrics = metrics_text(api);
+    let up = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_relay_up{") && l.contains("stream=\"live/api\""))
+        .unwrap_or_else(|| panic!("no relay in /metrics:\n{metrics}"));
+    assert!(up.contains("type=\"push\"") && up.ends_with(" 1"), "{up}");
     let (status, _) = http(api, "DELETE", &format!("/api/relays/{id}"), "");
     assert_eq!(status, 200);
     wait_until(Duration::from_secs(5), "target no longer live", || {

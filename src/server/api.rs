@@ -494,5 +494,50 @@ pub fn metrics(shared: &Shared) -> String {
         "Frames skipped for a stream's slow players.",
         per_stream(&|st| st.frames_dropped.load(Ordering::Relaxed)),
     );
+    let tasks = shared.relays.tasks();
+    let per_task = |f: &dyn Fn(&TaskInfo) -> u64| {
+        tasks
+            .iter()
+            .map(|t| {
+                let labels = format!(
+                    "id=\"{}\",type=\"{}\",stream=\"{}\",url=\"{}\"",
+                    t.id,
+                    t.kind.name(),
+                    label(&t.stream),
+                    label(&t.url)
+                );
+                (labels, f(t))
+            })
+            .collect::<Vec<_>>()
+    };
+    for (name, kind, help, f) in [
+        (
+            "sluice_relay_up",
+            "gauge",
+            "1 while a relay publishes (push) or plays (pull), else 0.",
+            &(|t: &TaskInfo| u64::from(matches!(t.state, "publishing" | "playing")))
+                as &dyn Fn(&TaskInfo) -> u64,
+        ),
+        (
+            "sluice_relay_reconnects_total",
+            "counter",
+            "Connections a relay made after its first.",
+            &|t: &TaskInfo| t.reconnects,
+        ),
+        (
+            "sluice_relay_bytes_in_total",
+            "counter",
+            "Bytes read by a relay over all its connections.",
+            &|t: &TaskInfo| t.counters.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_relay_bytes_out_total",
+            "counter",
+            "Bytes written by a relay over all its connections.",
+            &|t: &TaskInfo| t.counters.bytes_out.load(Ordering::Relaxed),
+        ),
+    ] {
+        family(&mut o, name, kind, help, per_task(f));
+    }
     o
 }

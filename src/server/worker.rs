@@ -1182,7 +1182,13 @@ impl Worker {
         }
         for d in batch.drain(..) {
             match &d {
-                Delivery::Relay(cmd) => self.relay_command(now, cmd),
+                Delivery::Relay(cmd) => {
+                    // Not one connection's work: a panic is counted and logged.
+                    if let Err(msg) = catch(|| self.relay_command(now, cmd)) {
+                        self.shared.panics.fetch_add(1, Ordering::Relaxed);
+                        log::error!("worker={}: panic in a relay command: {msg}", self.index);
+                    }
+                }
                 _ => self.deliver_local(&d),
             }
         }

@@ -8,29 +8,10 @@ use common::*;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// Publisher: clip length + margin.
-const PUBLISH_LIMIT: Duration = Duration::from_secs(CLIP_SECS + 15);
 /// After the server exits, players must end within this (their idle timeouts are ≥ 4 s).
 const SHUTDOWN_PLAYER_END: Duration = Duration::from_secs(3);
 /// rtmp2src drops the one message it still holds when the stream ends.
 const GST_TAIL_SLACK: usize = 1;
-
-/// Waits for the publisher to finish the clip; returns when it ended.
-fn wait_publisher(publisher: &mut Peer) -> Instant {
-    let status = publisher.wait(PUBLISH_LIMIT);
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "publisher still running after {PUBLISH_LIMIT:?}; stderr:\n{}",
-            publisher.stderr()
-        )
-    });
-    assert!(
-        status.success(),
-        "publisher exited with {status}; stderr:\n{}",
-        publisher.stderr()
-    );
-    Instant::now()
-}
 
 fn first_video(packets: &[Packet]) -> &Packet {
     packets

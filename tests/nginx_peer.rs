@@ -9,8 +9,6 @@ use common::*;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// Publisher: clip length + margin.
-const PUBLISH_LIMIT: Duration = Duration::from_secs(CLIP_SECS + 15);
 /// For nginx to log a client's play/publish command.
 const LOG_LIMIT: Duration = Duration::from_secs(10);
 
@@ -43,18 +41,7 @@ fn nginx_rtmp_peer_round_trips_ffmpeg() {
     let mut publisher = publish_ffmpeg(&url, clip());
     wait_for_log(&nginx, "publish: name='peer'");
 
-    let status = publisher.wait(PUBLISH_LIMIT).unwrap_or_else(|| {
-        panic!(
-            "publisher still running after {PUBLISH_LIMIT:?}; stderr:\n{}",
-            publisher.stderr()
-        )
-    });
-    assert!(
-        status.success(),
-        "publisher exited with {status}; stderr:\n{}",
-        publisher.stderr()
-    );
-    let published_end = Instant::now();
+    let published_end = wait_publisher(&mut publisher);
 
     // nginx does not tell players the publisher left: the player ends on its idle timeout.
     let end = player.wait_or_stop(PLAYER_END_GRACE);

@@ -15,24 +15,6 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// Publisher: clip length + margin.
-const PUBLISH_LIMIT: Duration = Duration::from_secs(CLIP_SECS + 15);
-
-fn wait_publisher(publisher: &mut Peer) -> Instant {
-    let status = publisher.wait(PUBLISH_LIMIT).unwrap_or_else(|| {
-        panic!(
-            "publisher still running after {PUBLISH_LIMIT:?}; stderr:\n{}",
-            publisher.stderr()
-        )
-    });
-    assert!(
-        status.success(),
-        "publisher exited with {status}; stderr:\n{}",
-        publisher.stderr()
-    );
-    Instant::now()
-}
-
 /// One HTTP/1.1 request with `Connection: close`: (status, JSON body).
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).expect("connect to the API");

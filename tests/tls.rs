@@ -10,8 +10,8 @@ mod support;
 
 use common::{
     assert_same_from_first_keyframe, clip, clip_packets, compare_from_first_keyframe, free_port,
-    play_ffmpeg, publish_ffmpeg, received_packets, send_signal, wait_all_or_stop, Peer, Server,
-    TestDir, CLIP_SECS, PLAYER_END_GRACE,
+    play_ffmpeg, publish_ffmpeg, received_packets, send_signal, wait_all_or_stop, wait_publisher,
+    Peer, Server, TestDir, PLAYER_END_GRACE,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -669,21 +669,6 @@ impl TlsServer {
     fn out(&self, name: &str) -> PathBuf {
         self.server.dir().join(name)
     }
-}
-
-const PUBLISH_LIMIT: Duration = Duration::from_secs(CLIP_SECS + 15);
-
-fn wait_publisher(publisher: &mut Peer) -> Instant {
-    let status = publisher
-        .wait(PUBLISH_LIMIT)
-        .unwrap_or_else(|| panic!("publisher still running; stderr:\n{}", publisher.stderr()));
-    assert!(
-        status.success(),
-        "publisher ({}) exited with {status}; stderr:\n{}",
-        publisher.command_line(),
-        publisher.stderr()
-    );
-    Instant::now()
 }
 
 /// Every player got the clip packet for packet: the first `from_start` of

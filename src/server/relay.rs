@@ -803,7 +803,7 @@ impl Worker {
             return;
         };
         let key = stream.key.clone();
-        self.start_relay_subscriber(k, &key, msid);
+        self.start_player(k, &key, msid, Format::Rtmp);
     }
 
     /// A media message from the origin: published locally (claiming the

@@ -958,14 +958,29 @@ impl Worker {
         msid: u32,
         format: Format,
     ) -> (bool, usize) {
-        let (stream, snap) = self.shared.registry.join(key, self.index, format);
+        // A push relay joins like a player but is not counted as a viewer.
+        let relay = self
+            .conns
+            .get(k)
+            .is_some_and(|c| matches!(c.proto, Proto::Relay(_)));
+        let registry = &self.shared.registry;
+        let (stream, snap) = if relay {
+            registry.join_relay(key, self.index)
+        } else {
+            registry.join(key, self.index, format)
+        };
         let limits = self.limits;
         let stats = self.shared.clone();
         let Some(conn) = self.conns.get_mut(k) else {
-            self.shared.registry.leave(&stream, self.index, format);
+            if relay {
+                self.shared.registry.leave_relay(&stream, self.index);
+            } else {
+                self.shared.registry.leave(&stream, self.index, format);
+            }
             return (false, 0);
         };
         let mut sub = Subscription::new(msid, format, stream.clone(), snap.next_seq);
+        sub.relay = relay;
         if let Proto::Rtmp(r) = &conn.proto {
             sub = sub.with_caps(r.session.client_caps());
         }
@@ -980,30 +995,6 @@ impl Worker {
         self.locals.entry(stream.id).or_default().push(k);
         self.mark_dirty(k);
         (snap.live, snap.gop.len())
-    }
-
-    /// Starts a push on connection `k` (publishing at its target on message
-    /// stream `msid`): like a player, from the latest headers and the cached
-    /// GOP, but not counted as a viewer.
-    pub(super) fn start_relay_subscriber(&mut self, k: usize, key: &str, msid: u32) {
-        let (stream, snap) = self.shared.registry.join_relay(key, self.index);
-        let limits = self.limits;
-        let shared = self.shared.clone();
-        let Some(conn) = self.conns.get_mut(k) else {
-            self.shared.registry.leave_relay(&stream, self.index);
-            return;
-        };
-        let mut sub = Subscription::new(msid, Format::Rtmp, stream.clone(), snap.next_seq);
-        sub.relay = true;
-        if snap.live && (!snap.gop.is_empty() || snap.audio_only) {
-            sub.skipping = false;
-            for f in snap.headers.iter().chain(snap.gop.iter()) {
-                enqueue_frame(conn, &mut sub, f, &limits, &shared.stats);
-            }
-        }
-        conn.subscriptions.push(sub);
-        self.locals.entry(stream.id).or_default().push(k);
-        self.mark_dirty(k);
     }
 
     pub(super) fn end_subscription(

@@ -215,47 +215,11 @@ impl Server {
     /// waits (≤ 10 s) until a TCP connect to the port succeeds. Retries on another port if
     /// the process exits early (e.g. the port was taken in between).
     pub fn start(workers: usize, extra_args: &[&str]) -> Server {
-        let dir = TestDir::new();
-        let log_path = dir.join("sluice.log");
         let mut last_failure = String::new();
         for _attempt in 0..3 {
-            let port = free_port();
-            let http_port = free_port();
-            let log = fs::File::create(&log_path).expect("create server log");
-            let mut child = spawn_sluice(port, http_port, workers, extra_args, log);
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let deadline = Instant::now() + SERVER_READY_TIMEOUT;
-            loop {
-                if let Some(status) = child.try_wait().expect("try_wait sluice") {
-                    last_failure = format!(
-                        "sluice exited during startup with {status}; log tail:\n{}",
-                        tail(&fs::read_to_string(&log_path).unwrap_or_default(), 40)
-                    );
-                    break;
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                    // (not someone else's listener on a port we failed to bind)
-                    && child.try_wait().expect("try_wait sluice").is_none()
-                {
-                    return Server {
-                        child: Some(child),
-                        port,
-                        http_port,
-                        log_path,
-                        exit: None,
-                        dir,
-                    };
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "sluice did not accept TCP connections on {addr} within {:?}; log tail:\n{}",
-                        SERVER_READY_TIMEOUT,
-                        tail(&fs::read_to_string(&log_path).unwrap_or_default(), 40)
-                    );
-                }
-                thread::sleep(Duration::from_millis(25));
+            match Server::launch(free_port(), workers, extra_args) {
+                Ok(server) => return server,
+                Err(e) => last_failure = e,
             }
         }
         panic!("could not start sluice: {last_failure}");
@@ -268,6 +232,12 @@ impl Server {
     /// Like [`Server::start`], on RTMP port `port` (a port chosen earlier,
     /// e.g. one a relay was told about before this server existed).
     pub fn start_on(port: u16, workers: usize, extra_args: &[&str]) -> Server {
+        Server::launch(port, workers, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Spawns sluice on `port` in a fresh [`TestDir`] and waits until it
+    /// listens; Err when it exited during startup.
+    fn launch(port: u16, workers: usize, extra_args: &[&str]) -> Result<Server, String> {
         let dir = TestDir::new();
         let log_path = dir.join("sluice.log");
         let http_port = free_port();
@@ -281,8 +251,8 @@ impl Server {
             exit: None,
             dir,
         };
-        server.wait_listening();
-        server
+        server.wait_listening()?;
+        Ok(server)
     }
 
     /// Kills the process (SIGKILL: no goodbye to its peers) and starts it
@@ -297,32 +267,37 @@ impl Server {
             .open(&self.log_path)
             .expect("open server log");
         self.child = Some(spawn_sluice(self.port, self.http_port, 1, &[], log));
-        self.wait_listening();
+        self.wait_listening().unwrap_or_else(|e| panic!("{e}"));
     }
 
-    fn wait_listening(&mut self) {
+    /// Waits (≤ 10 s) until a TCP connect to the port succeeds; Err when the
+    /// process exits first (e.g. the port was taken in between).
+    fn wait_listening(&mut self) -> Result<(), String> {
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let deadline = Instant::now() + SERVER_READY_TIMEOUT;
         loop {
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("try_wait sluice") {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "sluice exited during startup with {status}; log tail:\n{}",
                     tail(&self.log(), 40)
-                );
+                ));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                // (not someone else's listener on a port we failed to bind)
+                && child.try_wait().expect("try_wait sluice").is_none()
+            {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
-                "sluice did not listen on {addr}; log tail:\n{}",
+                "sluice did not accept TCP connections on {addr} within {SERVER_READY_TIMEOUT:?}; log tail:\n{}",
                 tail(&self.log(), 40)
             );
             thread::sleep(Duration::from_millis(25));
         }
     }
-
     /// `http://127.0.0.1:HTTP_PORT/APP/NAME.flv`
     pub fn http_url(&self, app: &str, name: &str) -> String {
         format!("http://127.0.0.1:{}/{app}/{name}.flv", self.http_port)
@@ -1012,6 +987,27 @@ const GST_STOP: &[(&str, u64)] = &[("INT", 3000), ("TERM", 1000)];
 
 fn s(x: impl AsRef<std::ffi::OsStr>) -> String {
     x.as_ref().to_string_lossy().into_owned()
+}
+
+/// How long a publisher of the clip may take: its length plus a margin.
+pub const PUBLISH_LIMIT: Duration = Duration::from_secs(CLIP_SECS + 15);
+
+/// Waits for a publisher of the clip to finish (≤ [`PUBLISH_LIMIT`]) and
+/// succeed; returns when it ended.
+pub fn wait_publisher(publisher: &mut Peer) -> Instant {
+    let status = publisher.wait(PUBLISH_LIMIT).unwrap_or_else(|| {
+        panic!(
+            "publisher still running after {PUBLISH_LIMIT:?}; stderr:\n{}",
+            publisher.stderr()
+        )
+    });
+    assert!(
+        status.success(),
+        "publisher ({}) exited with {status}; stderr:\n{}",
+        publisher.command_line(),
+        publisher.stderr()
+    );
+    Instant::now()
 }
 
 /// `ffmpeg -re -i CLIP -c copy -f flv URL`

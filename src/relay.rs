@@ -348,20 +348,11 @@ pub struct ClientTls {
 
 impl ClientTls {
     pub fn new(extra_ca: Option<&Path>) -> Result<Self, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::CertificateDer;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = extra_ca {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("{}: no certificate", path.display()));
-            }
-            for c in certs {
+            for c in crate::server::tls::load_certs(path)? {
                 roots
                     .add(c)
                     .map_err(|e| format!("{}: {e}", path.display()))?;

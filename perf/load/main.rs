@@ -41,6 +41,9 @@ const MAX_ERRORS: usize = 20;
 #[derive(Debug, Clone)]
 struct Opts {
     addr: SocketAddr,
+    /// Where the RTMP players connect: `addr` unless another server (an
+    /// edge pulling the stream from `addr`) is to be played from.
+    play_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     app: String,
     name: String,
@@ -68,6 +71,12 @@ fn options() -> Options {
         "",
         "addr",
         "RTMP server address [127.0.0.1:1935]",
+        "HOST:PORT",
+    );
+    o.optopt(
+        "",
+        "play-addr",
+        "RTMP server the players connect to, e.g. an edge pulling from --addr [--addr]",
         "HOST:PORT",
     );
     o.optopt(
@@ -204,8 +213,10 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     if !(speed.is_finite() && speed > 0.0) {
         return Err("--speed must be positive".into());
     }
+    let addr = resolve(&m.opt_str("addr").unwrap_or_else(|| "127.0.0.1:1935".into()))?;
     Ok(Some(Opts {
-        addr: resolve(&m.opt_str("addr").unwrap_or_else(|| "127.0.0.1:1935".into()))?,
+        addr,
+        play_addr: m.opt_str("play-addr").map_or(Ok(addr), |s| resolve(&s))?,
         http_addr,
         app: m.opt_str("app").unwrap_or_else(|| "live".into()),
         name: m.opt_str("name").unwrap_or_else(|| "bench".into()),
@@ -508,9 +519,9 @@ impl Run {
                 } else {
                     Role::Player
                 };
-                let host = self.opts.addr.to_string();
+                let host = self.opts.play_addr.to_string();
                 (
-                    self.opts.addr,
+                    self.opts.play_addr,
                     Proto::rtmp(
                         role,
                         &host,
@@ -929,6 +940,7 @@ impl Run {
             "players": o.players,
             "config": {
                 "addr": o.addr.to_string(),
+                "play_addr": o.play_addr.to_string(),
                 "http_addr": o.http_addr.map(|a| a.to_string()),
                 "app": o.app, "name": o.name,
                 "bitrate_bps": o.shape.bitrate, "fps": o.shape.fps, "gop": o.shape.gop,

@@ -415,6 +415,8 @@ enum Phase {
 struct Sample {
     at: Option<Instant>,
     server_ticks: Option<u64>,
+    /// The server's time on CPU, nanoseconds (schedstat).
+    server_sched_ns: Option<u64>,
     self_ticks: Option<u64>,
     /// The server's (write syscalls, bytes written).
     server_writes: Option<(u64, u64)>,
@@ -427,6 +429,7 @@ impl Sample {
         Self {
             at: Some(Instant::now()),
             server_ticks: pid.and_then(|p| stats::cpu_ticks(Some(p))),
+            server_sched_ns: pid.and_then(stats::sched_ns),
             self_ticks: stats::cpu_ticks(None),
             server_writes: pid.and_then(stats::write_calls),
             published_video,
@@ -796,6 +799,11 @@ impl Run {
             _ => None,
         };
         let server_cpu = delta(self.win_start.server_ticks, self.win_end.server_ticks);
+        let server_cpu_sched = match (self.win_start.server_sched_ns, self.win_end.server_sched_ns)
+        {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+            _ => None,
+        };
         let self_cpu = delta(self.win_start.self_ticks, self.win_end.self_ticks);
         let writes = match (self.win_start.server_writes, self.win_end.server_writes) {
             (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
@@ -1001,6 +1009,9 @@ impl Run {
                 "cpu_seconds": server_cpu,
                 "cpu_util": server_cpu.map(|c| if win > 0.0 { c / win } else { 0.0 }),
                 "cpu_s_per_gb": server_cpu.and_then(|c| (gb > 0.0).then(|| c / gb)),
+                // The same from schedstat: nanoseconds, not 10 ms ticks.
+                "cpu_seconds_sched": server_cpu_sched,
+                "cpu_util_sched": server_cpu_sched.map(|c| if win > 0.0 { c / win } else { 0.0 }),
                 "rss_before_bytes": self.rss_before,
                 "rss_peak_bytes": (self.rss_peak > 0).then_some(self.rss_peak),
                 "rss_hwm_bytes": (self.hwm > 0).then_some(self.hwm),

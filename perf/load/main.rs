@@ -41,6 +41,9 @@ const MAX_ERRORS: usize = 20;
 #[derive(Debug, Clone)]
 struct Opts {
     addr: SocketAddr,
+    /// Where the RTMP players connect: `addr` unless another server (an
+    /// edge pulling the stream from `addr`) is to be played from.
+    play_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     app: String,
     name: String,
@@ -68,6 +71,12 @@ fn options() -> Options {
         "",
         "addr",
         "RTMP server address [127.0.0.1:1935]",
+        "HOST:PORT",
+    );
+    o.optopt(
+        "",
+        "play-addr",
+        "RTMP server the players connect to, e.g. an edge pulling from --addr [--addr]",
         "HOST:PORT",
     );
     o.optopt(
@@ -204,8 +213,10 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
     if !(speed.is_finite() && speed > 0.0) {
         return Err("--speed must be positive".into());
     }
+    let addr = resolve(&m.opt_str("addr").unwrap_or_else(|| "127.0.0.1:1935".into()))?;
     Ok(Some(Opts {
-        addr: resolve(&m.opt_str("addr").unwrap_or_else(|| "127.0.0.1:1935".into()))?,
+        addr,
+        play_addr: m.opt_str("play-addr").map_or(Ok(addr), |s| resolve(&s))?,
         http_addr,
         app: m.opt_str("app").unwrap_or_else(|| "live".into()),
         name: m.opt_str("name").unwrap_or_else(|| "bench".into()),
@@ -404,6 +415,8 @@ enum Phase {
 struct Sample {
     at: Option<Instant>,
     server_ticks: Option<u64>,
+    /// The server's time on CPU, nanoseconds (schedstat).
+    server_sched_ns: Option<u64>,
     self_ticks: Option<u64>,
     /// The server's (write syscalls, bytes written).
     server_writes: Option<(u64, u64)>,
@@ -416,6 +429,7 @@ impl Sample {
         Self {
             at: Some(Instant::now()),
             server_ticks: pid.and_then(|p| stats::cpu_ticks(Some(p))),
+            server_sched_ns: pid.and_then(stats::sched_ns),
             self_ticks: stats::cpu_ticks(None),
             server_writes: pid.and_then(stats::write_calls),
             published_video,
@@ -508,9 +522,9 @@ impl Run {
                 } else {
                     Role::Player
                 };
-                let host = self.opts.addr.to_string();
+                let host = self.opts.play_addr.to_string();
                 (
-                    self.opts.addr,
+                    self.opts.play_addr,
                     Proto::rtmp(
                         role,
                         &host,
@@ -785,6 +799,11 @@ impl Run {
             _ => None,
         };
         let server_cpu = delta(self.win_start.server_ticks, self.win_end.server_ticks);
+        let server_cpu_sched = match (self.win_start.server_sched_ns, self.win_end.server_sched_ns)
+        {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
+            _ => None,
+        };
         let self_cpu = delta(self.win_start.self_ticks, self.win_end.self_ticks);
         let writes = match (self.win_start.server_writes, self.win_end.server_writes) {
             (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
@@ -929,6 +948,7 @@ impl Run {
             "players": o.players,
             "config": {
                 "addr": o.addr.to_string(),
+                "play_addr": o.play_addr.to_string(),
                 "http_addr": o.http_addr.map(|a| a.to_string()),
                 "app": o.app, "name": o.name,
                 "bitrate_bps": o.shape.bitrate, "fps": o.shape.fps, "gop": o.shape.gop,
@@ -989,6 +1009,9 @@ impl Run {
                 "cpu_seconds": server_cpu,
                 "cpu_util": server_cpu.map(|c| if win > 0.0 { c / win } else { 0.0 }),
                 "cpu_s_per_gb": server_cpu.and_then(|c| (gb > 0.0).then(|| c / gb)),
+                // The same from schedstat: nanoseconds, not 10 ms ticks.
+                "cpu_seconds_sched": server_cpu_sched,
+                "cpu_util_sched": server_cpu_sched.map(|c| if win > 0.0 { c / win } else { 0.0 }),
                 "rss_before_bytes": self.rss_before,
                 "rss_peak_bytes": (self.rss_peak > 0).then_some(self.rss_peak),
                 "rss_hwm_bytes": (self.hwm > 0).then_some(self.hwm),

@@ -551,10 +551,11 @@ impl Worker {
             key: key.clone(),
             config,
         };
-        let conn = Conn::outbound(
+        let conn = Conn::new(
             conn_id,
             socket,
             addr,
+            ListenerKind::Relay,
             Proto::Relay(Box::new(relay)),
             tls,
             counters,
@@ -887,10 +888,17 @@ impl Worker {
         }
         let id = r.task;
         let was_active = matches!(r.phase, Phase::Active(_));
+        let healthy = r
+            .active_since
+            .is_some_and(|at| now.saturating_duration_since(at) >= HEALTHY_AFTER);
         let Some(task) = self.relays.get_mut(&id) else {
             return; // stopped on purpose
         };
         task.conn = None;
+        if healthy {
+            // It ran for a while: retry after the shortest backoff again.
+            task.failures = 0;
+        }
         if was_active {
             log::warn!(
                 "relay lost id={id} {}: {why}",
@@ -1160,18 +1168,6 @@ impl Worker {
         for id in due {
             self.relay_connect(now, id);
         }
-        // A healthy relay's next failure retries quickly again.
-        for t in self.relays.values_mut() {
-            if let Some(k) = t.conn {
-                let active_long = self.conns.get(k).is_some_and(|c| {
-                    matches!(&c.proto, Proto::Relay(r) if r.active_since
-                        .is_some_and(|at| now.saturating_duration_since(at) >= HEALTHY_AFTER))
-                });
-                if active_long {
-                    t.failures = 0;
-                }
-            }
-        }
     }
 }
 
@@ -1179,18 +1175,4 @@ impl Worker {
 fn is_sample_access(payload: &[u8]) -> bool {
     const NAME: &[u8] = b"|RtmpSampleAccess";
     payload.len() >= 3 + NAME.len() && payload[0] == 0x02 && &payload[3..3 + NAME.len()] == NAME
-}
-
-impl Conn {
-    /// An outbound connection (relays).
-    fn outbound(
-        id: u64,
-        socket: TcpStream,
-        peer: SocketAddr,
-        proto: Proto,
-        tls: Option<Box<rustls::Connection>>,
-        counters: Arc<ConnCounters>,
-    ) -> Self {
-        Conn::new(id, socket, peer, ListenerKind::Relay, proto, tls, counters)
-    }
 }

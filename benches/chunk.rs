@@ -76,7 +76,7 @@ fn encoded(msgs: &[Message]) -> BytesMut {
     enc.set_chunk_size(CHUNK_SIZE);
     let mut buf = BytesMut::new();
     for m in msgs {
-        enc.encode(m, &mut buf);
+        enc.encode(m, &mut buf).expect("encodable");
     }
     buf
 }
@@ -143,12 +143,12 @@ fn encode(c: &mut Criterion) {
         group.bench_function("encode", |b| {
             b.iter(|| {
                 dst.clear();
-                enc.encode(black_box(&m), &mut dst);
+                enc.encode(black_box(&m), &mut dst).expect("encodable");
                 black_box(dst.len())
             })
         });
         group.bench_function("wire_form", |b| {
-            b.iter(|| wire_form(CHUNK_SIZE, black_box(&m)))
+            b.iter(|| wire_form(CHUNK_SIZE, black_box(&m)).expect("encodable"))
         });
         group.finish();
     }

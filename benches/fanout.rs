@@ -5,8 +5,9 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sluice::protocol::session::MediaKind;
+use sluice::server::base::ConnId;
 use sluice::server::queue::{Item, OutQueue};
-use sluice::server::stream::{Format, GopLimits, PublisherInfo, Registry};
+use sluice::server::stream::{Format, GopLimits, PublisherInfo, PublisherKind, Registry};
 use std::hint::black_box;
 
 const SUBSCRIBERS: usize = 1_000;
@@ -30,10 +31,10 @@ fn fanout(c: &mut Criterion) {
         .publish(
             "live/bench",
             PublisherInfo {
-                conn_id: 1,
+                conn_id: ConnId(1),
                 worker: 0,
                 peer: "127.0.0.1:1".parse().unwrap(),
-                protocol: "rtmp",
+                kind: PublisherKind::Rtmp,
                 since: std::time::SystemTime::now(),
             },
         )
@@ -47,7 +48,9 @@ fn fanout(c: &mut Criterion) {
             let mut ts = 0u32;
             b.iter(|| {
                 ts = ts.wrapping_add(33);
-                let (frame, _) = stream.push(MediaKind::Video, ts, payload.clone());
+                let (frame, _) = stream
+                    .push_from(ConnId(1), MediaKind::Video, ts, payload.clone())
+                    .expect("connection 1 publishes");
                 for q in &mut queues {
                     q.push(Item::Frame(frame.clone(), Format::Rtmp));
                 }
@@ -59,7 +62,9 @@ fn fanout(c: &mut Criterion) {
             })
         });
         g.bench_function(format!("queue_only_{len}B_to_{SUBSCRIBERS}"), |b| {
-            let (frame, _) = stream.push(MediaKind::Video, 0, payload.clone());
+            let (frame, _) = stream
+                .push_from(ConnId(1), MediaKind::Video, 0, payload.clone())
+                .expect("connection 1 publishes");
             b.iter_batched_ref(
                 || {
                     (0..SUBSCRIBERS)

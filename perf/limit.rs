@@ -67,7 +67,7 @@ fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
         stream_id: 1,
         payload: f.payload.clone(),
     };
-    let form = wire_form(chunk_size, &msg);
+    let form = wire_form(chunk_size, &msg).expect("a frame fits");
     let pieces = match mode {
         Mode::Writev => form.pieces().to_vec(),
         Mode::Frame | Mode::Send => vec![Bytes::from(form.to_vec())],

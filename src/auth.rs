@@ -72,6 +72,16 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        match self.prefix {
+            p if p == max => write!(f, "{}", self.addr),
+            p => write!(f, "{}/{p}", self.addr),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -190,6 +200,16 @@ pub struct AppRules {
     /// HTTP callbacks (`[app.NAME.hooks]`).
     #[serde(default)]
     pub hooks: crate::hooks::Hooks,
+    /// HLS settings of this application (`[app.NAME.hls]`).
+    #[serde(default)]
+    pub hls: crate::hls_settings::HlsApp,
+    /// Recording settings of this application (`[app.NAME.record]`).
+    #[serde(default)]
+    pub record: crate::record_settings::RecordApp,
+    /// Video on demand: the application plays files from this directory
+    /// (`[app.NAME.vod]`).
+    #[serde(default)]
+    pub vod: Option<crate::vod_settings::VodApp>,
 }
 
 /// Every application's rules; `*` applies to applications not listed.
@@ -360,6 +380,7 @@ impl Auth {
                 || h.on_publish_done.is_some()
                 || h.on_play_done.is_some()
                 || h.on_done.is_some()
+                || h.on_record_done.is_some()
         })
     }
 

@@ -15,6 +15,7 @@
 //! `json = true` (SRS-style hooks) the request body is JSON and a 2xx body
 //! of `0`, `{"code": 0}` or nothing allows, any other code denies.
 
+use crate::protocol::name::StreamName;
 use serde::Deserialize;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -53,11 +54,14 @@ pub struct Hooks {
     pub on_play_done: Option<String>,
     /// Told when an RTMP connection of this application closes.
     pub on_done: Option<String>,
+    /// Told when a recording file is finished (closed, or stopped by an
+    /// error), with its path.
+    pub on_record_done: Option<String>,
     /// Send a JSON body (SRS-style) instead of a form.
     #[serde(default)]
     pub json: bool,
-    /// Seconds a callback has to answer [3].
-    pub timeout: Option<crate::config::Secs>,
+    /// Seconds a callback has to answer (default: [`DEFAULT_HOOK_TIMEOUT`]).
+    pub timeout: Option<crate::seconds::Secs>,
 }
 
 impl Hooks {
@@ -71,7 +75,7 @@ impl Hooks {
 pub enum Answer {
     Allow,
     /// Go ahead under this stream name (a 3xx `Location`).
-    Rename(String),
+    Rename(StreamName),
     /// Denied (status, timeout or error), with why (for the log).
     Deny(String),
 }
@@ -88,6 +92,8 @@ pub struct Call {
     pub tc_url: String,
     /// The client's query arguments (`a=1&b=2`), passed on.
     pub query: String,
+    /// `record_done`: the recording's file.
+    pub path: String,
 }
 
 fn form_escape(s: &str, out: &mut String) {
@@ -123,6 +129,10 @@ impl Call {
             out.push('=');
             form_escape(v, &mut out);
         }
+        if !self.path.is_empty() {
+            out.push_str("&path=");
+            form_escape(&self.path, &mut out);
+        }
         // The client's arguments are passed as they came (already encoded);
         // ours come first, so nginx-style backends reading the first value
         // of `app` or `name` see ours.
@@ -133,9 +143,9 @@ impl Call {
         out
     }
 
-    /// SRS's hook body.
+    /// SRS's hook body (a recording's path as `file`, as SRS's `on_dvr`).
     pub fn json(&self) -> String {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "action": format!("on_{}", self.call),
             "client_id": self.client_id.to_string(),
             "ip": self.addr,
@@ -144,8 +154,11 @@ impl Call {
             "stream": self.name,
             "param": if self.query.is_empty() { String::new() } else { format!("?{}", self.query) },
             "tcUrl": self.tc_url,
-        })
-        .to_string()
+        });
+        if !self.path.is_empty() {
+            v["file"] = serde_json::Value::from(self.path.as_str());
+        }
+        v.to_string()
     }
 }
 
@@ -301,10 +314,11 @@ pub fn decide(url: &str, call: &Call, hooks: &Hooks, timeout: Duration) -> Answe
             }
             let name = location.trim_start_matches('/');
             let name = name.rsplit_once('/').map_or(name, |(_, n)| n);
-            if crate::protocol::session::valid_name(name) {
-                Answer::Rename(name.to_owned())
-            } else {
-                Answer::Deny(format!("callback redirected to an invalid name ({status})"))
+            match StreamName::new(name) {
+                Ok(name) => Answer::Rename(name),
+                Err(e) => Answer::Deny(format!(
+                    "callback redirected to an invalid name ({status}): {e}"
+                )),
             }
         }
         Ok((status, _, _)) => Answer::Deny(format!("callback answered {status}")),
@@ -435,6 +449,7 @@ mod tests {
             client_id: 7,
             tc_url: "rtmp://h/live".into(),
             query: "token=x%20y".into(),
+            path: String::new(),
         };
         assert_eq!(
             c.form(),
@@ -443,6 +458,21 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&c.json()).unwrap();
         assert_eq!(j["action"], "on_publish");
         assert_eq!(j["param"], "?token=x%20y");
+        assert!(j.get("file").is_none());
+        let done = Call {
+            call: "record_done",
+            app: "live".into(),
+            name: "cam".into(),
+            path: "/r/live/cam/1 2.mp4".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            done.form(),
+            "call=record_done&app=live&name=cam&addr=&clientid=0&tcurl=&path=%2Fr%2Flive%2Fcam%2F1+2.mp4"
+        );
+        let j: serde_json::Value = serde_json::from_str(&done.json()).unwrap();
+        assert_eq!(j["action"], "on_record_done");
+        assert_eq!(j["file"], "/r/live/cam/1 2.mp4");
     }
 
     #[test]

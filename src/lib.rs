@@ -27,13 +27,16 @@
 //!   write_vectored over as many queued frames as the socket takes (IoSlice per piece, up to IOV_MAX)
 //! ```
 //!
-//! * [`protocol`] is the RTMP core: handshake, chunk stream, AMF, commands and
-//!   the per-connection [`protocol::session::ServerSession`]. It takes bytes and
-//!   the current time and hands back bytes to send and events; it never imports
-//!   mio or std::net, and tests drive it without sockets.
-//! * [`media`] classifies FLV audio/video payloads (legacy AVC/AAC/HEVC and
-//!   Enhanced RTMP FourCC headers) so the GOP cache is right for every codec.
-//! * [`wire`] is the shared, immutable wire form of a message.
+//! * [`protocol`], [`media`] and [`wire`] are the sans-IO core, a crate of
+//!   its own (`sluice-core`, in `core/`) re-exported here. [`protocol`] is
+//!   RTMP: handshake, chunk stream, AMF, commands, the per-connection
+//!   [`protocol::session::ServerSession`] and the names it hands out
+//!   ([`protocol::name`]). It takes bytes and the current time and hands
+//!   back bytes to send and events; it owns its limits and their defaults.
+//!   [`media`] classifies FLV audio/video payloads (legacy AVC/AAC/HEVC and
+//!   Enhanced RTMP FourCC headers) so the GOP cache is right for every
+//!   codec; [`wire`] is the shared, immutable wire form of a message. The
+//!   core cannot import anything below: the compiler keeps it so.
 //! * [`server`] owns sockets: one thread per worker, each with its own mio
 //!   `Poll`, SO_REUSEPORT listeners (RTMP, RTMPS, HTTP, HTTPS, API) and slab
 //!   of connections; a connection is RTMP or HTTP (HTTP-FLV, ws-flv, the API,
@@ -43,18 +46,33 @@
 //!   the publisher's worker). Each frame's FLV and WebSocket forms are built
 //!   at most once, by the first player that needs them.
 //! * [`relay`] holds push and pull rules (restreaming, origin/edge); the
-//!   outbound connections are `server::relay` tasks in the same slabs: a push
+//!   outbound connections are `server::relay_conn` connections of `server::tasks` in the same slabs: a push
 //!   is one more subscriber of its stream (same queue, same shared wire
 //!   form), a pull publishes into the registry like an encoder.
-//! * [`config`] holds every limit as a named constant with a doc comment saying
-//!   why, and the [`config::Config`] the command line fills.
+//! * [`auth`] (who may publish and play) and [`hooks`] (HTTP callbacks, made
+//!   on helper threads) decide for the server.
+//! * [`config`] holds the server's limits as named constants with a doc
+//!   comment saying why, and the [`config::Config`] the command line fills;
+//!   the protocol's part of it becomes a
+//!   [`protocol::session::SessionConfig`].
+//! * [`sdnotify`] tells systemd when the server is ready or stopping.
+//! * [`logjson`] writes log lines as JSON objects (`--log-format json`).
+//! * [`seconds`] and [`certs`] are small value types the modules above
+//!   share: durations as written in flags and files, certificate files.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub use sluice_core::{cmaf, media, protocol, rendition, vod, wire};
 
 pub mod auth;
+pub mod certs;
 pub mod config;
+pub mod hls_settings;
 pub mod hooks;
-pub mod media;
-pub mod protocol;
+pub mod logjson;
+pub mod record_settings;
 pub mod relay;
+pub mod sdnotify;
+pub mod seconds;
 pub mod server;
-pub mod wire;
+pub mod vod_settings;

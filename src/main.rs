@@ -1,386 +1,130 @@
-//! `sluice`: the command-line entry point. Parses flags (getopts), sets up
-//! logging (env_logger, `RUST_LOG`, info by default), binds the listeners,
-//! and runs the workers until SIGINT or SIGTERM.
+//! `sluice`: the command-line entry point. Reads the settings (the flags
+//! and the config file: [`sluice::config`]), sets up logging (env_logger,
+//! `RUST_LOG`, info by default; text, or JSON with `--log-format json`),
+//! binds the listeners, tells systemd it is ready, and runs the workers
+//! until SIGINT or SIGTERM. SIGHUP reloads key files and certificates;
+//! SIGUSR2 starts a successor from the binary on disk and hands over to it
+//! (docs/deploying.md).
 
-use getopts::Options;
-use sluice::config::{self, Config};
-use sluice::relay::{RelayKind, RuleSpec};
-use sluice::server::Server;
-use std::process::ExitCode;
-use std::str::FromStr;
-use std::time::Duration;
+use sluice::config::{self, Config, LogFormat};
+use sluice::server::{Server, ShutdownHandle};
+use std::io::{BufRead, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-fn options() -> Options {
-    let d = Config::default();
-    let mut o = Options::new();
-    o.optopt(
-        "",
-        "rtmp",
-        &format!("RTMP listen address [{}]", config::DEFAULT_RTMP_ADDR),
-        "ADDR",
-    );
-    o.optopt(
-        "",
-        "http",
-        &format!(
-            "HTTP-FLV / ws-flv / API listen address [{}]",
-            config::DEFAULT_HTTP_ADDR
-        ),
-        "ADDR",
-    );
-    o.optflag("", "no-http", "do not listen for HTTP");
-    o.optopt(
-        "",
-        "rtmps",
-        "RTMPS (RTMP in TLS) listen address, e.g. 0.0.0.0:443",
-        "ADDR",
-    );
-    o.optopt(
-        "",
-        "https",
-        "HTTPS-FLV / wss-flv / API listen address",
-        "ADDR",
-    );
-    o.optmulti(
-        "",
-        "tls-cert",
-        "PEM certificate chain (repeat with --tls-key; the first is the default)",
-        "FILE",
-    );
-    o.optmulti(
-        "",
-        "tls-key",
-        "PEM private key (RSA, ECDSA or Ed25519) for the --tls-cert at the same position",
-        "FILE",
-    );
-    o.optopt(
-        "",
-        "tls-dir",
-        "directory of NAME.crt (or NAME.pem) + NAME.key pairs",
-        "DIR",
-    );
-    o.optopt(
-        "",
-        "max-tls-handshakes",
-        &format!(
-            "TLS handshakes in progress per worker [{}]",
-            d.max_tls_handshakes_per_worker
-        ),
-        "N",
-    );
-    o.optopt(
-        "",
-        "api",
-        "serve the API and /metrics on this address only (not on --http)",
-        "ADDR",
-    );
-    o.optopt(
-        "",
-        "api-token",
-        "bearer token the API and /metrics require",
-        "TOKEN",
-    );
-    o.optopt(
-        "",
-        "cors-origin",
-        "Access-Control-Allow-Origin for HTTP responses [*]",
-        "ORIGIN",
-    );
-    o.optopt(
-        "",
-        "http-request-timeout",
-        &format!(
-            "time to send an HTTP request head [{}]",
-            d.http_request_timeout.as_secs()
-        ),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "workers",
-        &format!("worker threads, one poll loop each [{}: cores]", d.workers),
-        "N",
-    );
-    o.optopt(
-        "",
-        "chunk-size",
-        &format!("outbound RTMP chunk size [{}]", d.chunk_size),
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "max-message-len",
-        &format!("largest message accepted [{}]", d.max_message_len),
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "max-chunk-streams",
-        &format!("chunk streams per connection [{}]", d.max_chunk_streams),
-        "N",
-    );
-    o.optopt(
-        "",
-        "max-partial-bytes",
-        &format!(
-            "bytes held in partial messages per connection [{}]",
-            d.max_partial_bytes
-        ),
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "max-message-streams",
-        &format!("createStream per connection [{}]", d.max_message_streams),
-        "N",
-    );
-    o.optopt(
-        "",
-        "handshake-timeout",
-        &format!(
-            "handshake + connect deadline [{}]",
-            d.handshake_timeout.as_secs()
-        ),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "ping-interval",
-        &format!("ping a silent peer after [{}]", d.ping_interval.as_secs()),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "ping-timeout",
-        &format!("close a silent peer after [{}]", d.ping_timeout.as_secs()),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "publisher-idle-timeout",
-        &format!(
-            "drop a publisher sending no media after [{}]",
-            d.publisher_idle_timeout.as_secs()
-        ),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "player-queue-bytes",
-        &format!(
-            "queued bytes before a player skips to the next keyframe [{}]",
-            d.player_queue_bytes
-        ),
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "player-stall-timeout",
-        &format!(
-            "disconnect a player whose socket takes nothing for [{}]",
-            d.player_stall_timeout.as_secs()
-        ),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "gop-cache-bytes",
-        &format!("GOP cache bound per stream [{}]", d.gop_cache_bytes),
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "gop-cache-frames",
-        &format!("GOP cache bound per stream [{}]", d.gop_cache_frames),
-        "N",
-    );
-    o.optopt(
-        "",
-        "max-connections",
-        &format!("connections per worker [{}]", d.max_connections_per_worker),
-        "N",
-    );
-    o.optopt(
-        "",
-        "reconnect-url",
-        "tcUrl Enhanced RTMP publishers are asked to reconnect to on shutdown \
-         [their own]",
-        "URL",
-    );
-    o.optopt(
-        "",
-        "drain-timeout",
-        &format!(
-            "on shutdown, how long publishers asked to reconnect may stay [{}]",
-            d.drain_timeout.as_secs()
-        ),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "second-publisher",
-        "a second publisher on a live name: reject or replace [reject]",
-        "POLICY",
-    );
-    o.optmulti(
-        "",
-        "push",
-        "push every stream of APP (or the stream APP/NAME) to URL \
-         (rtmp:// or rtmps://; without a stream name in URL the local name is used); repeatable",
-        "APP[/NAME]=URL",
-    );
-    o.optmulti(
-        "",
-        "pull",
-        "make APP (or APP/NAME) an edge of the origin URL: a stream is pulled \
-         when its first player arrives; repeatable",
-        "APP[/NAME]=URL",
-    );
-    o.optmulti(
-        "",
-        "pull-static",
-        "keep APP/NAME pulled from URL, players or not; repeatable",
-        "APP/NAME=URL",
-    );
-    o.optopt(
-        "",
-        "pull-idle-timeout",
-        &format!(
-            "how long a pulled stream with no player stays pulled [{}]",
-            d.pull_idle_timeout.as_secs()
-        ),
-        "SECS",
-    );
-    o.optopt(
-        "",
-        "pull-unavailable",
-        "players of an unreachable origin get not_found, or wait [not_found]",
-        "POLICY",
-    );
-    o.optopt(
-        "",
-        "relay-ca",
-        "extra trusted root certificates (PEM) for rtmps:// relay peers",
-        "FILE",
-    );
-    o.optopt(
-        "c",
-        "config",
-        "TOML config file (flags given here override it)",
-        "FILE",
-    );
-    o.optopt(
-        "",
-        "check-config",
-        "check a config file, explain any error, and exit",
-        "FILE",
-    );
-    o.optflag("h", "help", "print this help");
-    o.optflag("V", "version", "print the version");
-    o
-}
+/// What a successor (`--takeover`) prints on its standard output once its
+/// listeners are bound: its predecessor, which started it, then hands over.
+const SUCCESSOR_READY: &str = "SLUICE-READY";
 
-fn parse<T: FromStr>(m: &getopts::Matches, name: &str, into: &mut T) -> Result<(), String>
-where
-    T::Err: std::fmt::Display,
-{
-    if let Some(v) = m.opt_str(name) {
-        *into = v.parse().map_err(|e| format!("--{name} {v:?}: {e}"))?;
+/// env_logger with `RUST_LOG` (info by default), in `format`.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            let ts = buf.timestamp_millis().to_string();
+            let line = sluice::logjson::line(
+                &ts,
+                record.level().as_str(),
+                record.target(),
+                &record.args().to_string(),
+            );
+            writeln!(buf, "{line}")
+        });
     }
-    Ok(())
+    b.init();
 }
 
-fn parse_secs(m: &getopts::Matches, name: &str, into: &mut Duration) -> Result<(), String> {
-    let mut secs = into.as_secs_f64();
-    parse(m, name, &mut secs)?;
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("--{name} must be a positive number of seconds"));
-    }
-    *into = Duration::from_secs_f64(secs);
-    Ok(())
-}
-
-fn config_from(m: &getopts::Matches) -> Result<Config, String> {
-    let mut c = match m.opt_str("c") {
-        Some(path) => config::FileConfig::load(path.as_ref())?.to_config()?,
-        None => Config::default(),
+/// Warns when the descriptor limit is below what the connection cap needs
+/// (one descriptor per connection, and a few for listeners and logs).
+fn check_descriptor_limit(config: &Config) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
     };
-    parse(m, "rtmp", &mut c.rtmp_addr)?;
-    if let Some(a) = m.opt_str("http") {
-        c.http_addr = Some(a.parse().map_err(|e| format!("--http {a:?}: {e}"))?);
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    let workers = config.workers.clamp(1, sluice::server::stream::MAX_WORKERS);
+    let needed = config
+        .max_connections_per_worker
+        .saturating_mul(workers)
+        .saturating_add(64);
+    if let Some(soft) = soft.filter(|&s| s < needed) {
+        log::warn!(
+            "the descriptor limit is {soft}, below the {needed} that {workers} workers x {} connections need: raise it (LimitNOFILE= in the unit, ulimit -n) or lower --max-connections",
+            config.max_connections_per_worker
+        );
     }
-    if m.opt_present("no-http") {
-        c.http_addr = None;
+}
+
+/// SIGUSR2: starts a successor (this binary as it is on disk now, with this
+/// process's arguments and `--takeover`) and, once it says its listeners
+/// are up, hands over to it. A successor that fails to start changes
+/// nothing: this process keeps serving.
+fn start_successor(handle: ShutdownHandle, busy: Arc<AtomicBool>) {
+    if busy.swap(true, Ordering::SeqCst) {
+        log::warn!("SIGUSR2: a successor is already starting or started");
+        return;
     }
-    if let Some(a) = m.opt_str("rtmps") {
-        c.rtmps_addr = Some(a.parse().map_err(|e| format!("--rtmps {a:?}: {e}"))?);
-    }
-    if let Some(a) = m.opt_str("https") {
-        c.https_addr = Some(a.parse().map_err(|e| format!("--https {a:?}: {e}"))?);
-    }
-    let (certs, keys) = (m.opt_strs("tls-cert"), m.opt_strs("tls-key"));
-    if certs.len() != keys.len() {
-        return Err(format!(
-            "{} --tls-cert but {} --tls-key: give them in pairs",
-            certs.len(),
-            keys.len()
-        ));
-    }
-    if !certs.is_empty() {
-        c.tls.pairs = certs
-            .into_iter()
-            .map(Into::into)
-            .zip(keys.into_iter().map(Into::into))
-            .collect();
-    }
-    if let Some(d) = m.opt_str("tls-dir") {
-        c.tls.dir = Some(d.into());
-    }
-    parse(
-        m,
-        "max-tls-handshakes",
-        &mut c.max_tls_handshakes_per_worker,
-    )?;
-    if let Some(a) = m.opt_str("api") {
-        c.api_addr = Some(a.parse().map_err(|e| format!("--api {a:?}: {e}"))?);
-    }
-    c.api_token = m.opt_str("api-token").or(c.api_token);
-    parse(m, "cors-origin", &mut c.cors_origin)?;
-    parse_secs(m, "http-request-timeout", &mut c.http_request_timeout)?;
-    parse(m, "workers", &mut c.workers)?;
-    parse(m, "chunk-size", &mut c.chunk_size)?;
-    parse(m, "max-message-len", &mut c.max_message_len)?;
-    parse(m, "max-chunk-streams", &mut c.max_chunk_streams)?;
-    parse(m, "max-partial-bytes", &mut c.max_partial_bytes)?;
-    parse(m, "max-message-streams", &mut c.max_message_streams)?;
-    parse_secs(m, "handshake-timeout", &mut c.handshake_timeout)?;
-    parse_secs(m, "ping-interval", &mut c.ping_interval)?;
-    parse_secs(m, "ping-timeout", &mut c.ping_timeout)?;
-    parse_secs(m, "publisher-idle-timeout", &mut c.publisher_idle_timeout)?;
-    parse(m, "player-queue-bytes", &mut c.player_queue_bytes)?;
-    parse_secs(m, "player-stall-timeout", &mut c.player_stall_timeout)?;
-    parse(m, "gop-cache-bytes", &mut c.gop_cache_bytes)?;
-    parse(m, "gop-cache-frames", &mut c.gop_cache_frames)?;
-    parse(m, "max-connections", &mut c.max_connections_per_worker)?;
-    c.reconnect_url = m.opt_str("reconnect-url").or(c.reconnect_url);
-    parse_secs(m, "drain-timeout", &mut c.drain_timeout)?;
-    parse(m, "second-publisher", &mut c.second_publisher)?;
-    parse_secs(m, "pull-idle-timeout", &mut c.pull_idle_timeout)?;
-    parse(m, "pull-unavailable", &mut c.pull_unavailable)?;
-    if let Some(f) = m.opt_str("relay-ca") {
-        c.relay_ca = Some(f.into());
-    }
-    for (flag, kind, always) in [
-        ("push", RelayKind::Push, false),
-        ("pull", RelayKind::Pull, false),
-        ("pull-static", RelayKind::Pull, true),
-    ] {
-        for arg in m.opt_strs(flag) {
-            let spec =
-                RuleSpec::from_flag(kind, &arg, always).map_err(|e| format!("--{flag} {e}"))?;
-            c.relays.push((kind, spec));
+    let mut args = std::env::args_os();
+    let program = args.next().unwrap_or_else(|| "sluice".into());
+    let args: Vec<_> = args.filter(|a| a != "--takeover").collect();
+    let child = Command::new(&program)
+        .args(&args)
+        .arg("--takeover")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!(
+                "SIGUSR2: cannot start {}: {e}; keeping on",
+                program.to_string_lossy()
+            );
+            busy.store(false, Ordering::SeqCst);
+            return;
         }
-    }
+    };
+    let pid = child.id();
+    log::info!(
+        "SIGUSR2: started successor pid={pid} ({} --takeover); waiting for its listeners",
+        program.to_string_lossy()
+    );
+    let Some(stdout) = child.stdout.take() else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut ready = false;
+        for line in std::io::BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) if l.trim() == SUCCESSOR_READY => {
+                    ready = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if ready {
+            log::info!("handover: successor pid={pid} listens; handing over to it");
+            handle.hand_over();
+            return;
+        }
+        let status = child.wait();
+        log::error!(
+            "handover: successor pid={pid} exited before it was ready ({}); keeping on",
+            status.map_or_else(|e| e.to_string(), |s| s.to_string())
+        );
+        busy.store(false, Ordering::SeqCst);
+    });
+}
+
+/// The config file and the flags, checked, with the files they name
+/// loaded once now rather than at the first connection that needs them.
+fn config_from(c: Config) -> Result<Config, String> {
     c.validate()?;
     // Relay certificates must load now too.
     sluice::relay::ClientTls::new(c.relay_ca.as_deref())?;
@@ -391,7 +135,7 @@ fn config_from(m: &getopts::Matches) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let opts = options();
+    let opts = config::options();
     let m = match opts.parse(&args[1..]) {
         Ok(m) => m,
         Err(e) => {
@@ -431,14 +175,24 @@ fn main() -> ExitCode {
             }
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match config_from(&m) {
+    // The log format is a setting: read the settings first (their errors
+    // go to stderr as they are), then the logger, then what may log.
+    let config = match Config::from_args(&m) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sluice: {e}");
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log_format);
+    let config = match config_from(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    check_descriptor_limit(&config);
     let server = match Server::bind(config.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -447,6 +201,10 @@ fn main() -> ExitCode {
         }
     };
     let handle = server.shutdown_handle();
+    std::thread::Builder::new()
+        .name("heap-trim".into())
+        .spawn(trim_heap_forever)
+        .ok();
     if config.rtmps_addr.is_some() || config.https_addr.is_some() {
         // Certificates replaced on disk are picked up without a signal too.
         let watcher = handle.clone();
@@ -467,6 +225,7 @@ fn main() -> ExitCode {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR2,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -474,9 +233,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let successor = Arc::new(AtomicBool::new(false));
     std::thread::spawn(move || {
         let mut asked = false;
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGUSR2 {
+                start_successor(handle.clone(), successor.clone());
+                continue;
+            }
             if sig == signal_hook::consts::SIGHUP {
                 match handle.reload_access() {
                     Ok(n) => log::info!("SIGHUP: reloaded key files ({n} keys)"),
@@ -498,6 +262,11 @@ fn main() -> ExitCode {
             }
             asked = true;
             log::info!("signal {sig}: shutting down");
+            // Not after a handover: the successor is systemd's main process
+            // by now, and this would tell systemd the service stops.
+            if !successor.load(Ordering::SeqCst) {
+                let _ = sluice::sdnotify::notify("STOPPING=1");
+            }
             handle.shutdown();
         }
     });
@@ -515,6 +284,18 @@ fn main() -> ExitCode {
             .or(addrs.http)
             .map_or("off".into(), |a| a.to_string()),
     );
+    if config.takeover {
+        // The predecessor that started this process reads this line, then
+        // hands over; systemd (NotifyAccess=all) follows this process.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{SUCCESSOR_READY}").and_then(|()| out.flush());
+        let state = format!("MAINPID={}\nREADY=1", std::process::id());
+        if let Err(e) = sluice::sdnotify::notify(&state) {
+            log::warn!("telling systemd this process is the service's: {e}");
+        }
+    } else if let Err(e) = sluice::sdnotify::notify("READY=1") {
+        log::warn!("telling systemd the service is ready: {e}");
+    }
     match server.run() {
         Ok(()) => {
             log::info!("stopped");
@@ -523,6 +304,28 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// How often freed heap memory is handed back to the system.
+const HEAP_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hands memory glibc's malloc keeps after frees back to the system, every
+/// [`HEAP_TRIM_INTERVAL`], on a helper thread (never a worker). glibc
+/// returns only the top of each heap by itself: after players that
+/// stalled with full queues leave, or an attack is closed, the process
+/// would otherwise stay at its peak (docs/hardening.md case 47, with the
+/// figures in SECURITY.md, "Memory"). Elsewhere (musl, other systems) this
+/// thread returns at once.
+fn trim_heap_forever() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    loop {
+        std::thread::sleep(HEAP_TRIM_INTERVAL);
+        // SAFETY: malloc_trim takes no pointer, only walks the allocator's
+        // own arenas under their locks; 0 keeps no extra padding.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }

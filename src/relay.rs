@@ -1,7 +1,7 @@
 //! Relays: what to push where (restreaming) and where to pull from (edge
 //! nodes). This module holds the rules, the target URLs and the TLS client
 //! settings; the outbound connections themselves live in the workers' slabs
-//! (`server::relay`), driven by the sans-IO [`crate::protocol::client`].
+//! (`server::tasks`, `server::relay_conn`), driven by the sans-IO [`crate::protocol::client`].
 //!
 //! * A **push** rule names local streams (every stream of an application, or
 //!   one stream) and a target URL. When a matching stream goes live, the
@@ -20,6 +20,7 @@
 //! stream name. A push target without a name gets the local stream's name;
 //! a pull origin without a name is asked for the name the player asked for.
 
+use crate::protocol::name::{AppName, StreamKey};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
@@ -87,6 +88,15 @@ impl std::str::FromStr for Unavailable {
     }
 }
 
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotFound => "not_found",
+            Self::Wait => "wait",
+        })
+    }
+}
+
 /// An `rtmp://` or `rtmps://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayUrl {
@@ -148,6 +158,15 @@ impl RelayUrl {
         })
     }
 
+    /// The same URL in application `app` (a rule for every application
+    /// connects to each stream's own).
+    pub fn in_app(&self, app: &str) -> RelayUrl {
+        RelayUrl {
+            app: app.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// The `tcUrl` sent in `connect`.
     pub fn tc_url(&self) -> String {
         let scheme = if self.tls { "rtmps" } else { "rtmp" };
@@ -191,32 +210,52 @@ impl RelayUrl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every stream of this application.
-    App(String),
+    App(AppName),
     /// One stream, `app/name`.
-    Stream(String),
+    Stream(StreamKey),
+    /// Every stream: the rule a successor pulls its predecessor's streams
+    /// with during a handover (`--takeover`); never written in a config.
+    Any,
 }
 
 impl Scope {
+    /// `APP` or `APP/NAME`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let valid = crate::protocol::session::valid_name;
-        match s.split_once('/') {
-            Some((app, name)) if valid(app) && valid(name) => Ok(Self::Stream(s.to_owned())),
-            None if valid(s) => Ok(Self::App(s.to_owned())),
-            _ => Err(format!("{s:?}: expected APP or APP/NAME")),
-        }
+        let scope = if s.contains('/') {
+            StreamKey::new(s).map(Self::Stream)
+        } else {
+            AppName::new(s).map(Self::App)
+        };
+        scope.map_err(|e| format!("{s:?}: expected APP or APP/NAME ({e})"))
     }
 
+    /// True when the stream `key` (`app/name`) is in scope.
     pub fn matches(&self, key: &str) -> bool {
         match self {
-            Self::App(app) => key.split_once('/').is_some_and(|(a, _)| a == app),
+            Self::App(app) => key.split_once('/').is_some_and(|(a, _)| app == a),
             Self::Stream(k) => k == key,
+            Self::Any => true,
         }
     }
 
+    /// `APP` or `APP/NAME`, as written.
     pub fn as_str(&self) -> &str {
         match self {
-            Self::App(s) | Self::Stream(s) => s,
+            Self::App(s) => s,
+            Self::Stream(s) => s,
+            Self::Any => "*",
         }
+    }
+}
+
+/// A relay rule's id: unique for the process's lifetime
+/// (`DELETE /api/relays/ID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RuleId(pub u64);
+
+impl std::fmt::Display for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -224,7 +263,7 @@ impl Scope {
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Unique for the process's lifetime (`DELETE /api/relays/ID`).
-    pub id: u64,
+    pub id: RuleId,
     pub kind: RelayKind,
     pub scope: Scope,
     pub url: RelayUrl,
@@ -241,10 +280,39 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The rule a successor (`--takeover`) pulls its predecessor's streams
+    /// with, from the predecessor's handover listener at `addr`: every
+    /// stream, each from its own application; players wait while the
+    /// predecessor has not opened that listener yet.
+    pub fn handover(addr: std::net::SocketAddr, idle_timeout: Duration) -> Rule {
+        Rule {
+            id: RuleId::default(),
+            kind: RelayKind::Pull,
+            scope: Scope::Any,
+            url: RelayUrl {
+                tls: false,
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                app: "handover".to_owned(),
+                name: None,
+            },
+            insecure: false,
+            always: false,
+            on_unavailable: Unavailable::Wait,
+            idle_timeout,
+            source: "handover",
+        }
+    }
+
+    /// True for the rule of [`Rule::handover`].
+    pub fn is_handover(&self) -> bool {
+        self.scope == Scope::Any
+    }
+
     /// The stream key this rule pulls when it is static.
     pub fn static_key(&self) -> Option<&str> {
         match (&self.scope, self.kind, self.always) {
-            (Scope::Stream(k), RelayKind::Pull, true) => Some(k),
+            (Scope::Stream(k), RelayKind::Pull, true) => Some(k.as_str()),
             _ => None,
         }
     }
@@ -305,11 +373,13 @@ impl RuleSpec {
         let scope = match (&self.app, &self.stream) {
             (Some(a), None) => Scope::parse(a).and_then(|s| match s {
                 Scope::App(_) => Ok(s),
-                Scope::Stream(_) => Err(format!("app = {a:?}: an application has no '/'")),
+                Scope::Stream(_) | Scope::Any => {
+                    Err(format!("app = {a:?}: an application has no '/'"))
+                }
             })?,
             (None, Some(s)) => Scope::parse(s).and_then(|sc| match sc {
                 Scope::Stream(_) => Ok(sc),
-                Scope::App(_) => Err(format!("stream = {s:?}: expected APP/NAME")),
+                Scope::App(_) | Scope::Any => Err(format!("stream = {s:?}: expected APP/NAME")),
             })?,
             _ => return Err("give either app or stream".into()),
         };
@@ -321,12 +391,11 @@ impl RuleSpec {
             return Err("a static pull names one stream (stream = \"APP/NAME\")".into());
         }
         let idle_timeout = match self.idle_timeout {
-            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
-            Some(_) => return Err("idle_timeout: expected a positive number of seconds".into()),
+            Some(s) => crate::seconds::positive(s).map_err(|e| format!("idle_timeout: {e}"))?,
             None => idle_default,
         };
         Ok(Rule {
-            id: 0,
+            id: RuleId::default(),
             kind,
             scope,
             url,
@@ -352,7 +421,7 @@ impl ClientTls {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = extra_ca {
-            for c in crate::server::tls::load_certs(path)? {
+            for c in crate::certs::load_certs(path)? {
                 roots
                     .add(c)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -478,7 +547,7 @@ mod tests {
                 "config",
             )
             .unwrap();
-        assert_eq!(r.scope, Scope::App("live".into()));
+        assert_eq!(r.scope, Scope::App("live".parse().unwrap()));
         assert!(r.scope.matches("live/cam") && !r.scope.matches("other/cam"));
         let s = RuleSpec::from_flag(RelayKind::Pull, "live/cam=rtmp://o/live", true).unwrap();
         let r = s

@@ -10,7 +10,6 @@ mod support;
 use common::*;
 use sluice::auth::{sign, SignScheme};
 use std::process::Command;
-use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const KEY: &str = "pub-key-0123456789";
@@ -78,7 +77,19 @@ fn ffmpeg_with_keys_and_signed_urls() {
     refused(&mut expired_player);
     let stderr = refused(&mut unsigned_http);
     assert!(stderr.contains("401"), "HTTP 401: {stderr}");
-    sleep(Duration::from_millis(300));
+    // The refused peers are gone; the two signed players wait for the stream.
+    api::wait_until(
+        Duration::from_secs(10),
+        "only the signed players left",
+        || {
+            let clients = api::clients(server.http_addr());
+            let peers: Vec<_> = clients.iter().filter(|c| c["state"] != "http").collect();
+            peers.len() == 2
+                && peers
+                    .iter()
+                    .all(|c| c["state"] == "playing" && c["stream"] == "live/cam")
+        },
+    );
 
     let mut publisher = publish_ffmpeg(&format!("{url}?key={KEY}"), clip());
     let status = publisher
@@ -169,16 +180,16 @@ fn sighup_reloads_the_key_file() {
     assert_eq!(code("b?key=second-key"), "NetStream.Publish.Unauthorized");
     std::fs::write(&keys, "second-key\n").unwrap();
     assert!(send_signal(server.pid().unwrap(), "HUP"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !server.log().contains("reloaded key files (1 keys)") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload in the log:\n{}",
-            server.log()
-        );
-        sleep(Duration::from_millis(50));
-    }
-    assert_eq!(code("c?key=second-key"), "NetStream.Publish.Start");
+    // Reloaded once the new key is taken.
+    let mut tries = 0;
+    api::wait_until(Duration::from_secs(10), "the new key taken", || {
+        tries += 1;
+        code(&format!("c{tries}?key=second-key")) == "NetStream.Publish.Start"
+    });
+    assert!(
+        server.log().contains("reloaded key files (1 keys)"),
+        "the reload is logged with its key count"
+    );
     assert_eq!(code("d?key=first-key"), "NetStream.Publish.Unauthorized");
     assert!(!server.log().contains("second-key"));
 }

@@ -1,4 +1,5 @@
-//! Every case of `shared/ADVERSARIAL.md`, over real loopback sockets against
+//! Every case of the hardening catalogue (docs/hardening.md, case numbers as
+//! there), over real loopback sockets against
 //! a running in-process server, one test per case, named `cNN_...`.
 //!
 //! Each case runs a healthy publisher/player pair beside the attack
@@ -246,7 +247,7 @@ fn c06_set_chunk_size_huge_accepted_memory_flat() {
         r.write(&[0x5A; 1024]);
         held.push(r);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_read_by_server(&server, &held);
     let grown = rss().saturating_sub(before);
     assert!(
         grown < 40 * MIB,
@@ -1126,6 +1127,15 @@ fn c28_stalled_player_bounded_dropped_to_keyframe_and_disconnected() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let disconnected_after = start.elapsed();
+    // The skip happened (frames dropped on this stream, whose other player,
+    // the healthy one, gets every frame) and the close was for the stall.
+    let http = http_addr(&server);
+    let stream = api::stream(http, &format!("live/{}", healthy.name)).expect("still live");
+    assert!(
+        stream["frames_dropped"].as_u64() > Some(0),
+        "no frame was dropped for the stalled player: {stream:#}"
+    );
+    assert_eq!(api::closes(http, "stalled"), 1.0, "closed as stalled");
     // What it can still read is bounded: socket buffers, nothing more.
     // What it can still read is what the kernel buffered, then EOF.
     let mut got = Vec::new();
@@ -1171,7 +1181,7 @@ fn c29_window_ack_1_and_unread_ping_flood_closed() {
         .unwrap();
     let mut batch = BytesMut::new();
     for t in 0..1000 {
-        r.encoder.encode(&ping(t), &mut batch);
+        r.encoder.encode(&ping(t), &mut batch).unwrap();
     }
     let batch = batch.freeze();
     let mut sent = 0usize;
@@ -1643,7 +1653,9 @@ fn c34_ten_thousand_idle_sockets_against_the_binary() {
         assert!(Instant::now() < deadline, "sluice did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every descriptor the server holds for good (listeners, polls, wakers,
+    // the signal pipe) exists before it serves a handshake: once the healthy
+    // pair runs, this is the idle baseline.
     let healthy = Healthy::start(addr);
     let baseline = fds(child.id());
     let start = Instant::now();
@@ -1680,8 +1692,14 @@ fn c34_ten_thousand_idle_sockets_against_the_binary() {
         start.elapsed()
     );
     drop(socks);
-    std::thread::sleep(Duration::from_millis(500));
-    let after = fds(child.id());
+    // The server notices each close on its next read: wait for the count to
+    // come back (or fail with where it stopped).
+    let settle = Instant::now() + WAIT;
+    let mut after = fds(child.id());
+    while after > baseline && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(50));
+        after = fds(child.id());
+    }
     eprintln!(
         "10,000 idle sockets: connected in {connected:?}; server descriptors {baseline} -> peak {peak} -> {after}"
     );
@@ -1742,7 +1760,11 @@ fn backstop_panic_while_delivering_closes_only_that_player() {
             r
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // All three wait for the stream before it starts.
+    let http = http_addr(&server);
+    api::wait_until(WAIT, "three players registered", || {
+        api::stream(http, &format!("live/{name}")).is_some_and(|s| s["players"]["rtmp"] == 3)
+    });
     let mut p = Raw::connect(addr, "live");
     let id = p.publish(&name);
     p.media(id, 9, 0, video_payload(0, true, 1000));

@@ -249,6 +249,20 @@ fn stalled_player_is_skipped_then_dropped_while_others_get_every_frame() {
         "the stall took at least the first bursts ({sent} frames)"
     );
     assert_complete_from_keyframe(&got, sent - 1);
+    // Skipped: the server dropped frames, and only the stalled player's (the
+    // healthy one got every frame) ...
+    let http = http_addr(&server);
+    let stream = api::stream(http, "live/cam").expect("live/cam is still live");
+    assert!(
+        stream["frames_dropped"].as_u64() > Some(0),
+        "the stalled player was never skipped ahead: {stream:#}"
+    );
+    // ... then dropped, for the stall (not for another reason).
+    assert_eq!(
+        api::closes(http, "stalled"),
+        1.0,
+        "the stalled player closed as stalled"
+    );
     drop(stalled);
     server.stop();
 }

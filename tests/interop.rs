@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ fn ffmpeg_rtmpdump_gstreamer_play_what_ffmpeg_publishes() {
     let server = Server::start(2, &[]);
     let url = server.url("live", "interop");
     let mut publisher = publish_ffmpeg(&url, clip());
+    // The players join 1.5 s into the stream (`-re`: media time is real time).
+    server.wait_live("live/interop");
     sleep(Duration::from_millis(1500));
 
     let mut players = vec![
@@ -69,8 +72,17 @@ fn players_on_both_workers_all_get_every_frame() {
     let mut players: Vec<Peer> = (0..PLAYERS)
         .map(|i| play_ffmpeg(&url, &server.dir().join(&format!("player{i}.flv"))))
         .collect();
-    // Let them all connect and start waiting for the stream.
-    sleep(Duration::from_millis(1500));
+    // They all connect and wait for the stream, on both workers.
+    let waiting = server.wait_players("live/fanout", PLAYERS);
+    let workers: BTreeSet<u64> = waiting
+        .iter()
+        .map(|c| c["worker"].as_u64().expect("worker"))
+        .collect();
+    assert_eq!(
+        workers,
+        BTreeSet::from([0, 1]),
+        "expected players on worker 0 and worker 1: {waiting:#?}"
+    );
     for p in &mut players {
         assert!(
             p.is_running(),
@@ -93,18 +105,6 @@ fn players_on_both_workers_all_get_every_frame() {
              first frame (and all audio from that frame's time on): {join:?}"
         );
     }
-    let workers = server.play_worker_ids();
-    assert!(
-        workers.contains(&0) && workers.contains(&1),
-        "expected play-start log lines on worker=0 and worker=1, found workers {workers:?}; \
-         play lines:\n{}",
-        server
-            .log()
-            .lines()
-            .filter(|l| l.to_ascii_lowercase().contains("play"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     eprintln!("[interop] took {:.1}s", t0.elapsed().as_secs_f64());
 }
 
@@ -117,7 +117,9 @@ fn late_joiner_starts_on_keyframe_with_sequence_headers() {
     let server = Server::start(2, &[]);
     let url = server.url("live", "late");
     let mut publisher = publish_ffmpeg(&url, clip());
-    // Keyframes are at 0, 2, 4, 6 s: join in the middle of the second GOP.
+    // Keyframes are at 0, 2, 4, 6 s of media, which `-re` sends in real time:
+    // join in the middle of the second GOP.
+    server.wait_live("live/late");
     sleep(Duration::from_millis(3000));
     let out = server.dir().join("late.flv");
     let mut player = play_ffmpeg(&url, &out);
@@ -156,9 +158,10 @@ fn second_publisher_is_refused_and_first_keeps_going() {
     let server = Server::start(2, &[]);
     let url = server.url("live", "twice");
     let mut player = play_ffmpeg(&url, &server.dir().join("player.flv"));
-    sleep(Duration::from_millis(500));
+    server.wait_players("live/twice", 1);
     let mut first = publish_ffmpeg(&url, clip());
-    sleep(Duration::from_millis(1500));
+    let live = server.wait_live("live/twice");
+    let first_id = live["publisher"]["id"].clone();
     let mut second = publish_ffmpeg(&url, clip());
     let status = second.wait(Duration::from_secs(10)).unwrap_or_else(|| {
         panic!(
@@ -175,6 +178,12 @@ fn second_publisher_is_refused_and_first_keeps_going() {
     eprintln!(
         "[interop] second publisher: exit {status}, stderr: {}",
         stderr.trim()
+    );
+    let now = server.stream("live/twice").expect("live/twice");
+    assert_eq!(
+        (&now["live"], &now["publisher"]["id"]),
+        (&serde_json::Value::Bool(true), &first_id),
+        "the first publisher lost the stream to the refused one: {now:#}"
     );
 
     let published_end = wait_publisher(&mut first);
@@ -197,13 +206,18 @@ fn sigterm_ends_stream_and_exits_zero() {
     let mut server = Server::start(2, &[]);
     let url = server.url("live", "term");
     let mut publisher = publish_ffmpeg(&url, clip());
-    sleep(Duration::from_millis(1000));
+    server.wait_live("live/term");
     let mut players = vec![
         play_ffmpeg(&url, &server.dir().join("ffmpeg.flv")),
         play_rtmpdump(&url, &server.dir().join("rtmpdump.flv")),
         play_gst(&url, &server.dir().join("gst.flv")),
     ];
-    sleep(Duration::from_millis(2000));
+    // All three are streaming (the server has sent each of them media) when
+    // the server is told to stop.
+    api::wait_until(Duration::from_secs(10), "three players streaming", || {
+        let p = server.players_of("live/term");
+        p.len() == 3 && p.iter().all(|c| c["bytes_out"].as_u64() > Some(100_000))
+    });
     for p in &mut players {
         assert!(
             p.is_running(),

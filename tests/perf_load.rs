@@ -1,6 +1,14 @@
 //! The load generator against the real `sluice` binary: 20 RTMP players for a
 //! few seconds, then checks of its JSON record. No timing or performance
 //! assertion: figures belong in perf/results/, not in `cargo test`.
+//!
+//! `sluice-load` belongs to the workspace member `sluice-perf` (perf/), so
+//! this test builds it through cargo first ([`perf_tool::sluice_load`]); it
+//! stays here, in the server package, so that `cargo test` and
+//! `cargo test --test perf_load` at the top run it whatever the workspace's
+//! default members are.
+
+mod perf_tool;
 
 use serde_json::Value;
 use std::io::Read;
@@ -57,7 +65,7 @@ fn twenty_players_get_every_frame_with_latency_and_cpu_recorded() {
     let dir = std::env::temp_dir().join(format!("sluice-perf-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("run.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-load"))
+    let out = Command::new(perf_tool::sluice_load())
         .args([
             "--addr",
             &format!("127.0.0.1:{port}"),

@@ -5,71 +5,21 @@
 //! clip packet by packet (see `common::compare_from_first_keyframe`).
 
 mod common;
+mod perf_tool;
 
+use common::api::{metrics as metrics_text, request as http, wait_until};
 use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// One HTTP/1.1 request with `Connection: close`: (status, JSON body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).expect("connect to the API");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read the API's answer");
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {resp}"));
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-/// `GET /metrics` as text.
-fn metrics_text(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to the API");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned())
-}
-
 /// `GET /api/streams/KEY`, when the stream exists.
 fn stream(server: &Server, key: &str) -> Option<Value> {
-    match http(
-        server.http_addr(),
-        "GET",
-        &format!("/api/streams/{key}"),
-        "",
-    ) {
-        (200, v) => Some(v),
-        _ => None,
-    }
-}
-
-/// Polls `f` every 100 ms until it holds, or panics after `limit`.
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        sleep(Duration::from_millis(100));
-    }
+    server.stream(key)
 }
 
 fn total_players(s: &Value) -> u64 {
@@ -257,7 +207,13 @@ fn pull_starts_with_the_first_player_and_stops_after_the_last_leaves() {
         stream(&origin, "live/idle").is_some_and(|s| total_players(&s) == 0 && s["live"] == true)
             && stream(&edge, "live/idle").is_none()
     });
-    assert!(edge.log().contains("no player for 1s"), "{}", edge.log());
+    // Stopped for good (not failed and waiting to retry): the rule has no task.
+    let (_, relays) = http(edge.http_addr(), "GET", "/api/relays", "");
+    assert_eq!(
+        relays["relays"][0]["tasks"],
+        Value::Array(vec![]),
+        "{relays}"
+    );
     // A new player starts a new pull.
     let mut again = play_for(&edge.url("live", "idle"), 1, &edge.dir().join("c.flv"));
     let end = again.wait_or_stop(Duration::from_secs(15));
@@ -287,7 +243,13 @@ fn unreachable_origin_gives_stream_not_found_or_waits() {
         player.stderr(),
         edge.log()
     );
-    assert!(edge.log().contains("relay failed"), "{}", edge.log());
+    // The failed pull was given up (its players told), not left retrying.
+    let (_, relays) = http(edge.http_addr(), "GET", "/api/relays", "");
+    assert_eq!(
+        relays["relays"][0]["tasks"],
+        Value::Array(vec![]),
+        "{relays}"
+    );
     // HTTP-FLV players of a pulled app wait for the pull; it fails: the
     // response ends.
     let (status, _) = {
@@ -318,8 +280,21 @@ fn unreachable_origin_gives_stream_not_found_or_waits() {
     .unwrap();
     let edge = Server::start(1, &["-c", conf.to_str().unwrap()]);
     let mut player = play_for(&edge.url("live", "later"), 2, &edge.dir().join("w.flv"));
-    sleep(Duration::from_secs(2));
-    assert!(player.is_running(), "the player waits");
+    // The player is registered on the stream while its pull fails and
+    // waits to retry.
+    wait_until(
+        Duration::from_secs(10),
+        "the player waits for a retrying pull",
+        || {
+            stream(&edge, "live/later").is_some_and(|s| {
+                s["live"] == false
+                    && total_players(&s) == 1
+                    && s["relays"]["pull"]["state"] == "waiting"
+                    && s["relays"]["pull"]["last_error"].is_string()
+            })
+        },
+    );
+    assert!(player.is_running(), "the player waits: {}", player.stderr());
     let origin = Server::start_on(origin_port, 1, &[]);
     let mut publisher = publish_looping(&origin.url("live", "later"));
     let end = player.wait_or_stop(Duration::from_secs(25));
@@ -388,6 +363,10 @@ fn push_to_nginx_rtmp_and_to_sluice_over_rtmps() {
             pushes.len() == 2 && pushes.iter().all(|p| p["state"] == "publishing")
         })
     });
+    // The Sluice target has the stream under its own key, over RTMPS.
+    let pushed = stream(&target, "ingest/KEY-0123456789").expect("pushed stream");
+    assert_eq!(pushed["live"], true, "{pushed}");
+    assert_eq!(pushed["publisher"]["protocol"], "rtmps", "{pushed}");
     let s = stream(&origin, "live/cam").unwrap();
     let urls: Vec<&str> = s["relays"]["push"]
         .as_array()
@@ -414,12 +393,6 @@ fn push_to_nginx_rtmp_and_to_sluice_over_rtmps() {
         let join = compare(player, end, published_end);
         eprintln!("[relay] {}: {join:?}", player.output().unwrap().display());
     }
-    let target_log = target.log();
-    assert!(
-        target_log.contains("stream=ingest/KEY-0123456789")
-            && target_log.contains("protocol=rtmps"),
-        "{target_log}"
-    );
 }
 
 #[test]
@@ -438,8 +411,24 @@ fn a_target_that_restarts_is_pushed_again_from_a_keyframe() {
     );
     let mut publisher = publish_ffmpeg(&origin.url("live", "r"), clip());
     wait_until(Duration::from_secs(5), "pushing to a", || {
-        a.log().contains("publish start stream=live/r")
+        stream(&a, "live/r").is_some_and(|s| s["live"] == true)
     });
+    let a_port = format!(":{}/", a.port());
+    let push_to_a = |origin: &Value| -> Value {
+        origin["relays"]["push"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["url"].as_str().unwrap().contains(&a_port))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let before = push_to_a(&stream(&origin, "live/r").unwrap());
+    assert_eq!(
+        (&before["state"], before["reconnects"].as_u64()),
+        (&Value::from("publishing"), Some(0)),
+        "{before}"
+    );
     let mut players = vec![
         play_ffmpeg(&b.url("live", "r"), &b.dir().join("b.flv")),
         play_ffmpeg(&origin.url("live", "r"), &origin.dir().join("o.flv")),
@@ -448,16 +437,13 @@ fn a_target_that_restarts_is_pushed_again_from_a_keyframe() {
     // Target a dies mid-stream and comes back on the same port.
     a.restart_killed();
     let late = play_ffmpeg(&a.url("live", "r"), &a.dir().join("a.flv"));
+    // The push that was publishing lost its target and published again.
     wait_until(Duration::from_secs(5), "push to a resumed", || {
         stream(&origin, "live/r").is_some_and(|s| {
-            s["relays"]["push"].as_array().unwrap().iter().any(|p| {
-                p["url"].as_str().unwrap().contains(&a.port().to_string())
-                    && p["state"] == "publishing"
-                    && p["reconnects"].as_u64().unwrap() >= 1
-            })
+            let p = push_to_a(&s);
+            p["state"] == "publishing" && p["reconnects"].as_u64() >= Some(1)
         })
     });
-    assert!(origin.log().contains("relay lost"), "{}", origin.log());
     let published_end = wait_publisher(&mut publisher);
     players.push(late);
     let ends = wait_all_or_stop(&mut players, PLAYER_END_GRACE);
@@ -516,6 +502,10 @@ fn blackholed_and_stalled_targets_do_not_slow_local_players_or_grow_memory() {
             "1000000",
             "--player-stall-timeout",
             "3",
+            // The memory bound below is the relays' and the players'; HLS
+            // keeps a window of its own (bounded and tested in tests/hls.rs).
+            "--hls",
+            "false",
         ],
     );
     let dir = TestDir::new();
@@ -525,13 +515,14 @@ fn blackholed_and_stalled_targets_do_not_slow_local_players_or_grow_memory() {
     // fills, then the push's queue, which must skip, not grow.
     let stalled_pid = stalled.pid().unwrap();
     let stopper = std::thread::spawn({
-        let log = stalled.dir().join("sluice.log");
+        let api = stalled.http_addr();
         move || {
             let end = Instant::now() + Duration::from_secs(10);
             while Instant::now() < end {
-                if std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("publish start")
+                let (_, streams) = http(api, "GET", "/api/streams", "");
+                if streams["streams"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|s| s["live"] == true))
                 {
                     send_signal(stalled_pid, "STOP");
                     return true;
@@ -541,14 +532,49 @@ fn blackholed_and_stalled_targets_do_not_slow_local_players_or_grow_memory() {
             false
         }
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-load"))
+    // The push to the blackhole, as the origin's API shows it while the
+    // stream runs: (its last error, the most reconnects seen, seen waiting).
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = std::thread::spawn({
+        let (api, running) = (origin.http_addr(), running.clone());
+        move || {
+            let (mut error, mut reconnects, mut waited) = (None, 0, false);
+            while running.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, relays) = http(api, "GET", "/api/relays", "");
+                let to_hole = relays["relays"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| {
+                        r["url"]
+                            .as_str()
+                            .is_some_and(|u| u.contains(&format!(":{hole}/")))
+                    });
+                for task in to_hole.flat_map(|r| r["tasks"].as_array().cloned().unwrap_or_default())
+                {
+                    if let Some(e) = task["last_error"].as_str() {
+                        error = Some(e.to_owned());
+                    }
+                    reconnects = reconnects.max(task["reconnects"].as_u64().unwrap_or(0));
+                    waited |= task["state"] == "waiting";
+                }
+                sleep(Duration::from_millis(100));
+            }
+            (error, reconnects, waited)
+        }
+    });
+    let out = Command::new(perf_tool::sluice_load())
         .args([
             "--addr",
             &format!("127.0.0.1:{}", origin.port()),
             "--players",
             "5",
             "--bitrate",
-            "40000000",
+            // 20 Mbit/s: the 2 MB player queue is then 0.8 s of slack for
+            // the local players (the generator shares two cores with the
+            // servers and the other tests), while the stalled push's queue
+            // still fills in under a second.
+            "20000000",
             "--lead",
             "1",
             "--ramp",
@@ -568,6 +594,8 @@ fn blackholed_and_stalled_targets_do_not_slow_local_players_or_grow_memory() {
         .output()
         .expect("run sluice-load");
     let stopped = stopper.join().unwrap();
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (hole_error, hole_reconnects, hole_waited) = watcher.join().unwrap();
     send_signal(stalled_pid, "CONT");
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sluice-load failed:\n{summary}");
@@ -586,19 +614,26 @@ fn blackholed_and_stalled_targets_do_not_slow_local_players_or_grow_memory() {
         p99 < 1000.0,
         "local players were held back: p99 {p99} ms\n{ctx}"
     );
-    // 60 MB went through at 40 Mbit/s; the origin's memory stayed within
+    // 30 MB went through at 20 Mbit/s; the origin's memory stayed within
     // its bounds (two push queues of 2 MB, a 1 MB GOP cache, buffers).
     let rss = r["server"]["rss_peak_bytes"].as_u64().unwrap();
     eprintln!("[relay] origin peak RSS {} MB", rss / 1_000_000);
     assert!(rss < 60_000_000, "origin peak RSS {rss}\n{ctx}");
-    let log = origin.log();
-    assert!(
-        log.contains("skipping to the next keyframe"),
-        "the stalled push skipped:\n{ctx}"
+    // The stalled push skipped: frames were dropped, and not for the local
+    // players, who missed none.
+    let dropped = api::metric(
+        &metrics_text(origin.http_addr()),
+        "sluice_frames_dropped_total",
+        &[],
     );
     assert!(
-        log.contains("relay failed"),
-        "the blackholed push timed out and retried:\n{ctx}"
+        dropped > Some(0.0),
+        "the stalled push skipped no frame ({dropped:?})\n{ctx}"
+    );
+    assert!(
+        hole_error.is_some() && (hole_waited || hole_reconnects >= 1),
+        "the blackholed push timed out and retried: last error {hole_error:?}, \
+         {hole_reconnects} reconnects, waited: {hole_waited}\n{ctx}"
     );
 }
 
@@ -719,16 +754,31 @@ fn static_pull_runs_without_players_and_insecure_accepts_a_self_signed_origin() 
     wait_until(
         Duration::from_secs(10),
         "strict edge refused the certificate",
-        || strict.log().contains("invalid peer certificate"),
+        || {
+            let (_, relays) = http(strict.http_addr(), "GET", "/api/relays", "");
+            relays["relays"][0]["tasks"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("invalid peer certificate"))
+        },
     );
     assert!(stream(&strict, "live/s").map_or(true, |s| s["live"] == false));
-    // The pull stays with no player for longer than the idle timeout.
+    // The pull stays with no player for longer than the idle timeout (1 s):
+    // the same task, still playing, 2 s later.
+    let task = |what: &str| {
+        let (_, relays) = http(edge.http_addr(), "GET", "/api/relays", "");
+        assert_eq!(relays["relays"][0]["static"], true, "{what}: {relays}");
+        assert_eq!(
+            relays["relays"][0]["tasks"][0]["state"], "playing",
+            "{what}: {relays}"
+        );
+        relays["relays"][0]["tasks"][0]["id"].clone()
+    };
+    let first = task("pulled");
     sleep(Duration::from_secs(2));
-    let (_, relays) = http(edge.http_addr(), "GET", "/api/relays", "");
-    assert_eq!(relays["relays"][0]["static"], true, "{relays}");
     assert_eq!(
-        relays["relays"][0]["tasks"][0]["state"], "playing",
-        "{relays}"
+        task("2 s without a player"),
+        first,
+        "the static pull restarted"
     );
     // A player gets it at once from the edge's cache.
     let mut player = play_for(&edge.url("live", "s"), 1, &edge.dir().join("s.flv"));

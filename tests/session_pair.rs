@@ -417,7 +417,8 @@ fn client_answers_set_peer_bandwidth_with_its_window() {
     // csid-2 message from a fresh encoder starts with a type-0 header.
     let enc = ChunkEncoder::new();
     let mut wire = BytesMut::new();
-    enc.encode(&message::set_peer_bandwidth(1_000_000, 2), &mut wire);
+    enc.encode(&message::set_peer_bandwidth(1_000_000, 2), &mut wire)
+        .unwrap();
     p.client.handle_input(&mut wire).unwrap();
     let mut sent = BytesMut::new();
     while let Some(b) = p.client.poll_transmit() {
@@ -432,7 +433,161 @@ fn client_answers_set_peer_bandwidth_with_its_window() {
     assert_eq!(msg.type_id, 5, "Window Acknowledgement Size");
     assert_eq!(&msg.payload[..], &1_000_000u32.to_be_bytes());
     // The same window again needs no answer.
-    enc.encode(&message::set_peer_bandwidth(1_000_000, 2), &mut wire);
+    enc.encode(&message::set_peer_bandwidth(1_000_000, 2), &mut wire)
+        .unwrap();
     p.client.handle_input(&mut wire).unwrap();
     assert!(p.client.poll_transmit().is_none());
+}
+
+/// Video on demand: play's arguments reach the server; StreamIsRecorded
+/// precedes StreamBegin; seek, pause and SetBufferLength come out as
+/// events with their values; the server's answers are Seek.Notify then
+/// Play.Start, and at the end onPlayStatus Play.Complete then Play.Stop.
+#[test]
+fn recorded_stream_commands_and_notices() {
+    use sluice::protocol::session::PlayRejection;
+    let mut p = Pair::connected();
+    let id = p.created_stream();
+    p.client
+        .play_with(id, "movie.mp4?k=1", 1500.0, 4000.0, false);
+    p.pump().unwrap();
+    let req = match p.server_events.as_slice() {
+        [Event::PlayRequested(r)] => r.clone(),
+        other => panic!("expected a play request, got {other:?}"),
+    };
+    assert_eq!(req.name, "movie.mp4");
+    assert_eq!(
+        (req.start, req.duration, req.reset),
+        (1500.0, 4000.0, false)
+    );
+    p.server_events.clear();
+
+    p.server.accept_play_recorded(id, req.reset);
+    p.pump().unwrap();
+    let controls: Vec<&UserControl> = p
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::UserControl(u) => Some(u),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        controls,
+        [
+            &UserControl::StreamIsRecorded(id),
+            &UserControl::StreamBegin(id)
+        ]
+    );
+    assert_eq!(p.statuses(), ["NetStream.Play.Start"], "no Play.Reset");
+    p.client_events.clear();
+
+    p.client.set_buffer_length(id, 2500);
+    p.client.seek(id, 3210.0);
+    p.client.pause(id, true, 4000.0);
+    p.client.seek(id, f64::NAN);
+    p.pump().unwrap();
+    assert_eq!(
+        p.server_events,
+        [
+            Event::BufferLength {
+                stream_id: id,
+                millis: 2500
+            },
+            Event::Seek {
+                stream_id: id,
+                position_ms: 3210.0
+            },
+            Event::Pause {
+                stream_id: id,
+                paused: true,
+                position_ms: 4000.0
+            },
+            Event::Seek {
+                stream_id: id,
+                position_ms: 0.0
+            },
+        ]
+    );
+    assert_eq!(p.statuses(), ["NetStream.Pause.Notify"]);
+    p.client_events.clear();
+
+    p.server.notify_seek(id, 3000);
+    p.pump().unwrap();
+    assert_eq!(
+        p.statuses(),
+        ["NetStream.Seek.Notify", "NetStream.Play.Start"]
+    );
+    p.client_events.clear();
+
+    p.server.notify_complete(id, 6000, 12345);
+    p.pump().unwrap();
+    let play_status = p.client_events.iter().find_map(|e| match e {
+        ClientEvent::Media {
+            kind: MediaKind::Data,
+            payload,
+            ..
+        } => amf::decode_all(payload, &Default::default()).ok(),
+        _ => None,
+    });
+    let play_status = play_status.expect("onPlayStatus");
+    assert_eq!(play_status[0].as_str(), Some("onPlayStatus"));
+    assert_eq!(
+        play_status[1].get("code").and_then(|c| c.as_str()),
+        Some("NetStream.Play.Complete")
+    );
+    assert_eq!(
+        play_status[1].get("duration").and_then(|c| c.as_number()),
+        Some(6.0)
+    );
+    assert_eq!(p.statuses(), ["NetStream.Play.Stop"]);
+    assert!(p
+        .client_events
+        .contains(&ClientEvent::UserControl(UserControl::StreamEof(id))));
+    p.client_events.clear();
+
+    // Still playing: a seek back works; a failure ends the play.
+    p.server.notify_seek(id, 0);
+    p.server
+        .notify_failed(id, "truncated file: the file shrank");
+    p.server.notify_seek(id, 0);
+    p.pump().unwrap();
+    assert_eq!(
+        p.statuses(),
+        [
+            "NetStream.Seek.Notify",
+            "NetStream.Play.Start",
+            "NetStream.Play.Failed"
+        ]
+    );
+    let described = p
+        .client
+        .last_status()
+        .and_then(|s| s.get("description").cloned());
+    assert_eq!(
+        described
+            .and_then(|d| d.as_str().map(str::to_owned))
+            .as_deref(),
+        Some("truncated file: the file shrank")
+    );
+
+    // A play refused with a reason.
+    p.client_events.clear();
+    let id2 = p.created_stream();
+    p.client.play(id2, "missing.mp4");
+    p.pump().unwrap();
+    p.server
+        .reject_play_because(id2, PlayRejection::StreamNotFound, "no such file");
+    p.pump().unwrap();
+    assert_eq!(p.statuses(), ["NetStream.Play.StreamNotFound"]);
+}
+
+#[test]
+fn seek_on_a_stream_that_is_not_playing_fails_at_once() {
+    let mut p = Pair::connected();
+    let id = p.created_stream();
+    p.client.seek(id, 1000.0);
+    p.pump().unwrap();
+    assert!(p.server_events.is_empty(), "{:?}", p.server_events);
+    assert_eq!(p.statuses(), ["NetStream.Seek.Failed"]);
 }

@@ -1,4 +1,4 @@
-//! Soak (ADVERSARIAL 37): the `sluice` binary as its own process, with
+//! Soak (docs/hardening.md case 37): the `sluice` binary as its own process, with
 //! publishers reconnecting every few seconds, players joining and leaving,
 //! and one player that never reads, for a given duration. Samples the
 //! server's resident memory and open file descriptors from /proc over time,
@@ -30,28 +30,48 @@ use support::*;
 
 const STREAMS: usize = 4;
 const PLAYERS: usize = 16;
-/// How long the server may take to settle after the clients stop.
-const SETTLE: Duration = Duration::from_secs(3);
+/// How long the server may take to release every client's descriptor after
+/// the clients stop.
+const SETTLE: Duration = Duration::from_secs(10);
 
 struct Server {
     child: Child,
     addr: SocketAddr,
 }
 
+/// `GET /api/server` answered 200 (false while nothing listens).
+fn api_answers(http: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return false;
+    };
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = String::new();
+    s.write_all(b"GET /api/server HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
+
+/// A free loopback port: bind, note it, release it for the server.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Server {
     fn start() -> Self {
-        // A free port: bind, note it, release it for the server.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args([
                 "--rtmp",
                 &addr.to_string(),
-                "--no-http",
+                "--http",
+                &http.to_string(),
                 "--workers",
                 "2",
                 "--player-stall-timeout",
@@ -64,12 +84,18 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn sluice");
+        // Ready once a worker answers the API (every descriptor the idle
+        // server holds exists by then), with no RTMP connection ever made:
+        // the descriptor count that follows is the idle baseline. The API
+        // connection is closed by the server before its answer ends.
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "sluice did not start listening");
+        loop {
+            if api_answers(http) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sluice did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(200));
         Self { child, addr }
     }
 
@@ -286,7 +312,12 @@ fn soak_memory_and_descriptors_stay_flat() {
     for t in threads {
         t.join().expect("client thread");
     }
-    std::thread::sleep(SETTLE);
+    // Wait for the server to release every client (or fail below with the
+    // count where it stopped).
+    let settle = Instant::now() + SETTLE;
+    while server.fds() > idle_fds && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (end_rss, end_fds) = (server.rss_kb(), server.fds());
     println!("all clients gone: rss {end_rss} kB, {end_fds} fds (idle server had {idle_fds})");
     let c = &counters;

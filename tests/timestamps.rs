@@ -7,7 +7,8 @@
 //! timing: `common::compare_from_first_keyframe`) and to the project's own
 //! player, which sees the raw RTMP timestamps and checks that they cross
 //! the boundary exactly as published (serial arithmetic).
-//! ADVERSARIAL 31 covers the same crossings with hand-made chunk forms.
+//! docs/hardening.md case 31 covers the same crossings with hand-made
+//! chunk forms.
 
 mod common;
 mod support;

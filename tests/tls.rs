@@ -690,10 +690,11 @@ fn assert_players_got_the_clip(players: &mut [Peer], from_start: usize, publishe
     }
 }
 
-/// Starts ffmpeg players and checks they are still waiting a moment later.
-fn start_players(urls: &[(String, PathBuf)]) -> Vec<Peer> {
+/// Starts ffmpeg players of `live/cam` and waits until the server has them
+/// all waiting for the stream (`/api/clients`); none may have exited.
+fn start_players(s: &TlsServer, urls: &[(String, PathBuf)]) -> Vec<Peer> {
     let mut players: Vec<Peer> = urls.iter().map(|(u, o)| play_ffmpeg(u, o)).collect();
-    sleep(Duration::from_millis(1500));
+    s.server.wait_players("live/cam", players.len());
     for p in &mut players {
         assert!(
             p.is_running(),
@@ -756,10 +757,13 @@ fn ffmpeg_publishes_over_rtmps_to_rtmps_rtmp_and_https_flv_players() {
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
     let s = TlsServer::start(2, &[&a]);
     clip();
-    let mut players = start_players(&[
-        (s.rtmps_url("cam"), s.out("rtmps.flv")),
-        (s.server.url("live", "cam"), s.out("rtmp.flv")),
-    ]);
+    let mut players = start_players(
+        &s,
+        &[
+            (s.rtmps_url("cam"), s.out("rtmps.flv")),
+            (s.server.url("live", "cam"), s.out("rtmp.flv")),
+        ],
+    );
     let mut publisher = publish_ffmpeg(&s.rtmps_url("cam"), clip());
     wait_live(&s, "cam");
     players.push(play_ffmpeg(&s.https_url("cam"), &s.out("https.flv")));
@@ -773,11 +777,14 @@ fn ffmpeg_publishes_over_rtmp_to_rtmps_players() {
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
     let s = TlsServer::start(2, &[&a]);
     clip();
-    let mut players = start_players(&[
-        (s.rtmps_url("cam"), s.out("rtmps1.flv")),
-        (s.rtmps_url("cam"), s.out("rtmps2.flv")),
-        (s.rtmps_url("cam"), s.out("rtmps3.flv")),
-    ]);
+    let mut players = start_players(
+        &s,
+        &[
+            (s.rtmps_url("cam"), s.out("rtmps1.flv")),
+            (s.rtmps_url("cam"), s.out("rtmps2.flv")),
+            (s.rtmps_url("cam"), s.out("rtmps3.flv")),
+        ],
+    );
     let mut publisher = publish_ffmpeg(&s.server.url("live", "cam"), clip());
     wait_live(&s, "cam");
     players.push(play_ffmpeg(&s.https_url("cam"), &s.out("https.flv")));
@@ -795,9 +802,15 @@ fn sighup_reload_new_clients_get_the_new_certificate_old_player_keeps_streaming(
     let s = TlsServer::start(1, &[&old]);
     clip();
     let mut player = play_ffmpeg(&s.rtmps_url("cam"), &s.out("player.flv"));
-    sleep(Duration::from_millis(1000));
+    s.server.wait_players("live/cam", 1);
     let mut publisher = publish_ffmpeg(&s.server.url("live", "cam"), clip());
-    sleep(Duration::from_secs(3));
+    // The player is streaming (over RTMPS) when the certificate changes.
+    common::api::wait_until(Duration::from_secs(10), "the player streaming", || {
+        s.server
+            .players_of("live/cam")
+            .first()
+            .is_some_and(|c| c["protocol"] == "rtmps" && c["bytes_out"].as_u64() > Some(200_000))
+    });
     assert!(player.is_running(), "player: {}", player.stderr());
 
     let new = make_cert(dir.path(), "site", &["live.sluice.test"]);

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use sluice::protocol::chunk::{wire_form, ChunkDecoder, ChunkEncoder, ChunkLimits, Message};
+use sluice_core::protocol::chunk::{wire_form, ChunkDecoder, ChunkEncoder, ChunkLimits, Message};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
@@ -50,8 +50,12 @@ fuzz_target!(|data: &[u8]| {
     let mut a = BytesMut::new();
     let mut b = BytesMut::new();
     for m in &msgs {
-        enc.encode(m, &mut a);
-        b.extend_from_slice(&wire_form(chunk_size, m).to_vec());
+        enc.encode(m, &mut a).expect("an encodable message");
+        b.extend_from_slice(
+            &wire_form(chunk_size, m)
+                .expect("an encodable message")
+                .to_vec(),
+        );
     }
     for mut wire in [a, b] {
         let mut dec = ChunkDecoder::new(limits);

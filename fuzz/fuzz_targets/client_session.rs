@@ -8,8 +8,8 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use sluice::protocol::client::{ClientConfig, ClientEvent, ClientSession};
-use sluice::protocol::session::{MediaKind, ServerSession, SessionConfig};
+use sluice_core::protocol::client::{ClientConfig, ClientEvent, ClientSession};
+use sluice_core::protocol::session::{MediaKind, ServerSession, SessionConfig};
 use sluice_fuzz::{pieces, split_plan};
 use std::time::Instant;
 
@@ -40,7 +40,12 @@ fuzz_target!(|input: &[u8]| {
                 ClientEvent::Connected => client.create_stream(),
                 ClientEvent::StreamCreated { stream_id } if publish => {
                     client.publish(stream_id, "cam");
-                    client.send_media(stream_id, MediaKind::Video, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0]));
+                    client.send_media(
+                        stream_id,
+                        MediaKind::Video,
+                        0,
+                        Bytes::from_static(&[0x17, 0, 0, 0, 0]),
+                    );
                 }
                 ClientEvent::StreamCreated { stream_id } => client.play(stream_id, "cam"),
                 ClientEvent::Status { stream_id, .. } => client.delete_stream(stream_id),

@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use sluice::protocol::handshake::{ClientHandshake, HandshakeProgress, ServerHandshake};
+use sluice_core::protocol::handshake::{ClientHandshake, HandshakeProgress, ServerHandshake};
 use sluice_fuzz::{pieces, split_plan};
 
 const SIZE: usize = 1 + 1536 + 1536;

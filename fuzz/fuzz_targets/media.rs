@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::media::{audio_tracks, avc_dimensions, classify_audio, classify_video, video_tracks};
+use sluice_core::media::{
+    audio_tracks, avc_dimensions, classify_audio, classify_video, video_tracks,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = classify_video(data);

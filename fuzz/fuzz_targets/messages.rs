@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use sluice::protocol::chunk::Message;
-use sluice::protocol::message::{read_u32, split_aggregate, UserControl};
+use sluice_core::protocol::chunk::Message;
+use sluice_core::protocol::message::{read_u32, split_aggregate, UserControl};
 
 fuzz_target!(|data: &[u8]| {
     let (ts, body) = match data.split_first() {

@@ -7,8 +7,8 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use sluice::protocol::handshake::{ClientHandshake, HandshakeProgress};
-use sluice::protocol::session::{
+use sluice_core::protocol::handshake::{ClientHandshake, HandshakeProgress};
+use sluice_core::protocol::session::{
     Event, PlayRejection, PublishRejection, ServerSession, SessionConfig,
 };
 use sluice_fuzz::{pieces, split_plan};

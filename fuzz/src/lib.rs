@@ -50,7 +50,7 @@ pub fn whole(data: &[u8]) -> Vec<u8> {
 /// Decodes `input` as AMF0; if it decodes, checks the round trip.
 pub fn amf_round_trip(input: &[u8]) {
     use bytes::BytesMut;
-    use sluice::protocol::amf::{decode_all, encode, AmfLimits};
+    use sluice_core::protocol::amf::{decode_all, encode, AmfLimits};
     let limits = AmfLimits::default();
     let Ok(values) = decode_all(input, &limits) else {
         return;

@@ -11,9 +11,11 @@
 
 mod check;
 mod flv;
+mod hls;
 mod proto;
 mod stats;
 mod stream;
+mod tls;
 
 use bytes::{Bytes, BytesMut};
 use check::Checker;
@@ -24,7 +26,7 @@ use proto::{PlayerKind, Proto, Role, Up};
 use serde_json::{json, Value};
 use stats::{wall_ns, Histogram};
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, IoSlice, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,6 +47,7 @@ struct Opts {
     /// edge pulling the stream from `addr`) is to be played from.
     play_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     app: String,
     name: String,
     players: usize,
@@ -59,10 +62,16 @@ struct Opts {
     duration: Duration,
     drain: Duration,
     server_pid: Option<u32>,
+    metrics: Option<SocketAddr>,
+    /// Read at most once per this interval (see `--read-interval`).
+    read_interval: Option<Duration>,
+    /// In flight at each edge of the window by design (`--edge-slack-ms`).
+    edge_slack: Duration,
     label: String,
     json: Option<String>,
     per_player: bool,
     quiet: bool,
+    hls: hls::HlsOpts,
 }
 
 fn options() -> Options {
@@ -85,10 +94,22 @@ fn options() -> Options {
         "HTTP-FLV server address (for --kind http-flv)",
         "HOST:PORT",
     );
+    o.optopt(
+        "",
+        "tls-addr",
+        "RTMPS server address (for --kind rtmps; the publisher uses --addr)",
+        "HOST:PORT",
+    );
     o.optopt("", "app", "application [live]", "APP");
     o.optopt("", "name", "stream name [bench]", "NAME");
     o.optopt("n", "players", "players [10]", "N");
-    o.optopt("", "kind", "player kind: rtmp | http-flv [rtmp]", "KIND");
+    o.optopt(
+        "",
+        "kind",
+        "player kind: rtmp | http-flv | ll-hls [rtmp]",
+        "KIND",
+    );
+    hls::add_options(&mut o);
     o.optflag(
         "",
         "idle",
@@ -131,9 +152,27 @@ fn options() -> Options {
     );
     o.optopt(
         "",
+        "edge-slack-ms",
+        "frames a server holds back by design (its write budget, ms) count as in flight at the window's edges for the rate check [0: one frame]",
+        "MS",
+    );
+    o.optopt(
+        "",
+        "read-interval",
+        "players read at most once per this many ms, sleeping in between (fewer, larger reads; adds up to that to the latency measured) [0: as data arrives]",
+        "MS",
+    );
+    o.optopt(
+        "",
         "server-pid",
         "server process: CPU seconds and RSS over the window",
         "PID",
+    );
+    o.optopt(
+        "",
+        "metrics",
+        "a Sluice server's HTTP address: write calls and write waits from its /metrics over the window",
+        "HOST:PORT",
     );
     o.optopt(
         "",
@@ -195,12 +234,18 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         return Ok(None);
     }
     let kind = match m.opt_str("kind") {
-        Some(k) => PlayerKind::parse(&k).ok_or(format!("--kind {k:?}: rtmp or http-flv"))?,
+        Some(k) => {
+            PlayerKind::parse(&k).ok_or(format!("--kind {k:?}: rtmp, rtmps, http-flv or ll-hls"))?
+        }
         None => PlayerKind::Rtmp,
     };
     let http_addr = m.opt_str("http").map(|s| resolve(&s)).transpose()?;
-    if kind == PlayerKind::HttpFlv && http_addr.is_none() {
-        return Err("--kind http-flv needs --http HOST:PORT".into());
+    if kind != PlayerKind::Rtmp && http_addr.is_none() {
+        return Err(format!("--kind {} needs --http HOST:PORT", kind.name()));
+    }
+    let tls_addr = m.opt_str("tls-addr").map(|s| resolve(&s)).transpose()?;
+    if kind == PlayerKind::Rtmps && tls_addr.is_none() {
+        return Err("--kind rtmps needs --tls-addr HOST:PORT".into());
     }
     let d = Shape::default();
     let shape = Shape {
@@ -218,6 +263,7 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         addr,
         play_addr: m.opt_str("play-addr").map_or(Ok(addr), |s| resolve(&s))?,
         http_addr,
+        tls_addr,
         app: m.opt_str("app").unwrap_or_else(|| "live".into()),
         name: m.opt_str("name").unwrap_or_else(|| "bench".into()),
         players: num(&m, "players", 10)?,
@@ -235,16 +281,25 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
             .opt_str("server-pid")
             .map(|s| s.parse().map_err(|e| format!("--server-pid: {e}")))
             .transpose()?,
+        metrics: m.opt_str("metrics").map(|s| resolve(&s)).transpose()?,
+        edge_slack: Duration::from_millis(num(&m, "edge-slack-ms", 0u64)?),
+        read_interval: match num(&m, "read-interval", 0u64)? {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
         label: m.opt_str("label").unwrap_or_else(|| "server".into()),
         json: m.opt_str("json"),
         per_player: m.opt_present("per-player"),
         quiet: m.opt_present("q"),
+        hls: hls::HlsOpts::from_matches(&m),
     }))
 }
 
 /// One TCP connection of the generator.
 struct Conn {
     sock: TcpStream,
+    /// RTMPS: the TLS session the protocol's bytes go through.
+    tls: Option<Box<rustls::ClientConnection>>,
     proto: Proto,
     inbuf: BytesMut,
     out: VecDeque<Bytes>,
@@ -268,6 +323,7 @@ impl Conn {
     fn new(sock: TcpStream, proto: Proto, now_ns: u64) -> Self {
         Self {
             sock,
+            tls: None,
             proto,
             inbuf: BytesMut::with_capacity(READ_CHUNK),
             out: VecDeque::new(),
@@ -303,6 +359,9 @@ impl Conn {
     }
 
     fn write_out(&mut self) {
+        if self.tls.is_some() {
+            return self.write_tls();
+        }
         while !self.out.is_empty() {
             let slices: Vec<IoSlice<'_>> =
                 self.out.iter().take(64).map(|b| IoSlice::new(b)).collect();
@@ -333,6 +392,61 @@ impl Conn {
         }
     }
 
+    /// RTMPS: queued bytes into the TLS session, its records to the socket.
+    fn write_tls(&mut self) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        while let Some(b) = self.out.pop_front() {
+            if let Err(e) = tls.writer().write_all(&b) {
+                return self.close(format!("tls write: {e}"));
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return self.close(format!("tls write: {e}")),
+            }
+        }
+    }
+
+    /// RTMPS: TLS records from the socket, their plaintext to the protocol.
+    fn read_tls(&mut self, ups: &mut Vec<Up>) -> io::Result<()> {
+        loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(());
+            };
+            match tls.read_tls(&mut self.sock) {
+                Ok(0) => {
+                    self.close("closed by server".into());
+                    return Ok(());
+                }
+                Ok(n) => self.bytes_in += n as u64,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let plain = match tls.process_new_packets() {
+                Ok(state) => state.plaintext_bytes_to_read(),
+                Err(e) => {
+                    self.close(format!("tls: {e}"));
+                    return Ok(());
+                }
+            };
+            if plain > 0 {
+                let at = self.inbuf.len();
+                self.inbuf.resize(at + plain, 0);
+                tls.reader().read_exact(&mut self.inbuf[at..])?;
+                if let Err(e) = self.proto.handle_input(&mut self.inbuf, ups) {
+                    self.close(e.to_string());
+                    return Ok(());
+                }
+            }
+            // The handshake's replies, and the protocol's.
+            self.flush();
+        }
+    }
+
     /// On a writable event before the connection is up: is it up now?
     fn check_connected(&mut self) {
         if self.connected || self.closed.is_some() {
@@ -355,6 +469,9 @@ impl Conn {
     /// Reads until the socket is drained (a short read is enough under
     /// edge-triggered epoll: more data is a new edge), feeding the protocol.
     fn read(&mut self, ups: &mut Vec<Up>) -> io::Result<()> {
+        if self.tls.is_some() {
+            return self.read_tls(ups);
+        }
         loop {
             match recv_into(&self.sock, &mut self.inbuf, READ_CHUNK) {
                 Ok(0) => {
@@ -411,7 +528,7 @@ enum Phase {
 }
 
 /// A sample of the server and of ourselves.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Sample {
     at: Option<Instant>,
     server_ticks: Option<u64>,
@@ -420,13 +537,21 @@ struct Sample {
     self_ticks: Option<u64>,
     /// The server's (write syscalls, bytes written).
     server_writes: Option<(u64, u64)>,
+    /// A Sluice server's own counters (`--metrics`).
+    metrics: Option<stats::ServerMetrics>,
     published_video: u32,
     published_bytes: u64,
 }
 
 impl Sample {
-    fn take(pid: Option<u32>, published_video: u32, published_bytes: u64) -> Self {
+    fn take(
+        pid: Option<u32>,
+        metrics: Option<SocketAddr>,
+        published_video: u32,
+        published_bytes: u64,
+    ) -> Self {
         Self {
+            metrics: metrics.and_then(stats::ServerMetrics::fetch),
             at: Some(Instant::now()),
             server_ticks: pid.and_then(|p| stats::cpu_ticks(Some(p))),
             server_sched_ns: pid.and_then(stats::sched_ns),
@@ -440,6 +565,8 @@ impl Sample {
 
 struct Run {
     opts: Opts,
+    /// RTMPS players' TLS configuration (`--kind rtmps`).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     poll: Poll,
     publisher: Option<Conn>,
     players: Vec<Conn>,
@@ -462,13 +589,28 @@ struct Run {
     next_rss: Instant,
     connect_errors: u64,
     errors: Vec<String>,
+    hls: Option<hls::Viewers>,
 }
 
 impl Run {
     fn new(opts: Opts) -> io::Result<Self> {
         let gen = Generator::new(opts.shape);
+        let poll = Poll::new()?;
+        let hls = match (opts.kind, opts.http_addr) {
+            (PlayerKind::LlHls, Some(a)) => Some(hls::Viewers::new(
+                poll.registry(),
+                a,
+                &opts.app,
+                &opts.name,
+                opts.hls.clone(),
+                1 << 40,
+            )?),
+            _ => None,
+        };
         Ok(Self {
-            poll: Poll::new()?,
+            tls: (opts.kind == PlayerKind::Rtmps).then(tls::client_config),
+            poll,
+            hls,
             publisher: None,
             players: Vec::with_capacity(opts.players),
             gen,
@@ -516,15 +658,19 @@ impl Run {
     fn start_player(&mut self) {
         let i = self.players.len();
         let (addr, proto) = match self.opts.kind {
-            PlayerKind::Rtmp => {
+            PlayerKind::Rtmp | PlayerKind::Rtmps => {
                 let role = if self.opts.idle {
                     Role::Idle
                 } else {
                     Role::Player
                 };
-                let host = self.opts.play_addr.to_string();
+                let addr = match self.opts.kind {
+                    PlayerKind::Rtmps => self.opts.tls_addr.expect("checked in parse_opts"),
+                    _ => self.opts.play_addr,
+                };
+                let host = addr.to_string();
                 (
-                    self.opts.play_addr,
+                    addr,
                     Proto::rtmp(
                         role,
                         &host,
@@ -533,6 +679,12 @@ impl Run {
                         1000 + i as u64,
                     ),
                 )
+            }
+            PlayerKind::LlHls => {
+                if let Some(h) = self.hls.as_mut() {
+                    h.start_viewer();
+                }
+                return;
             }
             PlayerKind::HttpFlv => {
                 let a = self.opts.http_addr.expect("checked in parse_opts");
@@ -552,7 +704,14 @@ impl Run {
                     self.connect_errors += 1;
                     self.error(format!("player {i}: register: {e}"));
                 }
-                self.players.push(Conn::new(sock, proto, wall_ns()));
+                let mut c = Conn::new(sock, proto, wall_ns());
+                if let Some(config) = &self.tls {
+                    match tls::connect(config) {
+                        Ok(t) => c.tls = Some(t),
+                        Err(e) => c.close(format!("tls: {e}")),
+                    }
+                }
+                self.players.push(c);
             }
             Err(e) => {
                 self.connect_errors += 1;
@@ -568,6 +727,11 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// Players (or LL-HLS viewers) started so far.
+    fn started(&self) -> usize {
+        self.players.len() + self.hls.as_ref().map_or(0, hls::Viewers::len)
     }
 
     fn since_t0(&self) -> Duration {
@@ -677,20 +841,27 @@ impl Run {
                         (((t - o.lead).as_secs_f64() / o.ramp.as_secs_f64()) * n as f64).ceil()
                             as usize
                     };
-                    while self.players.len() < due.min(n) {
+                    while self.started() < due.min(n) {
                         self.start_player();
                     }
                 }
-                if t >= ramp_end && self.players.len() >= self.opts.players {
+                if t >= ramp_end && self.started() >= self.opts.players {
                     self.phase = Phase::Settling;
                 }
             }
             Phase::Settling => {
                 if t >= win_start {
-                    self.win_start =
-                        Sample::take(o.server_pid, self.pub_video_frames, self.pub_bytes);
+                    self.win_start = Sample::take(
+                        o.server_pid,
+                        o.metrics,
+                        self.pub_video_frames,
+                        self.pub_bytes,
+                    );
                     for p in &mut self.players {
                         p.at_window = (p.bytes_in, p.check.video.frames);
+                    }
+                    if let Some(h) = self.hls.as_mut() {
+                        h.window_start();
                     }
                     self.phase = Phase::Window;
                 }
@@ -698,11 +869,18 @@ impl Run {
             Phase::Window => {
                 self.sample_rss();
                 if t >= win_end {
-                    self.win_end =
-                        Sample::take(o.server_pid, self.pub_video_frames, self.pub_bytes);
+                    self.win_end = Sample::take(
+                        o.server_pid,
+                        o.metrics,
+                        self.pub_video_frames,
+                        self.pub_bytes,
+                    );
                     self.sample_rss();
                     for p in &mut self.players {
                         p.at_window_end = (p.bytes_in, p.check.video.frames);
+                    }
+                    if let Some(h) = self.hls.as_mut() {
+                        h.window_end();
                     }
                     self.pub_stopped = true;
                     self.phase = Phase::Draining;
@@ -739,9 +917,26 @@ impl Run {
         }
         let mut events = Events::with_capacity(4096);
         let mut ups = Vec::new();
+        let mut turn = Instant::now();
         while self.phase != Phase::Done {
+            // --read-interval: the players read at most once per interval,
+            // so what arrived meanwhile is read in one larger read, and no
+            // arrival wakes this thread while it sleeps. The publisher
+            // still sends on time.
+            if let Some(interval) = self.opts.read_interval {
+                let rest = interval
+                    .saturating_sub(turn.elapsed())
+                    .min(self.time_to_next_frame());
+                if !rest.is_zero() {
+                    std::thread::sleep(rest);
+                }
+                turn = Instant::now();
+            }
             self.advance_phase();
             self.publish_due();
+            if let Some(h) = self.hls.as_mut() {
+                h.tick();
+            }
             let timeout = self.time_to_next_frame().min(Duration::from_millis(20));
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -750,6 +945,12 @@ impl Run {
             }
             let stopped = self.pub_stopped;
             for ev in events.iter() {
+                if let Some(h) = self.hls.as_mut() {
+                    if let Some(i) = h.owns(ev.token()) {
+                        h.on_event(i, ev, stopped);
+                        continue;
+                    }
+                }
                 let conn = if ev.token() == PUBLISHER {
                     match self.publisher.as_mut() {
                         Some(p) => p,
@@ -809,6 +1010,14 @@ impl Run {
             (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
             _ => None,
         };
+        let own = match (&self.win_start.metrics, &self.win_end.metrics) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        let own_calls = own.map(|(a, b)| b.write_calls.saturating_sub(a.write_calls));
+        let own_bytes = own.map(|(a, b)| b.bytes_out.saturating_sub(a.bytes_out));
+        let own_turns = own.map(|(a, b)| b.iterations.saturating_sub(a.iterations));
+        let wait = own.and_then(|(a, b)| stats::wait_window(a, b));
         let bytes_window: u64 = self
             .players
             .iter()
@@ -829,6 +1038,7 @@ impl Run {
         let mut disconnected = 0;
         let mut slow = 0usize;
         let mut per_player = Vec::new();
+        let slack_frames = 1 + (o.edge_slack.as_secs_f64() * f64::from(o.shape.fps)).ceil() as u64;
         let pub_last_video = if o.publish { self.pub_last_video } else { None };
         let pub_last_audio = if o.publish { self.pub_last_audio } else { None };
         for (i, p) in self.players.iter().enumerate() {
@@ -869,9 +1079,10 @@ impl Run {
             }
             let got = p.at_window_end.1 - p.at_window.1;
             let ratio = (pub_window > 0).then(|| got as f64 / f64::from(pub_window));
-            // Held: within 1% of the publish rate, give or take the one frame
-            // in flight at each edge of the window.
-            if pub_window > 0 && ((got + 1) as f64) < 0.99 * f64::from(pub_window) {
+            // Held: within 1% of the publish rate, give or take the frames
+            // in flight at the edges of the window: one, and those a server
+            // holds back by design (--edge-slack-ms, its write budget).
+            if pub_window > 0 && ((got + slack_frames) as f64) < 0.99 * f64::from(pub_window) {
                 slow += 1;
             }
             if let Some(r) = ratio {
@@ -953,6 +1164,8 @@ impl Run {
                 "app": o.app, "name": o.name,
                 "bitrate_bps": o.shape.bitrate, "fps": o.shape.fps, "gop": o.shape.gop,
                 "speed": o.speed,
+                "read_interval_ms": o.read_interval.map(|d| d.as_millis() as u64),
+                "edge_slack_ms": o.edge_slack.as_millis() as u64,
                 "lead_s": o.lead.as_secs_f64(), "ramp_s": o.ramp.as_secs_f64(),
                 "settle_s": o.settle.as_secs_f64(), "duration_s": o.duration.as_secs_f64(),
                 "drain_s": o.drain.as_secs_f64(),
@@ -1019,6 +1232,19 @@ impl Run {
                 "write_syscalls": writes.map(|w| w.0),
                 // write/writev only: send()/sendmsg() are not counted in /proc/PID/io.
                 "bytes_per_write_syscall": writes.and_then(|(n, b)| (n > 0).then(|| b as f64 / n as f64)),
+                // Sluice's own counters (--metrics): every sendmsg counted.
+                "write_calls": own_calls,
+                "write_calls_per_player_s": own_calls.and_then(|n| (win > 0.0 && o.players > 0).then(|| n as f64 / win / o.players as f64)),
+                // Loop iterations (wake-ups) per second, all workers.
+                "loop_iterations_per_s": own_turns.and_then(|n| (win > 0.0).then(|| n as f64 / win)),
+                "bytes_per_write_call": own_calls.zip(own_bytes).and_then(|(n, b)| (n > 0).then(|| b as f64 / n as f64)),
+                // How long queued media waited in the server for its write
+                // (bucket upper bounds, ms), over the window; the longest
+                // since the server started.
+                "write_wait_ms": wait.map(|(n, p50, p99, max)| json!({
+                    "count": n, "p50_le": finite(p50), "p99_le": finite(p99), "max_le": finite(max),
+                    "max_since_start": self.win_end.metrics.as_ref().map(|m| m.wait_max_s * 1000.0),
+                })),
             },
             "generator": {
                 "cpu_seconds": self_cpu,
@@ -1030,6 +1256,11 @@ impl Run {
             "per_player": if o.per_player { Value::Array(per_player) } else { Value::Null },
         })
     }
+}
+
+/// A bound for JSON (which has no infinity): above every bucket is null.
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 fn summary(r: &Value) -> String {
@@ -1079,6 +1310,20 @@ fn summary(r: &Value) -> String {
         f(&r["server"]["rss_before_bytes"]),
         f(&r["server"]["rss_per_player_bytes"])
     );
+    if !r["server"]["write_calls"].is_null() {
+        let w = &r["server"]["write_wait_ms"];
+        s += &format!(
+            "  server's own: {} write calls ({} per player a second), {} bytes per write call, {} loop turns a second; write wait ms (bucket bounds): p50 <= {} p99 <= {} max <= {} (longest since start {})\n",
+            f(&r["server"]["write_calls"]),
+            f(&r["server"]["write_calls_per_player_s"]),
+            f(&r["server"]["bytes_per_write_call"]),
+            f(&r["server"]["loop_iterations_per_s"]),
+            f(&w["p50_le"]),
+            f(&w["p99_le"]),
+            f(&w["max_le"]),
+            f(&w["max_since_start"]),
+        );
+    }
     s += &format!(
         "  latency ms: p50 {} p99 {} p99.9 {} max {} ({} samples); join ms: p50 {} p99 {} max {}\n",
         f(&r["latency_ms"]["p50"]),
@@ -1100,6 +1345,7 @@ fn summary(r: &Value) -> String {
         },
         r["held"]
     );
+    s += &hls::summary(r);
     if let Some(errs) = r["errors"].as_array() {
         for e in errs {
             s += &format!("  error: {}\n", e.as_str().unwrap_or_default());
@@ -1128,7 +1374,10 @@ fn main() -> ExitCode {
     if let Err(e) = run.run() {
         run.error(format!("event loop: {e}"));
     }
-    let report = run.report();
+    let mut report = run.report();
+    if let Some(h) = &run.hls {
+        h.amend(&mut report);
+    }
     if !opts.quiet {
         eprint!("{}", summary(&report));
     }

@@ -1,7 +1,7 @@
 //! The protocols a load-generator connection speaks, sans-IO: bytes in,
 //! bytes out, and [`Up`] events for the driver. One enum, [`Proto`], so a
 //! player kind is a variant: RTMP now (publisher, player, idle), HTTP-FLV
-//! players, and RTMPS later as RTMP over a TLS session.
+//! players, and RTMPS players (RTMP over a TLS session, `tls.rs`).
 
 use crate::flv::{FlvDecoder, FlvError};
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,6 +16,10 @@ pub enum PlayerKind {
     Rtmp,
     /// HTTP GET of `/{app}/{name}.flv`, FLV tags parsed (chunked or not).
     HttpFlv,
+    /// RTMP play inside TLS (the server's RTMPS listener).
+    Rtmps,
+    /// LL-HLS viewers (`hls.rs`): blocking playlist reloads and parts.
+    LlHls,
 }
 
 impl PlayerKind {
@@ -23,6 +27,8 @@ impl PlayerKind {
         match s {
             "rtmp" => Some(Self::Rtmp),
             "http-flv" | "httpflv" | "flv" => Some(Self::HttpFlv),
+            "rtmps" => Some(Self::Rtmps),
+            "ll-hls" | "llhls" => Some(Self::LlHls),
             _ => None,
         }
     }
@@ -31,6 +37,8 @@ impl PlayerKind {
         match self {
             Self::Rtmp => "rtmp",
             Self::HttpFlv => "http-flv",
+            Self::Rtmps => "rtmps",
+            Self::LlHls => "ll-hls",
         }
     }
 }
@@ -406,7 +414,11 @@ mod tests {
                 stream_id,
                 payload: f.payload.clone(),
             };
-            wire.extend_from_slice(&wire_form(server.chunk_size(), &msg).to_vec());
+            wire.extend_from_slice(
+                &wire_form(server.chunk_size(), &msg)
+                    .expect("a frame fits")
+                    .to_vec(),
+            );
         }
         for split in [1, 7, 4096, 100_000] {
             let mut p = Proto::rtmp(Role::Player, "127.0.0.1", "live", "bench", 9);

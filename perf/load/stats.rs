@@ -230,3 +230,137 @@ mod tests {
         assert!(rss > 0 && hwm >= rss);
     }
 }
+
+/// What `sluice-load --metrics` reads from a Sluice server's `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerMetrics {
+    /// `sluice_write_calls_total`, all workers.
+    pub write_calls: u64,
+    /// `sluice_bytes_out_total`.
+    pub bytes_out: u64,
+    /// `sluice_write_wait_seconds_bucket`: (upper bound in seconds, cumulative
+    /// count), `+Inf` as infinity, in order.
+    pub wait_buckets: Vec<(f64, u64)>,
+    /// `sluice_write_wait_max_seconds`: the longest wait since the server started.
+    pub wait_max_s: f64,
+    /// `sluice_worker_loop_iterations_total`, all workers: the loops' wake-ups.
+    pub iterations: u64,
+}
+
+impl ServerMetrics {
+    /// Parses the Prometheus text exposition (the lines this needs).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut m = ServerMetrics::default();
+        let mut found = false;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let metric = name.split('{').next().unwrap_or(name);
+            match metric {
+                "sluice_write_calls_total" => {
+                    m.write_calls += value.parse::<u64>().ok()?;
+                    found = true;
+                }
+                "sluice_bytes_out_total" => m.bytes_out = value.parse().ok()?,
+                "sluice_worker_loop_iterations_total" => {
+                    m.iterations += value.parse::<u64>().ok()?
+                }
+                "sluice_write_wait_max_seconds" => m.wait_max_s = value.parse().ok()?,
+                "sluice_write_wait_seconds_bucket" => {
+                    let le = name.split("le=\"").nth(1)?.split('"').next()?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
+                    m.wait_buckets.push((le, value.parse().ok()?));
+                }
+                _ => {}
+            }
+        }
+        found.then_some(m)
+    }
+
+    /// `GET /metrics` from `addr`, with a short timeout (called twice a run,
+    /// at the edges of the window).
+    pub fn fetch(addr: std::net::SocketAddr) -> Option<Self> {
+        use std::io::{Read, Write};
+        let timeout = std::time::Duration::from_secs(2);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let (_, body) = body.split_once("\r\n\r\n")?;
+        Self::parse(body)
+    }
+}
+
+/// The write waits between two readings: counts per bucket in the window,
+/// and from them the bucket bounds that hold the median, the 99th
+/// percentile and the longest wait (upper bounds, in ms).
+pub fn wait_window(a: &ServerMetrics, b: &ServerMetrics) -> Option<(u64, f64, f64, f64)> {
+    if a.wait_buckets.len() != b.wait_buckets.len() || b.wait_buckets.is_empty() {
+        return None;
+    }
+    let cum: Vec<(f64, u64)> = b
+        .wait_buckets
+        .iter()
+        .zip(&a.wait_buckets)
+        .map(|(&(le, nb), &(_, na))| (le, nb.saturating_sub(na)))
+        .collect();
+    let total = cum.last()?.1;
+    if total == 0 {
+        return Some((0, 0.0, 0.0, 0.0));
+    }
+    let at = |q: f64| {
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        cum.iter()
+            .find(|&&(_, c)| c >= rank)
+            .map_or(f64::INFINITY, |&(le, _)| le * 1000.0)
+    };
+    Some((total, at(0.5), at(0.99), at(1.0)))
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    const TEXT: &str = "# HELP sluice_bytes_out_total x\n# TYPE sluice_bytes_out_total counter\n\
+        sluice_bytes_out_total 5000\n\
+        sluice_write_calls_total{worker=\"0\"} 7\n\
+        sluice_write_calls_total{worker=\"1\"} 3\n\
+        sluice_write_wait_seconds_bucket{le=\"0.001\"} 4\n\
+        sluice_write_wait_seconds_bucket{le=\"0.03\"} 9\n\
+        sluice_write_wait_seconds_bucket{le=\"+Inf\"} 10\n\
+        sluice_write_wait_max_seconds 0.25\n\
+        sluice_worker_loop_iterations_total{worker=\"0\"} 40\n";
+
+    #[test]
+    fn reads_write_calls_and_waits() {
+        let m = ServerMetrics::parse(TEXT).unwrap();
+        assert_eq!(m.write_calls, 10);
+        assert_eq!(m.bytes_out, 5000);
+        assert_eq!(m.wait_buckets.len(), 3);
+        assert_eq!(m.wait_buckets[2].0, f64::INFINITY);
+        assert_eq!(m.wait_max_s, 0.25);
+        assert_eq!(m.iterations, 40);
+        let before = ServerMetrics {
+            wait_buckets: vec![(0.001, 2), (0.03, 2), (f64::INFINITY, 2)],
+            ..m.clone()
+        };
+        // 8 waits in the window: 2 under 1 ms, 5 under 30 ms, 1 above.
+        let (n, p50, p99, max) = wait_window(&before, &m).unwrap();
+        assert_eq!(n, 8);
+        assert_eq!(p50, 30.0);
+        assert_eq!(p99, f64::INFINITY);
+        assert_eq!(max, f64::INFINITY);
+    }
+
+    #[test]
+    fn a_server_without_the_counters_gives_none() {
+        assert_eq!(ServerMetrics::parse("up 1\n"), None);
+    }
+}

@@ -1,30 +1,33 @@
-//! Access control on a worker: applying [`crate::auth`]'s verdicts to
-//! connections, delaying the replies to repeated failures without blocking
-//! the loop, and taking a stream over from its publisher
-//! (`second_publisher = "replace"`).
+//! Access control on a worker: delaying the replies to repeated failures
+//! without blocking the loop, asking HTTP callbacks on helper threads, and
+//! telling callbacks what ended. The verdicts come from [`crate::auth`];
+//! applying them to a connection is the connection's own business
+//! (`RtmpConn::apply_reply`, `HttpConn::apply_reply`).
 //!
-//! A delayed denial leaves the connection waiting for its decision: an RTMP
-//! session stays paused at the publish / play (it reads no further
-//! command), an HTTP player's request is parked in [`HttpState::Deciding`];
-//! either way what the client sends meanwhile is bounded by the worker's
-//! read-buffer limit. The worker's poll wakes at the earliest reply due.
+//! A delayed denial or a pending callback leaves the connection waiting for
+//! its decision: an RTMP session stays paused at the publish / play (it
+//! reads no further command), an HTTP player's request is parked in its
+//! `Deciding` state; either way what the client sends meanwhile is bounded
+//! by the read-buffer limit. The worker's poll wakes at the earliest reply
+//! due, and a callback's answer arrives as a [`Command::Hook`] in the
+//! worker's inbox.
 
+use super::base::ConnId;
 use super::http::{self, Request};
-use super::http_conn::HttpState;
-use super::queue::Item;
-use super::stats::CloseReason;
-use super::stream::PublisherInfo;
-use super::worker::{Delivery, Proto, Worker};
+use super::shared::{Command, Message, Shared};
+use super::transport::ConnIo;
 use crate::auth::{Action, Denial};
-use crate::hooks::{Answer, Call, Job};
-use crate::protocol::session::{PlayRejection, PlayRequest, PublishRejection, PublishRequest};
+use crate::hooks::{Call, Job};
+use crate::protocol::session::{PlayRequest, PublishRequest};
 use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A denial whose reply waits.
 pub(super) struct Deferred {
     pub at: Instant,
-    pub conn_id: u64,
+    pub conn: ConnId,
     pub reply: Reply,
 }
 
@@ -38,6 +41,45 @@ pub(super) enum Reply {
     RejectPlay(u32),
     /// An HTTP response, then the connection closes.
     Http(Bytes),
+}
+
+/// A request waiting for its HTTP callback.
+pub(super) enum AwaitingHook {
+    /// An RTMP `connect` to this application.
+    Connect {
+        app: String,
+    },
+    Publish(PublishRequest),
+    Play(PlayRequest),
+    /// An HTTP-FLV / ws-flv player's request, and its CORS origin.
+    Http {
+        req: Request,
+        app: String,
+        name: String,
+        cors: String,
+    },
+}
+
+impl AwaitingHook {
+    /// What is being decided, for logs: (action, app, name).
+    pub(super) fn describe(&self) -> (Action, &str, &str) {
+        match self {
+            AwaitingHook::Connect { app } => (Action::Connect, app, ""),
+            AwaitingHook::Publish(r) => (Action::Publish, &r.app, &r.name),
+            AwaitingHook::Play(r) => (Action::Play, &r.app, &r.name),
+            AwaitingHook::Http { app, name, .. } => (Action::Play, app, name),
+        }
+    }
+
+    /// The reply a denial of this request gets.
+    pub(super) fn denial(&self, why: Denial) -> Reply {
+        match self {
+            AwaitingHook::Connect { .. } => Reply::RejectConnect,
+            AwaitingHook::Publish(r) => Reply::RejectPublish(r.stream_id),
+            AwaitingHook::Play(r) => Reply::RejectPlay(r.stream_id),
+            AwaitingHook::Http { cors, .. } => Reply::Http(http_denial(why, cors)),
+        }
+    }
 }
 
 /// The HTTP status for a denial: 401 when credentials are missing (the
@@ -67,22 +109,37 @@ pub(super) fn http_denial(d: Denial, cors: &str) -> Bytes {
     )
 }
 
-impl Worker {
-    /// Logs a denial (never the key) and answers it now, or later when
-    /// this address has failed recently.
-    pub(super) fn deny(&mut self, k: usize, action: Action, key: &str, why: Denial, reply: Reply) {
-        let Some(conn) = self.conns.get(k) else {
-            return;
-        };
+/// A worker's pending access decisions.
+#[derive(Default)]
+pub(super) struct Access {
+    /// Denials whose reply waits (failed attempts are slowed).
+    deferred: Vec<Deferred>,
+    /// Requests waiting for an HTTP callback's answer, by connection.
+    awaiting: HashMap<ConnId, AwaitingHook>,
+}
+
+impl Access {
+    /// Logs a denial (never the key) and returns the reply to give now, or
+    /// parks it (None) when this address has failed recently.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn deny(
+        &mut self,
+        shared: &Shared,
+        worker: usize,
+        io: &ConnIo,
+        action: Action,
+        key: &str,
+        why: Denial,
+        reply: Reply,
+    ) -> Option<Reply> {
         let now = Instant::now();
-        let delay = self.shared.auth.penalties.fail(conn.peer.ip(), now);
+        let delay = shared.auth.penalties.fail(io.peer.ip(), now);
         log::info!(
-            "{} denied stream={key} conn={} peer={} worker={} protocol={}: {}{}",
+            "{} denied stream={key} conn={} peer={} worker={worker} protocol={}: {}{}",
             action.name(),
-            conn.id,
-            conn.peer,
-            self.index,
-            conn.protocol().name(),
+            io.id,
+            io.peer,
+            io.protocol.name(),
             why.describe(),
             if delay.is_zero() {
                 String::new()
@@ -91,21 +148,23 @@ impl Worker {
             }
         );
         if delay.is_zero() {
-            return self.apply_reply(now, k, reply, false);
-        }
-        let conn_id = conn.id;
-        if let (Reply::Http(_), Some(c)) = (&reply, self.conns.get_mut(k)) {
-            c.proto = Proto::Http(HttpState::Deciding);
+            return Some(reply);
         }
         self.deferred.push(Deferred {
             at: now + delay,
-            conn_id,
+            conn: io.id,
             reply,
         });
+        None
     }
 
-    /// Sends the replies that are due.
-    pub(super) fn run_deferred(&mut self, now: Instant) {
+    /// When the next delayed reply is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.deferred.iter().map(|d| d.at).min()
+    }
+
+    /// The delayed replies due at `now`.
+    pub(super) fn take_due(&mut self, now: Instant) -> Vec<Deferred> {
         let mut due = Vec::new();
         let mut i = 0;
         while i < self.deferred.len() {
@@ -115,92 +174,27 @@ impl Worker {
                 i += 1;
             }
         }
-        for d in due {
-            if let Some(&k) = self.ids.get(&d.conn_id) {
-                self.guarded(k, "replying to a denied request", |w| {
-                    w.apply_reply(now, k, d.reply, true)
-                });
-            }
-        }
+        due
     }
 
-    /// Answers a denied request; `resume` feeds the RTMP session what it
-    /// buffered while it waited.
-    fn apply_reply(&mut self, now: Instant, k: usize, reply: Reply, resume: bool) {
-        let Some(conn) = self.conns.get_mut(k) else {
-            return;
-        };
-        match (reply, &mut conn.proto) {
-            (Reply::RejectConnect, Proto::Rtmp(r)) => {
-                r.session.reject_connect();
-                conn.close_after_flush = Some((CloseReason::Done, "connect rejected".into()));
-            }
-            (Reply::RejectPublish(sid), Proto::Rtmp(r)) => r
-                .session
-                .reject_publish(sid, PublishRejection::Unauthorized),
-            (Reply::RejectPlay(sid), Proto::Rtmp(r)) => {
-                r.session.reject_play(sid, PlayRejection::Unauthorized)
-            }
-            (Reply::Http(resp), Proto::Http(_)) => {
-                conn.read_buf.clear();
-                conn.push(Item::Control(resp));
-                conn.close_after_flush = Some((CloseReason::Done, "access denied".into()));
-            }
-            _ => {}
-        }
-        conn.pull_transmit();
-        self.mark_dirty(k);
-        if resume && matches!(self.conns.get(k).map(|c| &c.proto), Some(Proto::Rtmp(_))) {
-            self.rtmp_input(now, k);
-        }
-    }
-
-    /// `second_publisher = "replace"`: the publisher `old` lost its stream;
-    /// its own worker closes it (this one, or another through its inbox).
-    pub(super) fn close_replaced(&mut self, old: PublisherInfo) {
-        if old.worker == self.index {
-            if let Some(&k) = self.ids.get(&old.conn_id) {
-                self.close(k, CloseReason::Replaced, "replaced by a new publisher");
-            }
-        } else if let Some(out) = self.outgoing.get_mut(old.worker) {
-            out.push(Delivery::Replaced(old.conn_id));
-        }
-    }
-}
-
-/// A request waiting for its HTTP callback.
-pub(super) enum AwaitingHook {
-    /// An RTMP `connect` to this application.
-    Connect {
-        app: String,
-    },
-    Publish(PublishRequest),
-    Play(PlayRequest),
-    /// An HTTP-FLV / ws-flv player's request, and its CORS origin.
-    Http {
-        req: Request,
-        app: String,
-        name: String,
-        cors: String,
-    },
-}
-
-impl Worker {
     /// If `app` has a deciding callback for `action`, asks it (on a helper
-    /// thread) and parks the request; otherwise hands the request back.
+    /// thread, the answer posted back to `worker`) and parks the request;
+    /// otherwise hands the request back.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn ask_hook(
         &mut self,
-        k: usize,
-        action: Action,
-        app: &str,
-        name: &str,
+        shared: &Arc<Shared>,
+        worker: usize,
+        io: &ConnIo,
         query: &str,
+        tc_url: &str,
         waiting: AwaitingHook,
     ) -> Option<AwaitingHook> {
-        let Some(pool) = &self.shared.hooks else {
+        let (action, app, name) = waiting.describe();
+        let Some(pool) = &shared.hooks else {
             return Some(waiting);
         };
-        let Some(hooks) = self.shared.auth.hooks(app) else {
+        let Some(hooks) = shared.auth.hooks(app) else {
             return Some(waiting);
         };
         let url = match action {
@@ -211,151 +205,61 @@ impl Worker {
         let Some(url) = url.clone() else {
             return Some(waiting);
         };
-        let conn = self.conns.get_mut(k)?;
-        let tc_url = match &conn.proto {
-            Proto::Rtmp(r) => r.tc_url.clone(),
-            Proto::Http(_) | Proto::Relay(_) => String::new(),
-        };
-        if let AwaitingHook::Http { .. } = waiting {
-            conn.proto = Proto::Http(HttpState::Deciding);
-        }
         let call = Call {
             call: action.name(),
             app: app.to_owned(),
             name: name.to_owned(),
-            addr: conn.peer.ip().to_string(),
-            client_id: conn.id,
-            tc_url,
+            addr: io.peer.ip().to_string(),
+            client_id: io.id.0,
+            tc_url: tc_url.to_owned(),
             query: query.to_owned(),
+            path: String::new(),
         };
-        let conn_id = conn.id;
+        let conn = io.id;
         log::debug!(
-            "{} stream={app}/{name} conn={conn_id} worker={}: asking {url}",
+            "{} stream={app}/{name} conn={conn} worker={worker}: asking {url}",
             action.name(),
-            self.index
         );
-        self.awaiting_hook.insert(conn_id, waiting);
-        self.set_client_state(k, "authorizing", None);
-        let (shared, index) = (self.shared.clone(), self.index);
+        let shared_for_reply = shared.clone();
         pool.submit(Job {
             url,
             call,
             hooks: hooks.clone(),
             reply: Some(Box::new(move |answer| {
-                let handle = &shared.workers[index];
-                handle
-                    .inbox
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Delivery::Hook { conn_id, answer });
-                if let Err(e) = handle.waker.wake() {
-                    log::warn!("waking worker {index} with a callback's answer: {e}");
-                }
+                shared_for_reply.post(worker, Message::Command(Command::Hook { conn, answer }));
             })),
             queued: Instant::now(),
         });
+        self.awaiting.insert(conn, waiting);
         None
     }
 
-    /// A callback answered: carry on with the parked request.
-    pub(super) fn hook_answered(&mut self, conn_id: u64, answer: Answer) {
-        let Some(waiting) = self.awaiting_hook.remove(&conn_id) else {
-            return;
-        };
-        let Some(&k) = self.ids.get(&conn_id) else {
-            return; // gone while waiting
-        };
-        self.guarded(k, "acting on a callback's answer", |w| {
-            let now = Instant::now();
-            let (action, app, name) = match &waiting {
-                AwaitingHook::Connect { app } => (Action::Connect, app.clone(), String::new()),
-                AwaitingHook::Publish(r) => (Action::Publish, r.app.clone(), r.name.clone()),
-                AwaitingHook::Play(r) => (Action::Play, r.app.clone(), r.name.clone()),
-                AwaitingHook::Http { app, name, .. } => (Action::Play, app.clone(), name.clone()),
-            };
-            let key = format!("{app}/{name}");
-            let renamed = match &answer {
-                Answer::Deny(why) => {
-                    log::info!(
-                        "{} callback for stream={key} conn={conn_id}: {why}",
-                        action.name()
-                    );
-                    let reply = match waiting {
-                        AwaitingHook::Connect { .. } => Reply::RejectConnect,
-                        AwaitingHook::Publish(r) => Reply::RejectPublish(r.stream_id),
-                        AwaitingHook::Play(r) => Reply::RejectPlay(r.stream_id),
-                        AwaitingHook::Http { cors, .. } => {
-                            Reply::Http(http_denial(Denial::Callback, &cors))
-                        }
-                    };
-                    w.deny(k, action, &key, Denial::Callback, reply);
-                    if matches!(w.conns.get(k).map(|c| &c.proto), Some(Proto::Rtmp(_))) {
-                        w.rtmp_input(now, k);
-                    }
-                    return;
-                }
-                Answer::Allow => None,
-                Answer::Rename(n) => {
-                    log::info!(
-                        "{} callback for stream={key} conn={conn_id}: renamed to {app}/{n}",
-                        action.name()
-                    );
-                    Some(n.clone())
-                }
-            };
-            match waiting {
-                AwaitingHook::Connect { .. } => {
-                    if let Some(Proto::Rtmp(r)) = w.conns.get_mut(k).map(|c| &mut c.proto) {
-                        r.session.accept_connect();
-                    }
-                }
-                AwaitingHook::Publish(mut r) => {
-                    if let Some(n) = renamed {
-                        r.name = n;
-                    }
-                    let key = format!("{}/{}", r.app, r.name);
-                    w.publish_allowed(k, r, key);
-                }
-                AwaitingHook::Play(mut r) => {
-                    if let Some(n) = renamed {
-                        r.name = n;
-                    }
-                    w.play_allowed(k, r);
-                }
-                AwaitingHook::Http {
-                    req,
-                    app,
-                    name,
-                    cors,
-                } => {
-                    let name = renamed.unwrap_or(name);
-                    w.http_player_allowed(now, k, req, &app, &name, &cors);
-                }
-            }
-            if let Some(c) = w.conns.get_mut(k) {
-                c.pull_transmit();
-            }
-            w.mark_dirty(k);
-            if matches!(w.conns.get(k).map(|c| &c.proto), Some(Proto::Rtmp(_))) {
-                w.rtmp_input(now, k);
-            }
-        });
+    /// The request connection `conn` parked for its callback.
+    pub(super) fn take_awaiting(&mut self, conn: ConnId) -> Option<AwaitingHook> {
+        self.awaiting.remove(&conn)
     }
 
-    /// Tells `app`'s callback that something ended (fire and forget).
+    /// Connection `conn` closed: its parked request and delayed replies go.
+    pub(super) fn forget(&mut self, conn: ConnId) {
+        self.awaiting.remove(&conn);
+        self.deferred.retain(|d| d.conn != conn);
+    }
+
+    /// Tells `key`'s application callback that something ended (fire and
+    /// forget): `publish_done`, `play_done`, or `done` (the connection).
     pub(super) fn notify_hook(
         &self,
+        shared: &Shared,
         call: &'static str,
         key: &str,
-        conn_id: u64,
-        peer: std::net::SocketAddr,
+        io: &ConnIo,
         tc_url: &str,
     ) {
-        let Some(pool) = &self.shared.hooks else {
+        let Some(pool) = &shared.hooks else {
             return;
         };
         let (app, name) = key.split_once('/').unwrap_or((key, ""));
-        let Some(hooks) = self.shared.auth.hooks(app) else {
+        let Some(hooks) = shared.auth.hooks(app) else {
             return;
         };
         let url = match call {
@@ -372,10 +276,11 @@ impl Worker {
                 call,
                 app: app.to_owned(),
                 name: name.to_owned(),
-                addr: peer.ip().to_string(),
-                client_id: conn_id,
+                addr: io.peer.ip().to_string(),
+                client_id: io.id.0,
                 tc_url: tc_url.to_owned(),
                 query: String::new(),
+                path: String::new(),
             },
             hooks: hooks.clone(),
             reply: None,

@@ -3,6 +3,33 @@
 //! the upgrade's accept key, the server's binary frames, the client's
 //! ping/pong/close frames). No I/O here: the worker feeds bytes and queues
 //! what these functions return.
+//!
+//! # One body-length rule (RFC 9112 6.3)
+//!
+//! A request's body is exactly as long as its `Content-Length`, or empty
+//! without one. Everything a proxy in front of Sluice might read
+//! differently is refused with 400 and a close, so that no byte can be a
+//! body to one and a request to the other (request smuggling,
+//! docs/hardening.md case 38):
+//!
+//! * `Transfer-Encoding` with `Content-Length` (RFC 9112 6.1: "ought to be
+//!   handled as an error"); `Transfer-Encoding` alone is 501 (no chunked
+//!   request bodies here);
+//! * a `Content-Length` that is not 1*DIGIT: a sign (`+5`), a list (`5, 5`),
+//!   more than one space before it (`Content-Length:  5`), more than 19
+//!   digits;
+//! * two `Content-Length` fields with different values (the same value
+//!   twice is the one length, RFC 9110 8.6).
+//!
+//! # The WebSocket handshake and framing (RFC 6455 4.2.1, 5.2)
+//!
+//! A request that asks for `Upgrade: websocket` is a WebSocket handshake or
+//! an error, never silently a plain HTTP-FLV response: one
+//! `Sec-WebSocket-Key` that is base64 of 16 bytes (else 400), version 13
+//! (else 426 with `Sec-WebSocket-Version: 13`), `Connection: Upgrade`,
+//! method GET and HTTP/1.1. Client frames must be masked, with the reserved
+//! bits clear and a defined opcode; a violation is answered with a close
+//! frame, status 1002 (1009 for a frame over [`MAX_WS_CLIENT_MESSAGE`]).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt::Write as _;
@@ -53,18 +80,61 @@ impl Request {
         }
     }
 
-    /// The Sec-WebSocket-Key of a valid WebSocket upgrade request.
-    pub fn websocket_key(&self) -> Option<&str> {
-        let upgrade = self.header("upgrade")?.eq_ignore_ascii_case("websocket");
-        let connection = self
-            .header("connection")?
-            .split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-        let version = self.header("sec-websocket-version")? == "13";
-        (upgrade && connection && version && self.method == "GET")
-            .then(|| self.header("sec-websocket-key"))
-            .flatten()
+    /// Every header named `name` (lower case), in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
+
+    /// True when a header named `name` lists `token` (comma-separated,
+    /// case-insensitive), as `Connection: keep-alive, Upgrade` does.
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers_named(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The WebSocket handshake this request asks for (RFC 6455 4.2.1):
+    /// `Ok(None)` when it asks for none (no `Upgrade: websocket`),
+    /// `Ok(Some(key))` for a valid one, and the status to refuse it with
+    /// otherwise: 426 for a version other than 13 (the response names 13),
+    /// 400 for the rest (a missing, malformed or repeated key, no
+    /// `Connection: Upgrade`, not a GET over HTTP/1.1).
+    pub fn websocket(&self) -> Result<Option<&str>, (u16, &'static str)> {
+        if !self.has_token("upgrade", "websocket") {
+            return Ok(None);
+        }
+        if self.method != "GET" || self.minor_version < 1 {
+            return Err((400, "a WebSocket handshake is a GET over HTTP/1.1"));
+        }
+        if !self.has_token("connection", "upgrade") {
+            return Err((400, "a WebSocket handshake needs Connection: Upgrade"));
+        }
+        let mut versions = self.headers_named("sec-websocket-version");
+        if versions.next() != Some("13") || versions.next().is_some() {
+            return Err((426, "WebSocket version 13 only"));
+        }
+        let mut keys = self.headers_named("sec-websocket-key");
+        match (keys.next(), keys.next()) {
+            (Some(key), None) if valid_websocket_key(key) => Ok(Some(key)),
+            (None, _) => Err((400, "no Sec-WebSocket-Key")),
+            (Some(_), Some(_)) => Err((400, "more than one Sec-WebSocket-Key")),
+            (Some(_), None) => Err((400, "Sec-WebSocket-Key is not base64 of 16 bytes")),
+        }
+    }
+}
+
+/// RFC 6455 4.1: the key is 16 random bytes, base64-encoded: 22 characters
+/// of the alphabet, then `==`.
+fn valid_websocket_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 /// The outcome of parsing what has arrived of a request.
@@ -77,6 +147,9 @@ pub enum Parsed {
     /// Refuse with this status and reason, then close.
     Error(u16, &'static str),
 }
+
+/// Longest `Content-Length` value read: 19 digits always fit a `u64`.
+const MAX_CONTENT_LENGTH_DIGITS: usize = 19;
 
 /// Parses a request head from the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Parsed {
@@ -94,6 +167,10 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             if n > MAX_REQUEST_HEAD {
                 return Parsed::Error(431, "request head too large");
             }
+            let body_len = match body_length(buf, req.headers) {
+                Ok(len) => len,
+                Err(e) => return e,
+            };
             let raw_path = req.path.unwrap_or("/");
             let (path, query) = raw_path.split_once('?').unwrap_or((raw_path, ""));
             let headers: Vec<(String, String)> = req
@@ -106,29 +183,78 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
                     )
                 })
                 .collect();
-            let mut r = Request {
-                method: req.method.unwrap_or("").to_owned(),
-                path: path.to_owned(),
-                query: query.to_owned(),
-                minor_version: req.version.unwrap_or(1),
-                headers,
-                body_len: 0,
-            };
-            if r.header("transfer-encoding").is_some() {
-                return Parsed::Error(501, "chunked request bodies are not supported");
-            }
-            if let Some(len) = r.header("content-length") {
-                match len.parse::<usize>() {
-                    Ok(n) if n <= MAX_REQUEST_BODY => r.body_len = n,
-                    Ok(_) => return Parsed::Error(413, "request body too large"),
-                    Err(_) => return Parsed::Error(400, "bad Content-Length"),
-                }
-            }
-            Parsed::Complete(r, n)
+            Parsed::Complete(
+                Request {
+                    method: req.method.unwrap_or("").to_owned(),
+                    path: path.to_owned(),
+                    query: query.to_owned(),
+                    minor_version: req.version.unwrap_or(1),
+                    headers,
+                    body_len,
+                },
+                n,
+            )
         }
         Err(httparse::Error::TooManyHeaders) => Parsed::Error(431, "too many headers"),
         Err(_) => Parsed::Error(400, "malformed request"),
     }
+}
+
+/// The body length of a request (see the module documentation: one rule).
+/// `buf` is the buffer `headers` were parsed from: the whitespace before a
+/// value is read from it, since httparse trims it.
+fn body_length(buf: &[u8], headers: &[httparse::Header<'_>]) -> Result<usize, Parsed> {
+    let chunked = headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let mut length: Option<u64> = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        if chunked {
+            return Err(Parsed::Error(
+                400,
+                "Transfer-Encoding and Content-Length together",
+            ));
+        }
+        let v = h.value;
+        let digits_only = !v.is_empty()
+            && v.len() <= MAX_CONTENT_LENGTH_DIGITS
+            && v.iter().all(u8::is_ascii_digit);
+        if !digits_only || space_before(buf, h) > 1 {
+            return Err(Parsed::Error(400, "malformed Content-Length"));
+        }
+        let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(Parsed::Error(400, "differing Content-Length headers"));
+        }
+        length = Some(n);
+    }
+    if chunked {
+        return Err(Parsed::Error(
+            501,
+            "chunked request bodies are not supported",
+        ));
+    }
+    match length {
+        None => Ok(0),
+        Some(n) if n <= MAX_REQUEST_BODY as u64 => Ok(n as usize),
+        Some(_) => Err(Parsed::Error(413, "request body too large")),
+    }
+}
+
+/// Bytes of whitespace between a header's colon and its value in `buf`
+/// (httparse's slices point into it). 0 when they cannot be located.
+fn space_before(buf: &[u8], h: &httparse::Header<'_>) -> usize {
+    let base = buf.as_ptr() as usize;
+    let name_end = h.name.as_ptr() as usize + h.name.len();
+    let value_start = h.value.as_ptr() as usize;
+    if name_end < base || value_start > base + buf.len() || value_start <= name_end {
+        return 0;
+    }
+    // The colon directly follows the name (httparse allows no space there).
+    (value_start - name_end).saturating_sub(1)
 }
 
 /// The reason phrase for the statuses Sluice sends.
@@ -137,6 +263,8 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
+        206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -144,9 +272,13 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Payload Too Large",
+        416 => "Range Not Satisfiable",
+        426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Error",
     }
 }
@@ -168,8 +300,9 @@ pub fn response_head(
         let _ = write!(s, "{k}: {v}\r\n");
     }
     // RFC 9110 8.6: a 1xx or 204 response has no body and MUST NOT carry
-    // Content-Length; it still ends where its head ends.
-    let bodiless = status == 101 || status == 204;
+    // Content-Length; it still ends where its head ends. A 304 has no body
+    // either (its Content-Length would be the 200's, 15.4.5): none is sent.
+    let bodiless = matches!(status, 101 | 204 | 304);
     if let Some(n) = content_length.filter(|_| !bodiless) {
         let _ = write!(s, "Content-Length: {n}\r\n");
     }
@@ -249,6 +382,21 @@ pub enum WsError {
     Unmasked,
     TooLarge(u64),
     BadControlFrame,
+    /// RSV1-3 set with no extension negotiated (RFC 6455 5.2).
+    ReservedBits(u8),
+    /// Opcodes 3-7 and 0xB-0xF are reserved (RFC 6455 5.2).
+    ReservedOpcode(u8),
+}
+
+impl WsError {
+    /// The close status to send the client before closing (RFC 6455 7.4.1):
+    /// 1009 for a message too big to process, 1002 for the rest.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            WsError::TooLarge(_) => 1009,
+            _ => 1002,
+        }
+    }
 }
 
 impl std::fmt::Display for WsError {
@@ -260,20 +408,38 @@ impl std::fmt::Display for WsError {
                 "client WebSocket frame of {n} bytes (limit {MAX_WS_CLIENT_MESSAGE})"
             ),
             WsError::BadControlFrame => {
-                write!(f, "fragmented or oversized WebSocket control frame")
+                write!(
+                    f,
+                    "fragmented, oversized or malformed WebSocket control frame"
+                )
+            }
+            WsError::ReservedBits(b) => {
+                write!(f, "WebSocket frame with reserved bits {b:#05b} set")
+            }
+            WsError::ReservedOpcode(op) => {
+                write!(f, "WebSocket frame with reserved opcode {op:#x}")
             }
         }
     }
 }
 
 /// Decodes one client frame from `buf` (`Ok(None)`: need more bytes).
+/// Nothing is consumed until a whole frame is there; a frame's size is
+/// checked before its body is waited for.
 pub fn decode_ws_frame(buf: &mut BytesMut) -> Result<Option<WsFrame>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
     let fin = b0 & 0x80 != 0;
+    let rsv = (b0 >> 4) & 0x07;
     let opcode = b0 & 0x0F;
+    if rsv != 0 {
+        return Err(WsError::ReservedBits(rsv));
+    }
+    if matches!(opcode, 0x3..=0x7 | 0xB..=0xF) {
+        return Err(WsError::ReservedOpcode(opcode));
+    }
     if b1 & 0x80 == 0 {
         return Err(WsError::Unmasked);
     }
@@ -291,7 +457,8 @@ pub fn decode_ws_frame(buf: &mut BytesMut) -> Result<Option<WsFrame>, WsError> {
         return Err(WsError::TooLarge(len));
     }
     let control = opcode & 0x08 != 0;
-    if control && (!fin || len > 125) {
+    // A close frame's body is empty or a 2-byte status and a reason.
+    if control && (!fin || len > 125 || (opcode == 0x8 && len == 1)) {
         return Err(WsError::BadControlFrame);
     }
     let len = len as usize;
@@ -371,6 +538,143 @@ mod tests {
             parse_request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
             Parsed::Error(400, _)
         ));
+    }
+
+    fn status_of(raw: &[u8]) -> u16 {
+        match parse_request(raw) {
+            Parsed::Complete(..) => 200,
+            Parsed::Partial => 0,
+            Parsed::Error(status, _) => status,
+        }
+    }
+
+    /// docs/hardening.md case 38: one body-length rule; anything a proxy
+    /// might read another way is 400.
+    #[test]
+    fn content_length_is_one_rule() {
+        let with = |h: &str| format!("POST /api/relays HTTP/1.1\r\nHost: x\r\n{h}\r\n\r\n");
+        for ok in [
+            "Content-Length: 5",
+            "Content-Length:5",
+            "Content-Length: 005",
+            "Content-Length: 5\r\nContent-Length: 5",
+        ] {
+            assert_eq!(status_of(with(ok).as_bytes()), 200, "{ok:?}");
+        }
+        for bad in [
+            "Content-Length: 5\r\nContent-Length: 6",
+            "Content-Length: +5",
+            "Content-Length: -5",
+            "Content-Length:  5",
+            "Content-Length: 5, 5",
+            "Content-Length: 5 5",
+            "Content-Length: 0x5",
+            "Content-Length: ",
+            "Content-Length: 99999999999999999999999",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5",
+        ] {
+            assert_eq!(status_of(with(bad).as_bytes()), 400, "{bad:?}");
+        }
+        assert_eq!(
+            status_of(with("Transfer-Encoding: chunked").as_bytes()),
+            501
+        );
+        assert_eq!(status_of(with("Content-Length: 65537").as_bytes()), 413);
+        match parse_request(with("Content-Length: 7").as_bytes()) {
+            Parsed::Complete(r, _) => assert_eq!(r.body_len, 7),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn upgrade(extra: &str) -> Request {
+        let raw = format!(
+            "GET /live/x.flv HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"
+        );
+        match parse_request(raw.as_bytes()) {
+            Parsed::Complete(r, _) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// docs/hardening.md case 45: the handshake by RFC 6455 4.2.1.
+    #[test]
+    fn websocket_handshake_is_checked() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let good = upgrade(&format!(
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
+        ));
+        assert_eq!(good.websocket(), Ok(Some(key)));
+        let plain = match parse_request(b"GET /live/x.flv HTTP/1.1\r\nHost: x\r\n\r\n") {
+            Parsed::Complete(r, _) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(plain.websocket(), Ok(None));
+        let refused = |extra: String| upgrade(&extra).websocket().map(|_| ()).map_err(|e| e.0);
+        assert_eq!(
+            refused(format!(
+                "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: {key}\r\n"
+            )),
+            Err(426)
+        );
+        assert_eq!(refused(format!("Sec-WebSocket-Key: {key}\r\n")), Err(426));
+        let long = "A".repeat(10_000);
+        for bad_key in ["", "abc", long.as_str(), "dGhlIHNhbXBsZSBub25jZQ=!"] {
+            assert_eq!(
+                refused(format!(
+                    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {bad_key}\r\n"
+                )),
+                Err(400),
+                "{bad_key:?}"
+            );
+        }
+        assert_eq!(
+            refused(format!(
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Key: {key}\r\n"
+            )),
+            Err(400),
+            "a repeated key"
+        );
+        assert_eq!(
+            refused("Sec-WebSocket-Version: 13\r\n".into()),
+            Err(400),
+            "no key"
+        );
+    }
+
+    fn masked(b0: u8, payload: &[u8]) -> BytesMut {
+        let mask = [9u8, 8, 7, 6];
+        let mut raw = vec![b0, 0x80 | payload.len() as u8];
+        raw.extend_from_slice(&mask);
+        raw.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        BytesMut::from(&raw[..])
+    }
+
+    /// docs/hardening.md case 45: reserved bits and opcodes fail the
+    /// connection with 1002.
+    #[test]
+    fn reserved_bits_and_opcodes_are_protocol_errors() {
+        for rsv in [0x40u8, 0x20, 0x10] {
+            let e = decode_ws_frame(&mut masked(0x80 | rsv | 0x2, b"x")).unwrap_err();
+            assert_eq!(
+                (e.clone(), e.close_code()),
+                (WsError::ReservedBits(rsv >> 4), 1002)
+            );
+        }
+        for op in [0x3u8, 0x7, 0xB, 0xF] {
+            let e = decode_ws_frame(&mut masked(0x80 | op, b"")).unwrap_err();
+            assert_eq!(
+                (e.clone(), e.close_code()),
+                (WsError::ReservedOpcode(op), 1002)
+            );
+        }
+        let e = decode_ws_frame(&mut masked(0x88, b"x")).unwrap_err();
+        assert_eq!(e, WsError::BadControlFrame, "a close frame of 1 byte");
+        assert_eq!(WsError::TooLarge(1 << 20).close_code(), 1009);
+        assert_eq!(
+            decode_ws_frame(&mut masked(0x82, b"data")),
+            Ok(Some(WsFrame::Data))
+        );
     }
 
     #[test]

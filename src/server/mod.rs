@@ -8,26 +8,47 @@
 
 mod access;
 pub mod api;
+pub mod base;
+mod conn;
+mod console;
+mod ctx;
+pub mod disk;
+#[cfg(feature = "fault-injection")]
+mod fault;
 pub mod flv;
+pub mod health;
+pub mod hls;
 pub mod http;
 mod http_conn;
+mod pacing;
+mod player;
+pub mod proxy;
 pub mod queue;
-pub mod relay;
+pub mod record;
+mod relay_conn;
+pub mod relays;
+mod rendition;
 mod rtmp_conn;
+pub mod shared;
 pub mod stats;
 pub mod stream;
+mod tasks;
 pub mod tls;
+mod transport;
+pub mod vod;
 pub mod worker;
 
 use crate::config::Config;
+use shared::ListenerKind;
+use shared::{Shared, WorkerHandle};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use stream::{GopLimits, Registry, MAX_WORKERS};
-use worker::{ListenerKind, Shared, Worker, WorkerHandle};
+use worker::{Listener, Worker};
 
 /// Pending connections the kernel queues per listener before accept.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -58,6 +79,13 @@ impl ShutdownHandle {
     /// and let every worker return.
     pub fn shutdown(&self) {
         self.0.shutdown();
+    }
+
+    /// Hands over to a successor sharing the ports (see
+    /// [`Shared::hand_over`]): this process stops accepting, serves what it
+    /// has until it ends or `handover_timeout`, then stops.
+    pub fn hand_over(&self) {
+        self.0.hand_over();
     }
 
     /// Loads the TLS certificate files again: new handshakes get the new
@@ -144,12 +172,14 @@ impl RunningServer {
         self.handle.reload_access()
     }
 
-    /// Shuts down and waits for every worker to return.
+    /// Shuts down and waits for every worker to return (and the disk
+    /// threads to finish the recordings' files).
     pub fn stop(self) {
         self.handle.shutdown();
         for t in self.threads {
             let _ = t.join();
         }
+        finish_disk_work(&self.shared);
     }
 }
 
@@ -179,9 +209,17 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// One listener per worker on `addr` (port 0: the first picks, the rest share).
-fn listeners(addr: SocketAddr, n: usize) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
-    check_port_free(addr)?;
+/// One listener per worker on `addr` (port 0: the first picks, the rest
+/// share). `takeover`: another Sluice may hold the port already (the one
+/// this process replaces, `--takeover`): share it rather than refuse.
+fn listeners(
+    addr: SocketAddr,
+    n: usize,
+    takeover: bool,
+) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    if !takeover {
+        check_port_free(addr)?;
+    }
     let first = listener(addr)?;
     let local = first.local_addr()?;
     let mut all = vec![first];
@@ -206,7 +244,7 @@ impl Server {
                 tls::CertResolver::new(config.tls.clone())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             );
-            Some(worker::Tls {
+            Some(shared::Tls {
                 config: tls::server_config(resolver.clone()),
                 resolver,
             })
@@ -217,7 +255,7 @@ impl Server {
         let mut per_worker: Vec<Listeners> = (0..n).map(|_| Vec::new()).collect();
         let mut bind = |addr: Option<SocketAddr>, kind, tls| -> io::Result<Option<SocketAddr>> {
             let Some(addr) = addr else { return Ok(None) };
-            let (local, ls) = listeners(addr, n)?;
+            let (local, ls) = listeners(addr, n, config.takeover)?;
             for (w, l) in per_worker.iter_mut().zip(ls) {
                 w.push((kind, tls, l));
             }
@@ -241,13 +279,7 @@ impl Server {
         for _ in 0..n {
             let poll = mio::Poll::new()?;
             let waker = mio::Waker::new(poll.registry(), worker::WAKER)?;
-            handles.push(WorkerHandle {
-                waker,
-                inbox: Mutex::new(Vec::new()),
-                connections: AtomicUsize::new(0),
-                iterations: AtomicU64::new(0),
-                clients: Mutex::new(Default::default()),
-            });
+            handles.push(WorkerHandle::new(waker));
             polls.push(poll);
         }
         let registry = Registry::new(
@@ -256,25 +288,22 @@ impl Server {
                 max_bytes: config.gop_cache_bytes,
                 max_frames: config.gop_cache_frames,
             },
-        );
-        let relays = relay::Relays::new(&config).map_err(io::Error::other)?;
-        let shared = Arc::new(Shared {
-            config,
-            registry,
-            workers: handles,
-            shutdown: AtomicBool::new(false),
-            next_conn_id: AtomicU64::new(1),
-            panics: AtomicU64::new(0),
-            stats: Default::default(),
-            tls,
-            hooks: if auth.has_hooks() {
-                Some(crate::hooks::Pool::new(crate::hooks::HOOK_THREADS)?)
-            } else {
-                None
-            },
-            auth,
-            relays,
-        });
+        )
+        .with_hls(Arc::new(hls::HlsPolicy::new(&config)));
+        let relays = relays::Relays::new(&config).map_err(io::Error::other)?;
+        let hooks = if auth.has_hooks() {
+            Some(Arc::new(crate::hooks::Pool::new(
+                crate::hooks::HOOK_THREADS,
+            )?))
+        } else {
+            None
+        };
+        let disk = Arc::new(disk::DiskPool::new(config.disk_threads, disk::DISK_QUEUE)?);
+        let recordings = record::Recordings::new(&config, &auth, disk.clone(), hooks.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let shared = Arc::new(Shared::new(
+            config, registry, handles, tls, auth, hooks, relays, disk, recordings,
+        ));
         let workers = polls
             .into_iter()
             .zip(per_worker)
@@ -282,7 +311,12 @@ impl Server {
             .map(|(i, (poll, ls))| {
                 let ls = ls
                     .into_iter()
-                    .map(|(kind, tls, l)| (kind, tls, mio::net::TcpListener::from_std(l)))
+                    .map(|(kind, tls, l)| Listener {
+                        kind,
+                        tls,
+                        handover: false,
+                        socket: mio::net::TcpListener::from_std(l),
+                    })
                     .collect();
                 Worker::new(i, poll, ls, shared.clone())
             })
@@ -338,6 +372,25 @@ impl Server {
                 log::error!("a worker thread panicked");
             }
         }
+        finish_disk_work(&running.shared);
         Ok(())
+    }
+}
+
+/// After the workers stopped (their recordings were finished): waits for
+/// the disk threads to write, sync and close what was queued, within
+/// [`crate::config::SHUTDOWN_DISK_TIMEOUT`].
+fn finish_disk_work(shared: &Shared) {
+    let pending = shared.disk.pending();
+    if pending == 0 {
+        return;
+    }
+    log::info!("waiting for {pending} disk jobs (recordings being finished)");
+    if !shared.disk.wait_idle(crate::config::SHUTDOWN_DISK_TIMEOUT) {
+        log::warn!(
+            "{} disk jobs still pending after {:?}: exiting without them (a recording may miss its tail or, for FLV, its index)",
+            shared.disk.pending(),
+            crate::config::SHUTDOWN_DISK_TIMEOUT
+        );
     }
 }

@@ -2,13 +2,17 @@
 //! connection's own control bytes, written with one `write_vectored` over as
 //! many queued items as the socket takes.
 //!
-//! Media is bounded in bytes: the caller asks [`OutQueue::media_bytes`]
-//! before pushing and, on overflow, calls [`OutQueue::drop_unstarted_media`]
-//! and skips to the next keyframe. A frame already partly written is never
-//! dropped (the peer's chunk stream would break). Control bytes are bounded
-//! separately: a peer that never reads its replies is closed.
+//! Media is bounded by what it holds in memory: the caller asks
+//! [`OutQueue::media_cost`] (unsent bytes plus a per-item overhead, so that
+//! a queue of 1-byte frames is charged what each really costs,
+//! docs/hardening.md case 40) before pushing and, on overflow, calls
+//! [`OutQueue::drop_unstarted_media`] and skips to the next keyframe. A
+//! frame already partly written is never dropped (the peer's chunk stream
+//! would break). Control messages are bounded separately, the same way
+//! ([`OutQueue::control_bytes`]): a peer that never reads its replies is
+//! closed.
 
-use super::stream::{Format, Frame};
+use super::stream::{Format, Frame, FRAME_OVERHEAD};
 use crate::wire::WireForm;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -24,6 +28,15 @@ const SMALL_IOVECS: usize = 16;
 /// Enough for a 100 KB keyframe at 4 KiB chunks (50 pieces).
 const MEDIUM_IOVECS: usize = 64;
 
+/// What a queued media item costs beyond its unsent bytes: its place in
+/// the queue and the frame it keeps alive ([`FRAME_OVERHEAD`]; counted in
+/// every queue holding the frame, which over-counts a frame shared by
+/// several players: the bound errs on the safe side).
+pub const MEDIA_ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + FRAME_OVERHEAD;
+/// What a queued control item costs beyond its bytes: its place in the
+/// queue and its own allocation.
+pub const CONTROL_ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + 64;
+
 /// One queued message.
 #[derive(Debug)]
 pub enum Item {
@@ -37,6 +50,9 @@ pub enum Item {
     /// A connection's own bytes in several pieces (an HTTP response, a
     /// WebSocket-wrapped FLV header).
     OwnControl(WireForm),
+    /// An HTTP response whose body is shared media (an HLS part, segment
+    /// or playlist): bounded apart from control replies, and never dropped.
+    Response(WireForm),
 }
 
 impl Item {
@@ -45,7 +61,7 @@ impl Item {
             Item::Frame(f, format) => f.form(*format).pieces(),
             Item::OwnFrame(w) => w.pieces(),
             Item::Control(b) => std::slice::from_ref(b),
-            Item::OwnControl(w) => w.pieces(),
+            Item::OwnControl(w) | Item::Response(w) => w.pieces(),
         }
     }
 
@@ -54,13 +70,31 @@ impl Item {
             Item::Frame(f, format) => f.form(*format).len(),
             Item::OwnFrame(w) => w.len(),
             Item::Control(b) => b.len(),
-            Item::OwnControl(w) => w.len(),
+            Item::OwnControl(w) | Item::Response(w) => w.len(),
         }
     }
 
     fn is_media(&self) -> bool {
         matches!(self, Item::Frame(..) | Item::OwnFrame(_))
     }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Item::Frame(..) | Item::OwnFrame(_) => Kind::Media,
+            Item::Response(_) => Kind::Response,
+            Item::Control(_) | Item::OwnControl(_) => Kind::Control,
+        }
+    }
+}
+
+/// What an item counts as, for the queue's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Media,
+    /// An HTTP response with a shared body: bounded by the connection
+    /// reading no further request while many are queued.
+    Response,
+    Control,
 }
 
 /// See the module documentation.
@@ -72,6 +106,16 @@ pub struct OutQueue {
     offset: usize,
     media_bytes: usize,
     control_bytes: usize,
+    response_bytes: usize,
+    /// Queued items of each kind (their overhead counts in the bounds).
+    media_items: usize,
+    control_items: usize,
+    /// Media items pushed so far (the write policy looks at what a delivery
+    /// queued).
+    media_pushed: u64,
+    /// Something queued since the last write must go at once: a join's
+    /// first frames, a resume after a skip.
+    at_once: bool,
 }
 
 impl OutQueue {
@@ -84,9 +128,22 @@ impl OutQueue {
         self.media_bytes
     }
 
-    /// Unsent bytes of queued control messages.
+    /// What queued media holds: its unsent bytes plus
+    /// [`MEDIA_ITEM_OVERHEAD`] per item. The player queue's bound.
+    pub fn media_cost(&self) -> usize {
+        self.media_bytes + self.media_items * MEDIA_ITEM_OVERHEAD
+    }
+
+    /// What queued control messages hold: their unsent bytes plus
+    /// [`CONTROL_ITEM_OVERHEAD`] per item (a flood of tiny replies costs
+    /// what it allocates). The control queue's bound.
     pub fn control_bytes(&self) -> usize {
-        self.control_bytes
+        self.control_bytes + self.control_items * CONTROL_ITEM_OVERHEAD
+    }
+
+    /// Unsent bytes of queued HTTP responses with shared bodies.
+    pub fn response_bytes(&self) -> usize {
+        self.response_bytes
     }
 
     pub fn push(&mut self, item: Item) {
@@ -94,12 +151,46 @@ impl OutQueue {
         if len == 0 {
             return;
         }
-        if item.is_media() {
-            self.media_bytes += len;
-        } else {
-            self.control_bytes += len;
+        match item.kind() {
+            Kind::Media => {
+                self.media_bytes += len;
+                self.media_items += 1;
+                self.media_pushed += 1;
+            }
+            Kind::Response => self.response_bytes += len,
+            Kind::Control => {
+                self.control_bytes += len;
+                self.control_items += 1;
+            }
         }
         self.items.push_back(item);
+    }
+
+    /// Forgets the counts of an item leaving the queue.
+    fn count_out(&mut self, kind: Kind) {
+        match kind {
+            Kind::Media => self.media_items -= 1,
+            Kind::Response => {}
+            Kind::Control => self.control_items -= 1,
+        }
+    }
+
+    /// Media items pushed since the queue was made.
+    pub fn media_pushed(&self) -> u64 {
+        self.media_pushed
+    }
+
+    /// Asks for what is queued to be written in this loop iteration, not
+    /// held by the write policy (a player starting or resuming play).
+    pub fn write_at_once(&mut self) {
+        self.at_once = true;
+    }
+
+    /// True when something queued since the last write must not wait:
+    /// control bytes, an HTTP response, or media marked with
+    /// [`OutQueue::write_at_once`].
+    pub fn is_urgent(&self) -> bool {
+        self.at_once || self.control_bytes > 0 || self.response_bytes > 0
     }
 
     /// Drops every queued media item not yet started; returns how many.
@@ -118,7 +209,9 @@ impl OutQueue {
             keep
         });
         self.media_bytes -= freed;
-        before - self.items.len()
+        let dropped = before - self.items.len();
+        self.media_items -= dropped;
+        dropped
     }
 
     /// Writes as much as `w` takes in one vectored call. Returns the bytes
@@ -163,6 +256,7 @@ impl OutQueue {
             return Ok(0);
         }
         let written = w.write_vectored(&iov[..n])?;
+        self.at_once = false;
         self.advance(written);
         Ok(written)
     }
@@ -172,16 +266,16 @@ impl OutQueue {
             let Some(front) = self.items.front() else {
                 break;
             };
-            let media = front.is_media();
+            let kind = front.kind();
             let pieces = front.pieces();
             let left_in_piece = pieces[self.piece].len() - self.offset;
             let step = n.min(left_in_piece);
             n -= step;
             self.offset += step;
-            if media {
-                self.media_bytes -= step;
-            } else {
-                self.control_bytes -= step;
+            match kind {
+                Kind::Media => self.media_bytes -= step,
+                Kind::Response => self.response_bytes -= step,
+                Kind::Control => self.control_bytes -= step,
             }
             if self.offset == pieces[self.piece].len() {
                 self.offset = 0;
@@ -189,6 +283,7 @@ impl OutQueue {
                 if self.piece == pieces.len() {
                     self.piece = 0;
                     self.items.pop_front();
+                    self.count_out(kind);
                 }
             }
         }
@@ -247,7 +342,10 @@ mod tests {
         while q.write_to(&mut w).unwrap() > 0 {}
         assert_eq!(w.got, b"ctl-abcdefg-end");
         assert!(q.is_empty());
-        assert_eq!((q.media_bytes(), q.control_bytes()), (0, 0));
+        assert_eq!(
+            (q.media_bytes(), q.control_bytes(), q.media_cost()),
+            (0, 0, 0)
+        );
     }
 
     #[test]
@@ -273,7 +371,31 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(own(&[b"12345"]));
         q.push(Item::Control(Bytes::from_static(b"abc")));
-        assert_eq!((q.media_bytes(), q.control_bytes()), (5, 3));
+        assert_eq!(q.media_bytes(), 5);
+        assert_eq!(q.media_cost(), 5 + MEDIA_ITEM_OVERHEAD);
+        assert_eq!(q.control_bytes(), 3 + CONTROL_ITEM_OVERHEAD);
+    }
+
+    /// docs/hardening.md case 40: a queue of tiny items is charged what the
+    /// items hold, not their few bytes, and the charge leaves with them.
+    #[test]
+    fn tiny_items_cost_their_overhead_until_written_or_dropped() {
+        let mut q = OutQueue::default();
+        for _ in 0..1000 {
+            q.push(own(&[b"x"]));
+            q.push(Item::Control(Bytes::from_static(b"y")));
+        }
+        assert_eq!(q.media_cost(), 1000 * (1 + MEDIA_ITEM_OVERHEAD));
+        assert_eq!(q.control_bytes(), 1000 * (1 + CONTROL_ITEM_OVERHEAD));
+        let mut w = Trickle {
+            cap: 1001,
+            got: Vec::new(),
+        };
+        q.write_to(&mut w).unwrap();
+        q.drop_unstarted_media();
+        assert_eq!(q.media_cost(), 0, "every media item went");
+        while q.write_to(&mut w).unwrap() > 0 {}
+        assert_eq!((q.media_cost(), q.control_bytes()), (0, 0));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! by workers where the event happens (no locks on the data path).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why a connection closed, for logs and `sluice_closes_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,5 +136,79 @@ impl Stats {
 
     pub fn connections(&self, p: Protocol) -> usize {
         self.connections[p as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds, in microseconds, of the buckets of [`WaitHistogram`]
+/// (`sluice_write_wait_seconds`): fine around the write budgets in use
+/// (30 ms by default, 100 to 350 ms for operators who batch harder).
+pub const WRITE_WAIT_BUCKETS_US: [u64; 18] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 50_000, 75_000,
+    100_000, 150_000, 200_000, 250_000, 350_000, 1_000_000,
+];
+
+/// How long queued media waited in the server before its write began: from
+/// the loop iteration that queued its oldest byte to the write call, for
+/// every write of a connection whose socket had room (a full socket's wait
+/// is the player's, not the server's). One per worker, written by it alone.
+#[derive(Debug, Default)]
+pub struct WaitHistogram {
+    /// Non-cumulative counts per bucket of [`WRITE_WAIT_BUCKETS_US`], then
+    /// the count above the last.
+    buckets: [AtomicU64; WRITE_WAIT_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+/// A [`WaitHistogram`] read at one moment (or several workers' added up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitSnapshot {
+    /// Counts per bucket, not cumulative; the last is above every bound.
+    pub buckets: [u64; WRITE_WAIT_BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+    pub max_us: u64,
+}
+
+impl WaitHistogram {
+    pub fn record(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        let i = WRITE_WAIT_BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Adds this histogram's counts to `into`.
+    pub fn add_to(&self, into: &mut WaitSnapshot) {
+        for (i, b) in self.buckets.iter().enumerate() {
+            into.buckets[i] += b.load(Ordering::Relaxed);
+        }
+        into.sum_us += self.sum_us.load(Ordering::Relaxed);
+        into.max_us = into.max_us.max(self.max_us.load(Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_lands_in_the_first_bucket_that_holds_it() {
+        let h = WaitHistogram::default();
+        h.record(Duration::from_micros(500)); // on the first bound
+        h.record(Duration::from_micros(501));
+        h.record(Duration::from_millis(30));
+        h.record(Duration::from_secs(5)); // above every bound
+        let mut s = WaitSnapshot::default();
+        h.add_to(&mut s);
+        assert_eq!(s.buckets[0], 1);
+        assert_eq!(s.buckets[1], 1);
+        assert_eq!(
+            s.buckets[WRITE_WAIT_BUCKETS_US.partition_point(|&b| b < 30_000)],
+            1
+        );
+        assert_eq!(s.buckets[WRITE_WAIT_BUCKETS_US.len()], 1);
+        assert_eq!(s.max_us, 5_000_000);
+        assert_eq!(s.sum_us, 500 + 501 + 30_000 + 5_000_000);
     }
 }

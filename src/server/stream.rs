@@ -8,16 +8,18 @@
 //! cache and register interest). Both happen in one critical section, and
 //! every frame and publish/unpublish notice carries a sequence number, so a
 //! joiner never misses nor duplicates a frame. Lock order: registry, then
-//! stream.
+//! stream (a multitrack stream before its renditions, see [`RenditionLink`]).
 
+use super::base::{ConnId, StreamId};
+use super::hls::{HlsPolicy, StreamHls, HLS_LINGER};
 use crate::media::{self, Codec, FrameClass, MediaInfo};
-use crate::protocol::chunk::{self, Message};
+use crate::protocol::chunk::{self, EncodeError, Message};
 use crate::protocol::session::{is_metadata, MediaKind};
 use crate::wire::WireForm;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -29,12 +31,56 @@ pub const SHARED_MESSAGE_STREAM_ID: u32 = 1;
 /// Most workers a process runs: interest is a 64-bit mask.
 pub const MAX_WORKERS: usize = 64;
 
+/// The worker indices whose bit is set in `mask`.
+pub(crate) fn workers_in(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let w = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(w)
+    })
+}
+
 /// A timestamp step backwards beyond this (ms), within one publisher, is a
 /// discontinuity (audio and video interleave a few tens of ms out of order).
 const MAX_BACKWARD_STEP_MS: i32 = 1_000;
 /// A forward step beyond this (ms) is a discontinuity: an encoder restart or
 /// clock jump, which players would otherwise wait out.
 const MAX_FORWARD_STEP_MS: i32 = 15_000;
+
+/// What a [`Frame`] holds beyond its payload and chunk headers, conservatively:
+/// the `Frame` in its `Arc`, the RTMP form's piece list and header
+/// allocation, and the FLV and WebSocket forms a player may build (a
+/// header, a trailer and a piece list each), with the allocator's
+/// smallest chunk for each allocation. Every bound on frames (GOP cache,
+/// player queues, header stores) counts a frame as its bytes plus this, so
+/// that a flood of 1-byte frames is bounded by what it really holds
+/// (docs/hardening.md case 40).
+pub const FRAME_OVERHEAD: usize = std::mem::size_of::<Frame>()
+    + 16 // the Arc's counts
+    + 6 * MIN_ALLOCATION // the Arc, three forms' headers, two trailers
+    + 3 * 4 * std::mem::size_of::<Bytes>(); // three piece lists
+
+/// The smallest chunk glibc's malloc hands out (and roughly what each
+/// allocation costs beyond its bytes).
+const MIN_ALLOCATION: usize = 32;
+
+/// Most header frames a stream keeps for joiners (metadata, and a
+/// sequence header and a metadata packet per track and FourCC). A
+/// multitrack stream with four video and eight audio tracks needs ~25;
+/// 4,000 FourCCs' metadata packets kept 32 MB (docs/hardening.md case 38).
+pub const MAX_STREAM_HEADERS: usize = 32;
+/// Most bytes (counted as [`Frame::cost`]) a stream's header frames hold:
+/// every joiner receives them all before its first keyframe. Real headers
+/// are a few KiB in all.
+pub const MAX_STREAM_HEADER_BYTES: usize = 1024 * 1024;
+/// Largest single header frame kept for joiners (onMetaData, a sequence
+/// header); a larger one is passed to the players already there, but not
+/// kept. onMetaData is a few hundred bytes, an HEVC sequence header a few
+/// KiB.
+pub const MAX_HEADER_FRAME_BYTES: usize = 64 * 1024;
 
 /// Which header a frame is the latest of, for late joiners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +149,12 @@ impl Format {
 }
 
 impl Frame {
+    /// What this frame holds in memory: payload, chunk headers and
+    /// [`FRAME_OVERHEAD`]. Bounds count this, never the payload alone.
+    pub fn cost(&self) -> usize {
+        self.rtmp.len() + std::mem::size_of_val(self.rtmp.pieces()) + FRAME_OVERHEAD
+    }
+
     /// This frame's shared wire form for `format` (built at most once).
     pub fn form(&self, format: Format) -> &WireForm {
         match format {
@@ -116,8 +168,10 @@ impl Frame {
         }
     }
 
-    /// The RTMP wire form for a player on `stream_id` at `chunk_size`.
-    pub fn rtmp_for(&self, chunk_size: u32, stream_id: u32) -> WireForm {
+    /// The RTMP wire form for a player on `stream_id` at `chunk_size` (a
+    /// published payload always fits the length field, so this cannot
+    /// fail for a frame of a stream).
+    pub fn rtmp_for(&self, chunk_size: u32, stream_id: u32) -> Result<WireForm, EncodeError> {
         chunk::wire_form(
             chunk_size,
             &Message {
@@ -159,14 +213,36 @@ fn describe(kind: MediaKind, payload: &[u8]) -> (MediaInfo, Option<HeaderSlot>) 
     (info, slot)
 }
 
+/// How a stream's publisher reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublisherKind {
+    Rtmp,
+    Rtmps,
+    /// A relay pulling the stream from an origin.
+    Pull,
+    /// A successor's pull from the process it replaces (`--takeover`): a
+    /// publisher arriving here takes the stream over at its first frame.
+    Handover,
+}
+
+impl PublisherKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PublisherKind::Rtmp => "rtmp",
+            PublisherKind::Rtmps => "rtmps",
+            PublisherKind::Pull => "pull",
+            PublisherKind::Handover => "handover",
+        }
+    }
+}
+
 /// Who publishes a stream.
 #[derive(Debug, Clone)]
 pub struct PublisherInfo {
-    pub conn_id: u64,
+    pub conn_id: ConnId,
     pub worker: usize,
     pub peer: SocketAddr,
-    /// `rtmp` (later `rtmps`, relays).
-    pub protocol: &'static str,
+    pub kind: PublisherKind,
     pub since: std::time::SystemTime,
 }
 
@@ -263,10 +339,12 @@ impl Timeline {
     }
 }
 
-/// The frames from the latest keyframe on, bounded in bytes and frames.
+/// The frames from the latest keyframe on, bounded in frames and in what
+/// they hold ([`Frame::cost`]).
 #[derive(Debug, Default)]
 struct GopCache {
     frames: Vec<Arc<Frame>>,
+    /// The sum of the frames' [`Frame::cost`].
     bytes: usize,
 }
 
@@ -291,8 +369,11 @@ pub struct StreamState {
     /// Players per worker.
     players: [u32; MAX_WORKERS],
     gop: GopCache,
-    /// Latest header frames, one per slot.
+    /// Latest header frames, one per slot, bounded by
+    /// [`MAX_STREAM_HEADERS`] and [`MAX_STREAM_HEADER_BYTES`].
     headers: Vec<Arc<Frame>>,
+    /// Header frames not kept (over a bound), for one log line per stream.
+    headers_refused: u64,
     next_seq: u64,
     has_video: bool,
     /// Video track 0 (the default track) seen from the current publisher.
@@ -306,6 +387,42 @@ pub struct StreamState {
     has_audio: bool,
     media: MediaSummary,
     rate: RateWindow,
+    /// When the last publisher left (the stream lingers for its HLS
+    /// viewers a while, see [`Registry::sweep`]).
+    unpublished_at: Option<Instant>,
+    /// A publisher waiting to take the stream over from a successor's
+    /// handover pull (`Registry::await_takeover`): when the pull's
+    /// publication ends, players are not told the stream ended.
+    takeover: Option<ConnId>,
+    /// The renditions (`NAME~N`) made of this stream's video tracks,
+    /// replaced whole when one starts or ends (the publisher's worker takes
+    /// a reference per frame, see [`Stream::renditions`]).
+    renditions: Arc<Vec<RenditionLink>>,
+}
+
+/// A rendition of a multitrack stream (docs/codecs.md, "Renditions"): its
+/// video track `track` alone, re-wrapped for players without multitrack
+/// support, published as a stream of its own while `publisher` publishes
+/// the parent. Lock order: the parent stream, then the rendition's.
+#[derive(Debug, Clone)]
+pub struct RenditionLink {
+    /// Video track id in the parent.
+    pub track: u8,
+    /// The parent's audio track it carries: `track` when the parent has an
+    /// audio track of that id, else 0.
+    pub audio_track: u8,
+    /// The parent's publisher (the rendition's too).
+    pub publisher: ConnId,
+    /// The first parent frame (by sequence number) re-wrapped as it is
+    /// published; the earlier ones the rendition needs are in `seed`.
+    pub from_seq: u64,
+    /// The parent's latest headers (in send order) and cached GOP when the
+    /// rendition started: the publisher's worker re-wraps them before the
+    /// frame `from_seq`, so that the rendition gets every frame in order
+    /// from one worker (an instant start for its players).
+    pub seed: Arc<Mutex<Vec<Arc<Frame>>>>,
+    /// The rendition's stream.
+    pub stream: Arc<Stream>,
 }
 
 impl StreamState {
@@ -358,7 +475,7 @@ impl StreamState {
         self.rate.last.map(|(bps, _)| bps)
     }
 
-    /// GOP cache size: frames, bytes.
+    /// GOP cache size: frames, and what they hold in bytes ([`Frame::cost`]).
     pub fn gop_cache(&self) -> (usize, usize) {
         (self.gop.frames.len(), self.gop.bytes)
     }
@@ -366,6 +483,28 @@ impl StreamState {
     /// Whether audio / video have been seen from the current publisher.
     pub fn has_audio_video(&self) -> (bool, bool) {
         (self.has_audio, self.has_video)
+    }
+
+    /// The renditions made of this stream: (video track, stream name).
+    pub fn rendition_keys(&self) -> Vec<(u8, String)> {
+        self.renditions
+            .iter()
+            .map(|r| (r.track, r.stream.key.clone()))
+            .collect()
+    }
+
+    /// True when a kept sequence header configures track `track` of `kind`
+    /// (a multitrack one may configure several).
+    fn has_config(&self, kind: MediaKind, track: u8) -> bool {
+        self.headers.iter().any(|f| {
+            f.kind == kind
+                && matches!(f.header, Some(HeaderSlot::Config { .. }))
+                && match kind {
+                    MediaKind::Audio => media::audio_tracks(&f.payload),
+                    _ => media::video_tracks(&f.payload),
+                }
+                .any(|t| t.info.track == track)
+        })
     }
 
     /// The audio and video tracks the current publisher has sent a
@@ -387,8 +526,7 @@ impl StreamState {
 /// One live stream name (APP/NAME).
 #[derive(Debug)]
 pub struct Stream {
-    /// Unique for the process's lifetime (names are reused, ids are not).
-    pub id: u64,
+    pub id: StreamId,
     /// `app/name`.
     pub key: String,
     chunk_size: u32,
@@ -398,6 +536,15 @@ pub struct Stream {
     pub bytes_out: AtomicU64,
     /// Frames skipped for slow players.
     pub frames_dropped: AtomicU64,
+    /// HLS of this stream, from its first publisher on (when its
+    /// application packages HLS and the memory budget admitted it).
+    hls: OnceLock<StreamHls>,
+    /// The recording of this stream, while one runs (or failed and is
+    /// shown until the publisher leaves).
+    pub(crate) recorder: super::record::Slot,
+    /// True while the stream has renditions: the publisher's worker looks
+    /// them up (under the lock) only then.
+    has_renditions: AtomicBool,
 }
 
 /// What a publish or unpublish tells the workers with players.
@@ -420,7 +567,6 @@ pub struct JoinSnapshot {
     pub next_seq: u64,
     /// True when the stream has no video: start with the next audio frame.
     pub audio_only: bool,
-    pub has_audio: bool,
 }
 
 impl Stream {
@@ -430,37 +576,28 @@ impl Stream {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes one message: classifies it, maps its timestamp, builds its
-    /// RTMP wire form once, updates the headers and GOP cache, and returns
-    /// the shared frame with the workers that must receive it.
-    pub fn push(&self, kind: MediaKind, timestamp: u32, payload: Bytes) -> (Arc<Frame>, u64) {
-        self.push_inner(None, kind, timestamp, payload)
-            .expect("an unchecked push always succeeds")
-    }
-
-    /// [`Stream::push`] from publisher `conn_id`: None (the frame dropped)
-    /// when that connection no longer publishes the stream (replaced by
+    /// Publishes one message from publisher `conn_id`: classifies it, maps
+    /// its timestamp, builds its RTMP wire form once, updates the headers
+    /// and GOP cache, and returns the shared frame with the workers that
+    /// must receive it (bit w: worker w). None (the frame dropped) when
+    /// that connection no longer publishes the stream (replaced by
     /// another), checked under the stream's lock.
     pub fn push_from(
         &self,
-        conn_id: u64,
-        kind: MediaKind,
-        timestamp: u32,
-        payload: Bytes,
-    ) -> Option<(Arc<Frame>, u64)> {
-        self.push_inner(Some(conn_id), kind, timestamp, payload)
-    }
-
-    fn push_inner(
-        &self,
-        conn_id: Option<u64>,
+        conn_id: ConnId,
         kind: MediaKind,
         timestamp: u32,
         payload: Bytes,
     ) -> Option<(Arc<Frame>, u64)> {
         let (info, header) = describe(kind, &payload);
+        // A header is kept for the stream's life: its own allocation, not a
+        // slice pinning the read buffer it arrived in.
+        let payload = match header {
+            Some(_) => Bytes::copy_from_slice(&payload),
+            None => payload,
+        };
         let mut st = self.lock();
-        if conn_id.is_some() && st.publisher.as_ref().map(|p| p.conn_id) != conn_id {
+        if st.publisher.as_ref().map(|p| p.conn_id) != Some(conn_id) {
             return None;
         }
         st.frames_in += 1;
@@ -472,7 +609,7 @@ impl Stream {
         }
         st.rate
             .add(Instant::now(), payload.len(), kind == MediaKind::Video);
-        if let Some(slot) = header {
+        if let Some(slot) = header.filter(|_| payload.len() <= MAX_HEADER_FRAME_BYTES) {
             summarize(&mut st.media, slot, &info, &payload);
         }
         let timestamp = st.timeline.map(timestamp);
@@ -499,7 +636,10 @@ impl Stream {
                 stream_id: SHARED_MESSAGE_STREAM_ID,
                 payload: payload.clone(),
             },
-        );
+        )
+        // The chunk decoder's length field holds what the wire form can
+        // carry: unreachable, but a refusal, not a panic.
+        .ok()?;
         let frame = Arc::new(Frame {
             seq: st.take_seq(),
             kind,
@@ -513,8 +653,7 @@ impl Stream {
             ws: OnceLock::new(),
         });
         if let Some(slot) = header {
-            st.headers.retain(|h| h.header != Some(slot));
-            st.headers.push(frame.clone());
+            self.keep_header(&mut st, slot, &frame);
             if matches!(
                 slot,
                 HeaderSlot::Config {
@@ -542,11 +681,11 @@ impl Stream {
             let from = st.gop.frames.len() - keep;
             let kept: Vec<Arc<Frame>> = st.gop.frames.drain(from..).collect();
             st.gop.clear();
-            st.gop.bytes = kept.iter().map(|f| f.rtmp.len()).sum::<usize>() + frame.rtmp.len();
+            st.gop.bytes = kept.iter().map(|f| f.cost()).sum::<usize>() + frame.cost();
             st.gop.frames.extend(kept);
             st.gop.frames.push(frame.clone());
         } else if !st.gop.frames.is_empty() {
-            st.gop.bytes += frame.rtmp.len();
+            st.gop.bytes += frame.cost();
             st.gop.frames.push(frame.clone());
             if st.gop.bytes > self.gop_limits.max_bytes
                 || st.gop.frames.len() > self.gop_limits.max_frames
@@ -564,9 +703,126 @@ impl Stream {
         Some((frame, interest))
     }
 
+    /// Keeps `frame` as the latest header of `slot`, within the store's
+    /// bounds: a frame over [`MAX_HEADER_FRAME_BYTES`], or one that would
+    /// take the store past [`MAX_STREAM_HEADERS`] or
+    /// [`MAX_STREAM_HEADER_BYTES`], is not kept (players already there got
+    /// it; joiners do not), and the slot's older frame goes with it.
+    fn keep_header(&self, st: &mut StreamState, slot: HeaderSlot, frame: &Arc<Frame>) {
+        st.headers.retain(|h| h.header != Some(slot));
+        let held: usize = st.headers.iter().map(|h| h.cost()).sum();
+        let fits = frame.payload.len() <= MAX_HEADER_FRAME_BYTES
+            && st.headers.len() < MAX_STREAM_HEADERS
+            && held + frame.cost() <= MAX_STREAM_HEADER_BYTES;
+        if fits {
+            st.headers.push(frame.clone());
+            return;
+        }
+        if st.headers_refused == 0 {
+            log::info!(
+                "{}: a header frame of {} bytes ({slot:?}) not kept for joiners: the stream keeps {} headers of {held} bytes (limits {MAX_STREAM_HEADERS} headers, {MAX_STREAM_HEADER_BYTES} bytes, {MAX_HEADER_FRAME_BYTES} bytes each)",
+                self.key,
+                frame.payload.len(),
+                st.headers.len(),
+            );
+        }
+        st.headers_refused += 1;
+    }
+
+    /// Starts rendition `stream` of video track `track`, published by
+    /// `publisher` (see [`RenditionLink`]): under this stream's lock, so
+    /// that no frame is missed nor re-wrapped twice, the link takes the
+    /// latest headers and the cached GOP as its seed and the next sequence
+    /// number as its first. False (nothing done) when `publisher` no longer
+    /// publishes this stream, it has sent no sequence header for that video
+    /// track, or the rendition is running already.
+    pub fn attach_rendition(&self, track: u8, stream: Arc<Stream>, publisher: ConnId) -> bool {
+        let mut st = self.lock();
+        if st.publisher.as_ref().map(|p| p.conn_id) != Some(publisher)
+            || st
+                .renditions
+                .iter()
+                .any(|r| r.track == track && r.publisher == publisher)
+        {
+            return false;
+        }
+        if !st.has_config(MediaKind::Video, track) {
+            return false;
+        }
+        let audio_track = if st.has_config(MediaKind::Audio, track) {
+            track
+        } else {
+            0
+        };
+        let mut seed = st.headers.clone();
+        seed.sort_by_key(|f| header_rank(f));
+        seed.extend(st.gop.frames.iter().cloned());
+        let link = RenditionLink {
+            track,
+            audio_track,
+            publisher,
+            from_seq: st.next_seq,
+            seed: Arc::new(Mutex::new(seed)),
+            stream,
+        };
+        let mut list = Vec::clone(&st.renditions);
+        list.push(link);
+        st.renditions = Arc::new(list);
+        self.has_renditions.store(true, Ordering::Release);
+        true
+    }
+
+    /// True when the publisher has sent a sequence header for video track
+    /// `track`.
+    pub fn has_video_track(&self, track: u8) -> bool {
+        self.lock().has_config(MediaKind::Video, track)
+    }
+
+    /// The renditions made of this stream (None, without locking, when
+    /// there are none).
+    pub fn renditions(&self) -> Option<Arc<Vec<RenditionLink>>> {
+        if !self.has_renditions.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.lock().renditions.clone())
+    }
+
+    /// Forgets the renditions published by `publisher` and returns them
+    /// (their publication must end).
+    pub fn take_renditions(&self, publisher: ConnId) -> Vec<RenditionLink> {
+        let mut st = self.lock();
+        let (gone, kept): (Vec<_>, Vec<_>) = st
+            .renditions
+            .iter()
+            .cloned()
+            .partition(|r| r.publisher == publisher);
+        if !gone.is_empty() {
+            self.has_renditions
+                .store(!kept.is_empty(), Ordering::Release);
+            st.renditions = Arc::new(kept);
+        }
+        gone
+    }
+
     /// Latest header frames (for a player resuming after a skip).
     pub fn headers(&self) -> Vec<Arc<Frame>> {
         self.lock().headers.clone()
+    }
+
+    /// The stream's HLS, when it is packaged.
+    pub(crate) fn hls(&self) -> Option<&StreamHls> {
+        self.hls.get()
+    }
+
+    /// True while the stream must stay known without publisher or player:
+    /// HLS viewers were served and its end is recent (they read the end of
+    /// the playlist; a publisher back in time continues it).
+    fn lingers(&self, st: &StreamState, now: Instant) -> bool {
+        let served = self.hls().is_some_and(|h| h.has_viewers());
+        served
+            && st
+                .unpublished_at
+                .is_some_and(|at| now.saturating_duration_since(at) < HLS_LINGER)
     }
 
     /// Runs `f` on the state (for logs and stats).
@@ -635,7 +891,7 @@ fn summarize(m: &mut MediaSummary, slot: HeaderSlot, info: &MediaInfo, payload: 
 }
 
 /// Sort order for headers sent to a joiner: metadata, then video, then audio
-/// configuration, then per-track metadata (PROTOCOL_NOTES "Media").
+/// configuration, then per-track metadata (docs/protocol.md, "Media").
 fn header_rank(f: &Frame) -> (u8, u8) {
     match f.header {
         Some(HeaderSlot::Metadata) => (0, 0),
@@ -662,6 +918,8 @@ pub struct Registry {
     next_id: AtomicU64,
     chunk_size: u32,
     gop_limits: GopLimits,
+    /// Which streams are packaged as HLS (None: none).
+    hls: Option<Arc<HlsPolicy>>,
 }
 
 impl Registry {
@@ -671,7 +929,19 @@ impl Registry {
             next_id: AtomicU64::new(1),
             chunk_size,
             gop_limits,
+            hls: None,
         }
+    }
+
+    /// Streams published from now on are packaged as HLS by `policy`.
+    pub fn with_hls(mut self, policy: Arc<HlsPolicy>) -> Self {
+        self.hls = Some(policy);
+        self
+    }
+
+    /// The HLS policy, when HLS is on.
+    pub fn hls_policy(&self) -> Option<&HlsPolicy> {
+        self.hls.as_deref()
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Stream>>> {
@@ -682,17 +952,20 @@ impl Registry {
         map.entry(key.to_owned())
             .or_insert_with(|| {
                 Arc::new(Stream {
-                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    id: StreamId(self.next_id.fetch_add(1, Ordering::Relaxed)),
                     key: key.to_owned(),
                     chunk_size: self.chunk_size,
                     gop_limits: self.gop_limits,
                     bytes_out: AtomicU64::new(0),
                     frames_dropped: AtomicU64::new(0),
+                    hls: OnceLock::new(),
+                    recorder: super::record::Slot::default(),
                     state: Mutex::new(StreamState {
                         publisher: None,
                         players: [0; MAX_WORKERS],
                         gop: GopCache::default(),
                         headers: Vec::new(),
+                        headers_refused: 0,
                         next_seq: 0,
                         has_video: false,
                         has_default_video: false,
@@ -703,7 +976,11 @@ impl Registry {
                         has_audio: false,
                         media: MediaSummary::default(),
                         rate: RateWindow::new(),
+                        unpublished_at: None,
+                        takeover: None,
+                        renditions: Arc::new(Vec::new()),
                     }),
+                    has_renditions: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -747,6 +1024,9 @@ impl Registry {
                 return Err(PublishError::AlreadyPublishing { peer: p.peer });
             }
         }
+        if st.takeover == Some(publisher.conn_id) {
+            st.takeover = None;
+        }
         let replaced = st.publisher.take();
         if replaced.is_some() {
             st.gop.clear();
@@ -761,17 +1041,51 @@ impl Registry {
         st.media = MediaSummary::default();
         st.rate = RateWindow::new();
         st.timeline.new_publisher();
+        st.unpublished_at = None;
         let notice = Notice {
             seq: st.take_seq(),
             interest: st.interest(),
         };
         drop(st);
+        if stream.hls.get().is_none() {
+            if let Some(h) = self.hls.as_ref().and_then(|p| p.packager_for(key)) {
+                let _ = stream.hls.set(h);
+            }
+        }
         Ok((stream, notice, replaced))
     }
 
+    /// Publisher `conn` waits to take `key` over from the handover pull that
+    /// publishes it now (see [`Registry::unpublish`]). Returns the stream.
+    pub fn await_takeover(&self, key: &str, conn: ConnId) -> Arc<Stream> {
+        let mut map = self.map();
+        let stream = self.get_or_create(&mut map, key);
+        stream.lock().takeover = Some(conn);
+        stream
+    }
+
+    /// Publisher `conn` no longer waits to take `stream` over: when nobody
+    /// publishes it meanwhile, the notice players get now that it ended.
+    pub fn cancel_takeover(&self, stream: &Arc<Stream>, conn: ConnId) -> Option<Notice> {
+        let mut st = stream.lock();
+        if st.takeover != Some(conn) {
+            return None;
+        }
+        st.takeover = None;
+        if st.publisher.is_some() {
+            return None;
+        }
+        Some(Notice {
+            seq: st.take_seq(),
+            interest: st.interest(),
+        })
+    }
+
     /// Releases the publisher `conn_id` of `stream`: headers and GOP are
-    /// dropped (a new publisher brings its own), players are kept.
-    pub fn unpublish(&self, stream: &Arc<Stream>, conn_id: u64) -> Option<Notice> {
+    /// dropped (a new publisher brings its own), players are kept. None
+    /// when that is not its publisher, and when a publisher waits to take
+    /// the stream over (players are told of the new publisher instead).
+    pub fn unpublish(&self, stream: &Arc<Stream>, conn_id: ConnId) -> Option<Notice> {
         let mut map = self.map();
         let mut st = stream.lock();
         if st.publisher.as_ref().map(|p| p.conn_id) != Some(conn_id) {
@@ -783,15 +1097,17 @@ impl Registry {
         st.has_video = false;
         st.has_default_video = false;
         st.has_audio = false;
+        st.unpublished_at = Some(Instant::now());
         let notice = Notice {
             seq: st.take_seq(),
             interest: st.interest(),
         };
-        if st.player_count() == 0 {
+        let awaited = st.takeover.is_some();
+        if st.player_count() == 0 && !awaited && !stream.lingers(&st, Instant::now()) {
             drop(st);
             remove_if_same(&mut map, stream);
         }
-        Some(notice)
+        (!awaited).then_some(notice)
     }
 
     /// Registers a player on `worker` for `key` (waiting if nobody publishes
@@ -810,7 +1126,6 @@ impl Registry {
             gop: st.gop.frames.clone(),
             next_seq: st.next_seq,
             audio_only: !st.has_video,
-            has_audio: st.has_audio,
         };
         drop(st);
         (stream, snapshot)
@@ -824,14 +1139,27 @@ impl Registry {
         st.players[worker] = st.players[worker].saturating_sub(1);
         let f = &mut st.players_by_format[format.index()];
         *f = f.saturating_sub(1);
-        let empty = st.player_count() == 0 && st.publisher.is_none();
+        let empty = st.player_count() == 0
+            && st.publisher.is_none()
+            && !stream.lingers(&st, Instant::now());
         drop(st);
         if empty {
             remove_if_same(&mut map, stream);
         }
     }
 
-    /// The stream named `key`, if known.
+    /// Forgets the streams nobody publishes or plays whose HLS linger is
+    /// over (called periodically by one worker).
+    pub fn sweep(&self, now: Instant) {
+        self.map().retain(|_, s| {
+            let st = s.lock();
+            st.publisher.is_some()
+                || st.player_count() > 0
+                || st.takeover.is_some()
+                || s.lingers(&st, now)
+        });
+    }
+
     /// A relay joins `key` to push it: it counts for delivery to `worker`
     /// but not as a viewer.
     pub fn join_relay(&self, key: &str, worker: usize) -> (Arc<Stream>, JoinSnapshot) {
@@ -852,14 +1180,9 @@ impl Registry {
         self.leave(stream, worker, Format::Rtmp);
     }
 
+    /// The stream named `key`, if known.
     pub fn get(&self, key: &str) -> Option<Arc<Stream>> {
         self.map().get(key).cloned()
-    }
-
-    /// True when `key` has a publisher now.
-    pub fn is_live(&self, key: &str) -> bool {
-        self.get(key)
-            .is_some_and(|s| s.with_state(|st| st.publisher.is_some()))
     }
 
     /// Every known stream, sorted by name.

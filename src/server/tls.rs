@@ -8,11 +8,13 @@
 //! plain sockets, never blocking. Encryption is per connection; the frame's
 //! wire form it encrypts is still built once and shared.
 
+use crate::certs::load_certs;
+pub use crate::certs::TlsFiles;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -20,69 +22,6 @@ use std::time::SystemTime;
 /// encrypted plus records waiting for the socket): a little more than one
 /// socket write, so a slow TLS peer is bounded like a plain one.
 pub const TLS_BUFFER_LIMIT: usize = 256 * 1024;
-
-/// Where certificates come from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// (certificate chain PEM, private key PEM) pairs; the first is the
-    /// default for clients without SNI or with an unknown name.
-    pub pairs: Vec<(PathBuf, PathBuf)>,
-    /// A directory of `NAME.crt` (or `NAME.pem`) + `NAME.key` pairs, added
-    /// after `pairs` in name order.
-    pub dir: Option<PathBuf>,
-}
-
-impl TlsFiles {
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty() && self.dir.is_none()
-    }
-
-    /// Every (cert, key) pair, files first, then the directory's.
-    fn all_pairs(&self) -> Result<Vec<(PathBuf, PathBuf)>, String> {
-        let mut pairs = self.pairs.clone();
-        if let Some(dir) = &self.dir {
-            let mut found = Vec::new();
-            let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if matches!(ext, "crt" | "pem") {
-                    let key = path.with_extension("key");
-                    if key.exists() {
-                        found.push((path, key));
-                    }
-                }
-            }
-            found.sort();
-            pairs.extend(found);
-        }
-        if pairs.is_empty() {
-            return Err("no certificate and key found".into());
-        }
-        Ok(pairs)
-    }
-
-    fn newest_mtime(&self) -> Option<SystemTime> {
-        let pairs = self.all_pairs().ok()?;
-        pairs
-            .iter()
-            .flat_map(|(c, k)| [c, k])
-            .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .max()
-    }
-}
-
-/// Every certificate in a PEM file (at least one).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
-    }
-    Ok(certs)
-}
 
 fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain = load_certs(cert)?;

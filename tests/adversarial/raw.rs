@@ -66,6 +66,9 @@ pub struct Raw {
     inbuf: BytesMut,
     /// Bytes written after the handshake (what the server's ack counts).
     pub sent_after_handshake: u64,
+    /// Every byte written, handshake included (what the server's
+    /// `bytes_in` for this connection reaches once it has read them all).
+    pub sent: u64,
     handshaken: bool,
     pub closed: bool,
     next_txid: f64,
@@ -86,6 +89,7 @@ impl Raw {
             encoder: ChunkEncoder::new(),
             inbuf: BytesMut::new(),
             sent_after_handshake: 0,
+            sent: 0,
             handshaken: false,
             closed: false,
             next_txid: 2.0,
@@ -133,6 +137,7 @@ impl Raw {
         self.sock.set_write_timeout(Some(WAIT)).unwrap();
         match self.sock.write_all(b) {
             Ok(()) => {
+                self.sent += b.len() as u64;
                 if self.handshaken {
                     self.sent_after_handshake += b.len() as u64;
                 }
@@ -148,7 +153,7 @@ impl Raw {
     /// Encodes `msg` with this connection's encoder and writes it.
     pub fn send(&mut self, msg: &Message) -> bool {
         let mut b = BytesMut::new();
-        self.encoder.encode(msg, &mut b);
+        self.encoder.encode(msg, &mut b).expect("encodable");
         self.write(&b)
     }
 
@@ -366,7 +371,7 @@ impl Raw {
     }
 
     /// True if the server still answers: an unknown call with a transaction
-    /// id gets `_result` (PROTOCOL_NOTES), within a second.
+    /// id gets `_result` (docs/protocol.md), within a second.
     pub fn responsive(&mut self) -> bool {
         if self.closed {
             return false;
@@ -607,6 +612,42 @@ fn healthy_pair(addr: SocketAddr, name: &str, stop: &AtomicBool, ready: mpsc::Se
         got[3]
     );
     last
+}
+
+/// Waits (≤ [`WAIT`]) until the server has read every byte each of `raws`
+/// sent, as its API counts them (`bytes_in` in `/api/clients`): a
+/// measurement taken after this sees what those bytes cost.
+#[track_caller]
+pub fn wait_read_by_server(server: &RunningServer, raws: &[Raw]) {
+    let http = http_addr(server);
+    let want: Vec<(String, u64)> = raws
+        .iter()
+        .map(|r| (r.sock.local_addr().unwrap().to_string(), r.sent))
+        .collect();
+    let mut behind = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let clients = api::clients(http);
+        behind.clear();
+        for (addr, sent) in &want {
+            let read = clients
+                .iter()
+                .find(|c| c["address"] == addr.as_str())
+                .and_then(|c| c["bytes_in"].as_u64())
+                .unwrap_or(0);
+            if read < *sent {
+                behind.push(format!("{addr}: read {read} of {sent}"));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not read everything within {WAIT:?}: {behind:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The end of every case: the healthy pair got every frame, no panic was

@@ -3,6 +3,12 @@
 //! carry their own index so a player can check it got every one, in order.
 #![allow(dead_code)]
 
+// The same file as `common::api`: the binaries that use both harnesses
+// compile it twice, as two modules.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/api.rs"]
+pub mod api;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use sluice::config::Config;
 use sluice::protocol::amf::{self, Amf0Value};
@@ -30,6 +36,14 @@ pub fn start_server(workers: usize, tweak: impl FnOnce(&mut Config)) -> RunningS
     Server::bind(config).expect("bind").spawn().expect("spawn")
 }
 
+/// The HTTP address of a server from [`start_server`] (its API and `/metrics`).
+pub fn http_addr(server: &RunningServer) -> SocketAddr {
+    server
+        .addrs()
+        .http
+        .expect("start_server listens on HTTP (the API)")
+}
+
 pub struct TestClient {
     /// The socket (for RTMPS a clone of the one under `tls`: timeouts and
     /// shutdown apply to both).
@@ -46,6 +60,12 @@ impl TestClient {
     /// Connects, handshakes and sends `connect` for `app`; waits for success.
     pub fn connect(addr: SocketAddr, app: &str) -> Self {
         Self::over(TcpStream::connect(addr).expect("connect"), addr, app, 42)
+    }
+
+    /// Like [`TestClient::connect`], from the local address `from` (a
+    /// loopback address such as 127.0.0.5: a client a test can tell apart).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr, app: &str) -> Self {
+        Self::over(tcp_from(addr, from), addr, app, 45)
     }
 
     /// Like [`TestClient::connect`], with a caller-built [`ClientConfig`]
@@ -510,4 +530,17 @@ pub fn assert_complete_from_keyframe(got: &[Received], last_video: u32) {
 pub fn has_video(got: &[Received], index: u32) -> bool {
     got.iter()
         .any(|r| matches!(r, Received::Video { index: i, .. } if *i == index))
+}
+
+/// A TCP connection to `addr` from the local address `from` (port chosen
+/// by the kernel).
+pub fn tcp_from(addr: SocketAddr, from: std::net::IpAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    s.bind(&SocketAddr::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    s.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect {addr} from {from}: {e}"));
+    s.into()
 }

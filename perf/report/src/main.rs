@@ -36,6 +36,9 @@ struct Args {
     command: String,
     seconds: u64,
     nice: String,
+    /// Player kind (rtmp, http-flv) and the publisher's bitrate, bit/s.
+    kind: String,
+    bitrate: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut raw, mut out, mut mode, mut machine, mut command, mut seconds) =
         (None, None, String::new(), String::new(), String::new(), 0);
     let mut nice = String::from("0");
+    let (mut kind, mut bitrate) = (String::from("rtmp"), 3_000_000);
     while let Some(k) = a.next() {
         let mut v = || a.next().ok_or(format!("{k} needs a value"));
         match k.as_str() {
@@ -52,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
             "--machine" => machine = v()?,
             "--command" => command = v()?,
             "--nice" => nice = v()?,
+            "--kind" => kind = v()?,
+            "--bitrate" => bitrate = v()?.parse().map_err(|e| format!("--bitrate: {e}"))?,
             "--seconds" => seconds = v()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -64,6 +70,8 @@ fn parse_args() -> Result<Args, String> {
         command,
         seconds,
         nice,
+        kind,
+        bitrate,
     })
 }
 
@@ -192,6 +200,20 @@ fn summarize(runs: &[&LoadRun]) -> Value {
         "held": held == runs.len() && !runs.is_empty(),
         "generator_saturated": saturated,
         "cpu_s_per_gb": m(&["server", "cpu_s_per_gb"]),
+        // Server and generator together: on loopback each side's kernel
+        // does part of the other's TCP work (the receiver's processing runs
+        // in the sender's softirq, the sender's ACK handling in the
+        // receiver's), so a server's send pattern also shows in the
+        // generator's CPU.
+        "system_cpu_s_per_gb": median(
+            runs.iter()
+                .filter_map(|r| {
+                    let cpu = f(&r.r["server"]["cpu_seconds"])? + f(&r.r["generator"]["cpu_seconds"])?;
+                    let gb = f(&r.r["window"]["bytes_delivered"])? / 1e9;
+                    (gb > 0.0).then(|| cpu / gb)
+                })
+                .collect(),
+        ),
         "server_cpu_util": m(&["server", "cpu_util"]),
         "gbit_per_s": m(&["window", "gbit_per_s"]),
         "min_rate_ratio": m(&["window", "min_rate_ratio"]),
@@ -202,12 +224,25 @@ fn summarize(runs: &[&LoadRun]) -> Value {
         "join_ms_p99": m(&["join_ms", "p99"]),
         "rss_peak_bytes": m(&["server", "rss_peak_bytes"]),
         "rss_per_player_bytes": m(&["server", "rss_per_player_bytes"]),
-        "bytes_per_write_syscall": m(&["server", "bytes_per_write_syscall"]),
+        // Sluice counts its own sendmsg calls (/proc/PID/io does not);
+        // other servers have only /proc's write and writev counts.
+        "bytes_per_write_syscall": m(&["server", "bytes_per_write_call"]).or_else(|| m(&["server", "bytes_per_write_syscall"])),
+        "write_wait_ms_p99_le": m(&["server", "write_wait_ms", "p99_le"]),
+        "write_wait_ms_max_le": m(&["server", "write_wait_ms", "max_le"]),
         "generator_cpu_util": m(&["generator", "cpu_util"]),
         "missing_frames": missing,
         "min_complete_players": complete,
         "errors": errors,
     })
+}
+
+/// "3 Mbit/s", "600 kbit/s".
+fn bitrate_text(bps: u64) -> String {
+    if bps >= 1_000_000 && bps.is_multiple_of(100_000) {
+        format!("{} Mbit/s", bps as f64 / 1e6)
+    } else {
+        format!("{} kbit/s", bps / 1000)
+    }
 }
 
 fn fmt_opt(v: &Value, digits: usize) -> String {
@@ -363,9 +398,17 @@ fn run(a: &Args) -> Result<(), String> {
     let nogop = pick("nogop", "sluice")
         .first()
         .map(|r| r.r["join_ms"].clone());
+    // Sluice on two workers: medians over repeats per player count.
+    let mut by_n: BTreeMap<u64, Vec<&LoadRun>> = BTreeMap::new();
+    for r in runs
+        .iter()
+        .filter(|r| r.workers == 2 && r.server == "sluice")
+    {
+        by_n.entry(r.players).or_default().push(r);
+    }
     let mut two_workers = Map::new();
-    for r in runs.iter().filter(|r| r.workers == 2) {
-        two_workers.insert(r.players.to_string(), summarize(&[r]));
+    for (n, rs) in by_n {
+        two_workers.insert(n.to_string(), summarize(&rs));
     }
 
     let matrix_json: Map<String, Value> = matrix
@@ -458,7 +501,7 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
         rec["loadavg_start"].as_str().unwrap_or("?"),
         rec["loadavg_end"].as_str().unwrap_or("?")
     );
-    let _ = writeln!(s, "Server pinned to core 0 with one worker, load generator (`sluice-load`) on core 1, both at nice {}; one publisher at about 3 Mbit/s (720p30-shaped H.264 + AAC, keyframe every 2 s), N RTMP players. Command: `{}` ({} s).\n", a.nice, a.command, a.seconds);
+    let _ = writeln!(s, "Server pinned to core 0 with one worker, load generator (`sluice-load`) on core 1, both at nice {}; one publisher at about {} (720p30-shaped H.264 + AAC, keyframe every 2 s), N {} players. Command: `{}` ({} s).\n", a.nice, bitrate_text(a.bitrate), match a.kind.as_str() { "http-flv" => "HTTP-FLV", "rtmps" => "RTMPS", _ => "RTMP" }, a.command, a.seconds);
     if let Some(sk) = rec["skipped"].as_array() {
         for k in sk {
             let _ = writeln!(s, "- Skipped {}", k.as_str().unwrap_or_default());
@@ -526,10 +569,10 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
         let _ = writeln!(s, " – |");
     }
     let _ = writeln!(s, "\n### Details per run (medians over repeats)\n");
-    let _ = writeln!(s, "| server | players | held | server CPU (cores) | Gbit/s | CPU-s/GB | bytes/write syscall | latency p50 / p99 / max (ms) | join p50 / p99 (ms) | RSS peak (MiB) | RSS per player (KiB) | generator CPU (cores) |");
+    let _ = writeln!(s, "| server | players | held | server CPU (cores) | Gbit/s | CPU-s/GB | server + generator CPU-s/GB | bytes/write syscall | latency p50 / p99 / max (ms) | Sluice's write wait p99 / max (ms, ≤) | join p50 / p99 (ms) | RSS peak (MiB) | RSS per player (KiB) | generator CPU (cores) |");
     let _ = writeln!(
         s,
-        "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for srv in servers {
         for n in sizes {
@@ -540,15 +583,25 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
             let held = if v["held"] == true { "yes" } else { "no" };
             let _ = writeln!(
                 s,
-                "| {} | {n} | {held} | {} | {} | {} | {} | {} / {} / {} | {} / {} | {} | {} | {}{} |",
+                "| {} | {n} | {held} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} / {} | {} | {} | {}{} |",
                 display_name(srv),
                 fmt_opt(&v["server_cpu_util"], 2),
                 fmt_opt(&v["gbit_per_s"], 2),
                 fmt_opt(&v["cpu_s_per_gb"], 2),
+                fmt_opt(&v["system_cpu_s_per_gb"], 2),
                 fmt_opt(&v["bytes_per_write_syscall"], 0),
                 fmt_opt(&v["latency_ms_p50"], 1),
                 fmt_opt(&v["latency_ms_p99"], 1),
                 fmt_opt(&v["latency_ms_max"], 1),
+                if v["write_wait_ms_p99_le"].is_null() {
+                    "–".to_owned()
+                } else {
+                    format!(
+                        "{} / {}",
+                        fmt_opt(&v["write_wait_ms_p99_le"], 0),
+                        fmt_opt(&v["write_wait_ms_max_le"], 0)
+                    )
+                },
                 fmt_opt(&v["join_ms_p50"], 1),
                 fmt_opt(&v["join_ms_p99"], 1),
                 mib(&v["rss_peak_bytes"]),
@@ -558,7 +611,7 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
             );
         }
     }
-    let _ = writeln!(s, "\n\"held\": every player got every frame from its first keyframe, in order and intact, and within 1% of the publish rate over the window (one frame of slack at each edge). bytes/write syscall is from /proc/PID/io and counts only write/writev (nginx-rtmp uses send(), node uses writev through libuv).");
+    let _ = writeln!(s, "\n\"held\": every player got every frame from its first keyframe, in order and intact, and within 1% of the publish rate over the window (one frame of slack at each edge). bytes/write syscall: Sluice's own count of its sendmsg calls (`sluice_write_calls_total`); for the others /proc/PID/io, which counts only write/writev (nginx-rtmp uses send(), node uses writev through libuv). Sluice's write wait: from queueing media to the write that sends it (`sluice_write_wait_seconds`, the bucket bounds that hold the 99th percentile and the longest wait of the window; a median over repeats); latency: the publisher's stamp to the player's receipt, generator included. Server + generator: both processes' CPU per GB; on loopback each side's kernel does part of the other's TCP work, so a server's send pattern shows in the generator's CPU too.");
     if let Some(idle) = rec["idle_memory"].as_object().filter(|m| !m.is_empty()) {
         let _ = writeln!(s, "\n### Memory per idle connection (handshake + connect, no play)\n\n| server | connections | RSS per connection (KiB) |\n|---|---:|---:|");
         for srv in servers {

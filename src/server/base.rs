@@ -1,0 +1,53 @@
+//! The few small types and helpers every server module uses: the ids that
+//! name connections, streams and relay tasks across threads, a connection's
+//! byte counters, and the lock helper.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+
+/// A connection's id: unique for the process's lifetime (slab keys are
+/// reused, ids are not), so a message naming it can never reach its
+/// successor in the same slab slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Locks a mutex, carrying on after a panic elsewhere poisoned it: every
+/// structure behind these locks stays consistent between statements.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stream's id: unique for the process's lifetime (names are reused, ids
+/// are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A relay task's id: unique for the process's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A connection's byte counters, readable by the API from any thread.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}

@@ -1,0 +1,626 @@
+//! The write policy: when a connection's queued media is written. Writing
+//! a loopback or NIC socket costs about the same per call whatever its size
+//! up to ~13 KB, so a player written every time a frame arrives (about 77
+//! times a second at 3 Mbit/s: 30 video frames and 47 AAC frames) pays for
+//! 77 small writes where 30 would carry the same bytes. The policy holds
+//! media that is not worth a write on its own until something that is
+//! comes, or until its oldest byte has waited the budget
+//! (`--max-write-delay`):
+//!
+//! ```text
+//!                 media queued: worth a write?            yes (see below)
+//!   not held ──────────────────────────────────────────────────────────► in the write list
+//!     ▲    │ no                                                             (this iteration)
+//!     │    ▼                                                                      │
+//!     │  held (since = the loop's now; deadline = since + budget) ── worth ──────►│
+//!     │    │                                                     a write          │
+//!     │    └──── the worker's one deadline (earliest held) passes ───────────────►│
+//!     └─────────────────────────────── written ◄──────────────────────────────────┘
+//! ```
+//!
+//! Worth a write at once: a budget of 0; control bytes (replies, pings,
+//! acknowledgements, an HTTP head); a join's first frames and a resume after
+//! a skip ([`OutQueue::write_at_once`]); a queue holding [`WORTH_A_WRITE`]
+//! bytes (less where players' queues are small: [`WritePolicy::new`]); a
+//! closing connection; TLS records waiting; and a video frame whose
+//! successor is not due within the budget that is left (so with a budget
+//! shorter than the frame interval, every video frame goes at once and audio
+//! travels with the next one; with 200 ms, about six frames leave together).
+//! A connection whose socket is full is neither held nor scheduled: the
+//! writable edge brings it back.
+//!
+//! Held connections wait in one FIFO per worker ([`HeldQueues`]): every
+//! entry's deadline is the loop's `now` when it was held plus the same
+//! budget, so the list is sorted by deadline as it is built, the earliest is
+//! at the front, and the worker's poll waits at most until then: one timer
+//! per worker, however many players. An entry whose connection was written
+//! early stays in the list and is skipped when it comes due (its deadline no
+//! longer matches the connection's).
+//!
+//! The budget bounds the wait until a write *begins*, and the worker's
+//! write pass takes time: at 1,000 players due together, about 10 ms from
+//! the first write to the last. So held connections are released that much
+//! early ([`HeldQueues::lead`]: the longest write pass of the last second or
+//! two, plus the poll's millisecond, at most half the budget), and the last
+//! write of a pass still begins within the budget while passes stay as long
+//! as they were. What the budget cannot bound is a core taken away from the
+//! worker (another process, or a pass suddenly longer than the last ones):
+//! `sluice_write_wait_seconds` measures the actual waits.
+//!
+//! [`OutQueue::write_at_once`]: super::queue::OutQueue::write_at_once
+
+use super::base::ConnId;
+use super::stream::Frame;
+use super::transport::ConnKey;
+use crate::protocol::session::MediaKind;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Queued media bytes that are worth a write whatever the budget: past
+/// about this size a write's fixed cost is a small part of its cost (at
+/// 51 KB per write the kernel's per-byte work dominates), and a larger hold
+/// only adds latency and memory.
+pub(super) const WORTH_A_WRITE: usize = 64 * 1024;
+
+/// The longest video frame interval the policy believes (a stream that
+/// paused, or a timestamp jump): beyond it, the next frame is not expected.
+const MAX_VIDEO_GAP_MS: u32 = 1000;
+
+/// A worker's write policy: the budget a media byte may wait for company.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WritePolicy {
+    /// Longest a queued media byte waits for its write to be due (0: every
+    /// queue is written in the iteration that filled it).
+    pub max_delay: Duration,
+    /// Queued media bytes written at once: [`WORTH_A_WRITE`], or less
+    /// where players' queues are small (see [`WritePolicy::new`]).
+    pub worth_a_write: usize,
+}
+
+/// What the policy decides for a connection that got media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Put it in this iteration's write list.
+    WriteNow,
+    /// Hold it: its write is due at `deadline`. `first`: it was not held
+    /// before (the caller lists it in [`HeldQueues`]).
+    Hold { deadline: Instant, first: bool },
+}
+
+/// What the queue holds, as the policy sees it when media was queued.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Queued {
+    /// Unsent media bytes.
+    pub media_bytes: usize,
+    /// Something queued must not wait: control bytes, a join's first
+    /// frames, TLS records, a closing connection.
+    pub urgent: bool,
+    /// The frame just queued is video, with this timestamp (ms).
+    pub video_ts: Option<u32>,
+}
+
+impl Queued {
+    /// What was queued when frame `f` was: see [`Queued`].
+    pub(super) fn frame(f: &Frame, media_bytes: usize, urgent: bool) -> Self {
+        Self {
+            media_bytes,
+            urgent,
+            video_ts: (f.kind == MediaKind::Video).then_some(f.timestamp),
+        }
+    }
+}
+
+/// A connection's state in the policy (one per connection, in `ConnIo`).
+#[derive(Debug, Default)]
+pub(super) struct Pacing {
+    /// When the oldest media byte queued since the last write was queued
+    /// (the loop's `now` then).
+    since: Option<Instant>,
+    /// While held: the deadline its [`HeldQueues`] entry carries.
+    held_until: Option<Instant>,
+    /// Timestamp of the last video frame queued (ms, the stream's timeline).
+    last_video_ts: Option<u32>,
+    /// The last non-zero interval between video frames (ms).
+    video_gap_ms: Option<u32>,
+}
+
+impl Pacing {
+    /// When the oldest media byte waiting for a write was queued.
+    pub(super) fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
+    /// True when this connection is held until `deadline`: a held-list
+    /// entry with another deadline is stale (written early, or held again
+    /// since).
+    pub(super) fn is_held_until(&self, deadline: Instant) -> bool {
+        self.held_until == Some(deadline)
+    }
+
+    /// The queue was written (or found the socket full): nothing queued is
+    /// waiting on the policy any more, and a later hold starts afresh.
+    pub(super) fn written(&mut self) {
+        self.since = None;
+        self.held_until = None;
+    }
+
+    /// Notes a video frame's timestamp: the interval to the previous one is
+    /// the policy's guess of when the next comes.
+    fn saw_video(&mut self, ts: u32) {
+        if let Some(prev) = self.last_video_ts {
+            let gap = ts.wrapping_sub(prev);
+            if gap > 0 && gap <= MAX_VIDEO_GAP_MS {
+                self.video_gap_ms = Some(gap);
+            } else if gap > MAX_VIDEO_GAP_MS {
+                self.video_gap_ms = None;
+            }
+        }
+        self.last_video_ts = Some(ts);
+    }
+}
+
+impl WritePolicy {
+    /// The policy for a budget of `max_delay` and players' queues of
+    /// `queue_bytes` (the bound past which a player skips): what is held
+    /// never takes more than a sixteenth of that bound, so a player that
+    /// reads slowly has nearly all of its queue as slack.
+    pub(super) fn new(max_delay: Duration, queue_bytes: usize) -> Self {
+        Self {
+            max_delay,
+            worth_a_write: WORTH_A_WRITE.min(queue_bytes / 16).max(1),
+        }
+    }
+
+    /// Media was queued at `now` on a connection that is not in this
+    /// iteration's write list and whose socket has room: write now, or hold
+    /// until when?
+    pub(super) fn decide(&self, pacing: &mut Pacing, queued: Queued, now: Instant) -> Decision {
+        if let Some(ts) = queued.video_ts {
+            pacing.saw_video(ts);
+        }
+        let since = *pacing.since.get_or_insert(now);
+        if self.max_delay.is_zero() || queued.urgent || queued.media_bytes >= self.worth_a_write {
+            return Decision::WriteNow;
+        }
+        let deadline = since + self.max_delay;
+        if deadline <= now {
+            return Decision::WriteNow;
+        }
+        if queued.video_ts.is_some() {
+            // Hold a video frame only if the next one is due before the
+            // deadline: otherwise it would leave with nothing but the audio
+            // that follows it, and wait for that.
+            let next = pacing
+                .video_gap_ms
+                .map(|g| now + Duration::from_millis(u64::from(g)));
+            if next.map_or(true, |next| next > deadline) {
+                return Decision::WriteNow;
+            }
+        }
+        let first = pacing.held_until.is_none();
+        pacing.held_until = Some(deadline);
+        Decision::Hold { deadline, first }
+    }
+}
+
+/// The poll's timeout is whole milliseconds (rounded up): a wake-up may come
+/// this much after the deadline asked for.
+const POLL_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// How long the longest write pass is remembered: a pass is measured in
+/// one window of this length and believed through the next.
+const PASS_WINDOW: Duration = Duration::from_secs(1);
+
+/// A worker's held connections, earliest deadline first (see the module
+/// documentation): (deadline, connection key, connection id), and how early
+/// they are released.
+#[derive(Debug)]
+pub(super) struct HeldQueues {
+    entries: VecDeque<(Instant, ConnKey, ConnId)>,
+    /// The most the lead may be: half the budget.
+    max_lead: Duration,
+    /// The longest write pass of this window, and of the one before.
+    pass_now: Duration,
+    pass_before: Duration,
+    window_start: Option<Instant>,
+}
+
+impl HeldQueues {
+    /// An empty list for a worker whose budget is `budget`.
+    pub(super) fn new(budget: Duration) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            max_lead: budget / 2,
+            pass_now: Duration::ZERO,
+            pass_before: Duration::ZERO,
+            window_start: None,
+        }
+    }
+
+    /// The worker's write pass that began at `at` took `took`.
+    pub(super) fn pass_took(&mut self, at: Instant, took: Duration) {
+        let start = *self.window_start.get_or_insert(at);
+        if at.saturating_duration_since(start) >= PASS_WINDOW {
+            self.pass_before = self.pass_now;
+            self.pass_now = Duration::ZERO;
+            self.window_start = Some(at);
+        }
+        self.pass_now = self.pass_now.max(took);
+    }
+
+    /// How long before its deadline a held connection is released: the
+    /// longest recent write pass plus the poll's granularity, at most half
+    /// the budget (none with no entries to release).
+    pub(super) fn lead(&self) -> Duration {
+        (self.pass_now.max(self.pass_before) + POLL_GRANULARITY).min(self.max_lead)
+    }
+
+    /// Lists a connection held until `deadline`. Deadlines come in
+    /// non-decreasing order (the loop's `now` plus one budget), so this is
+    /// a push at the back; one that did not would be put in its place.
+    pub(super) fn push(&mut self, deadline: Instant, key: ConnKey, id: ConnId) {
+        let at = self.entries.partition_point(|&(d, _, _)| d <= deadline);
+        self.entries.insert(at, (deadline, key, id));
+    }
+
+    /// When the worker must wake for the earliest entry: its deadline less
+    /// the [lead](HeldQueues::lead), stale entries included (a wake-up for a
+    /// connection written early finds nothing to do and costs one loop turn).
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        let lead = self.lead();
+        self.entries
+            .front()
+            .map(|&(at, _, _)| at.checked_sub(lead).unwrap_or(at))
+    }
+
+    /// The next entry to release at `now` (its deadline is within the lead
+    /// of `now`), if any.
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnKey, ConnId)> {
+        let horizon = now + self.lead();
+        match self.entries.front() {
+            Some(&(at, _, _)) if at <= horizon => self.entries.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// Entries listed, stale ones included.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One connection under the policy on a virtual clock (microseconds
+    /// since `t0`), with the worker's part played by hand: the held list,
+    /// a wake-up at its front's deadline, the write of a due connection
+    /// (skipping stale entries, as `Worker::release_held` does).
+    struct Sim {
+        policy: WritePolicy,
+        pacing: Pacing,
+        held: HeldQueues,
+        t0: Instant,
+        /// Arrival times of the frames queued and not yet written.
+        waiting: Vec<u64>,
+        bytes: usize,
+        /// Each write: (when, frames in it, the longest any of them waited).
+        writes: Vec<(u64, usize, u64)>,
+    }
+
+    impl Sim {
+        fn new(budget_ms: u64) -> Self {
+            Self {
+                policy: WritePolicy::new(Duration::from_millis(budget_ms), 1 << 30),
+                pacing: Pacing::default(),
+                held: HeldQueues::new(Duration::from_millis(budget_ms)),
+                t0: Instant::now(),
+                waiting: Vec::new(),
+                bytes: 0,
+                writes: Vec::new(),
+            }
+        }
+
+        fn at(&self, us: u64) -> Instant {
+            self.t0 + Duration::from_micros(us)
+        }
+
+        fn us(&self, t: Instant) -> u64 {
+            t.duration_since(self.t0).as_micros() as u64
+        }
+
+        /// The loop wakes whenever the held list asks, up to `us`, and
+        /// writes the connection if the entry is current.
+        fn run_until(&mut self, us: u64) {
+            while let Some(wake) = self.held.next_wake().filter(|&w| w <= self.at(us)) {
+                while let Some((at, _, _)) = self.held.pop_due(wake) {
+                    if self.pacing.is_held_until(at) {
+                        let t = self.us(wake);
+                        self.write(t);
+                    }
+                }
+            }
+        }
+
+        /// A frame of `bytes` arrives at `us` (video with timestamp
+        /// `video_ts`, or audio); what the policy says is done at once.
+        fn arrive(&mut self, us: u64, video_ts: Option<u32>, bytes: usize) -> Decision {
+            self.run_until(us);
+            self.waiting.push(us);
+            self.bytes += bytes;
+            let q = Queued {
+                media_bytes: self.bytes,
+                urgent: false,
+                video_ts,
+            };
+            let now = self.at(us);
+            let d = self.policy.decide(&mut self.pacing, q, now);
+            match d {
+                Decision::WriteNow => self.write(us),
+                Decision::Hold { deadline, first } => {
+                    if first {
+                        self.held.push(deadline, ConnKey(0), ConnId(1));
+                    }
+                }
+            }
+            d
+        }
+
+        fn write(&mut self, us: u64) {
+            let longest = us - self.waiting.first().copied().unwrap_or(us);
+            self.writes.push((us, self.waiting.len(), longest));
+            self.waiting.clear();
+            self.bytes = 0;
+            self.pacing.written();
+        }
+
+        fn longest_wait_us(&self) -> u64 {
+            self.writes.iter().map(|w| w.2).max().unwrap_or(0)
+        }
+    }
+
+    /// A 720p30-shaped stream: 30 video frames a second (a keyframe every
+    /// 60) and 47 AAC frames a second, for `secs` seconds, in arrival
+    /// order: (µs, video timestamp or None for audio, bytes).
+    fn av_stream(secs: u64, fps: u64) -> Vec<(u64, Option<u32>, usize)> {
+        let mut frames = Vec::new();
+        for i in 0..secs * fps {
+            let us = i * 1_000_000 / fps;
+            let bytes = if i % 60 == 0 { 56_000 } else { 11_000 };
+            frames.push((us, Some((us / 1000) as u32), bytes));
+        }
+        for i in 0..secs * 47 {
+            frames.push((i * 1_000_000 / 47 + 7, None, 372));
+        }
+        frames.sort_by_key(|f| f.0);
+        frames
+    }
+
+    fn play(sim: &mut Sim, frames: &[(u64, Option<u32>, usize)]) {
+        for &(us, ts, bytes) in frames {
+            sim.arrive(us, ts, bytes);
+        }
+        let end = frames.last().map_or(0, |f| f.0) + 2_000_000;
+        sim.run_until(end);
+    }
+
+    #[test]
+    fn a_zero_budget_writes_every_frame_as_it_comes() {
+        let mut sim = Sim::new(0);
+        let frames = av_stream(2, 30);
+        play(&mut sim, &frames);
+        assert_eq!(sim.writes.len(), frames.len());
+        assert_eq!(sim.longest_wait_us(), 0);
+    }
+
+    #[test]
+    fn at_the_default_budget_video_goes_at_once_and_audio_rides_with_it() {
+        let mut sim = Sim::new(30);
+        let frames = av_stream(10, 30);
+        play(&mut sim, &frames);
+        let video = frames.iter().filter(|f| f.1.is_some()).count();
+        // Every video frame leaves the moment it comes...
+        let mut writes = sim.writes.iter().map(|w| w.0);
+        for f in frames.iter().filter(|f| f.1.is_some()).skip(1) {
+            assert!(writes.any(|t| t == f.0), "video at {} µs was held", f.0);
+        }
+        // ...taking the audio queued since with it; audio that came too
+        // soon after a video frame to reach the next one leaves at its
+        // deadline: 300 video frames and 470 audio frames in under 400
+        // writes instead of 770.
+        assert!(sim.writes.len() >= video, "{} writes", sim.writes.len());
+        assert!(
+            sim.writes.len() < video * 13 / 10,
+            "{} writes",
+            sim.writes.len()
+        );
+        assert!(sim.longest_wait_us() <= 30_000);
+    }
+
+    #[test]
+    fn a_larger_budget_merges_video_frames_too() {
+        let mut sim = Sim::new(200);
+        let frames = av_stream(10, 30);
+        play(&mut sim, &frames);
+        // About 6 video frames per write, fewer when the 64 KiB mark is
+        // reached first (a keyframe).
+        assert!(
+            sim.writes.len() <= 10 * 1000 / 150,
+            "{} writes",
+            sim.writes.len()
+        );
+        assert!(sim.longest_wait_us() <= 200_000);
+    }
+
+    #[test]
+    fn an_audio_only_stream_leaves_a_few_frames_at_a_time() {
+        let mut sim = Sim::new(30);
+        let frames: Vec<_> = (0..470).map(|i| (i * 1_000_000 / 47, None, 372)).collect();
+        play(&mut sim, &frames);
+        assert!(
+            sim.writes.len() < frames.len() * 3 / 4,
+            "{} writes",
+            sim.writes.len()
+        );
+        assert!(sim.writes.iter().all(|w| w.1 >= 1));
+        assert!(sim.longest_wait_us() <= 30_000);
+    }
+
+    #[test]
+    fn at_60_fps_the_default_budget_pairs_video_frames() {
+        let mut sim = Sim::new(30);
+        let frames: Vec<_> = (0..600u64)
+            .map(|i| {
+                let us = i * 1_000_000 / 60;
+                (us, Some((us / 1000) as u32), 5_000)
+            })
+            .collect();
+        play(&mut sim, &frames);
+        assert!(
+            sim.writes.len() <= frames.len() / 2 + 1,
+            "{} writes",
+            sim.writes.len()
+        );
+        assert!(sim.longest_wait_us() <= 30_000);
+    }
+
+    #[test]
+    fn urgent_media_and_a_full_queue_are_written_at_once() {
+        let policy = WritePolicy::new(Duration::from_millis(200), 1 << 30);
+        let now = Instant::now();
+        let mut p = Pacing::default();
+        let urgent = Queued {
+            media_bytes: 100,
+            urgent: true,
+            video_ts: None,
+        };
+        assert_eq!(policy.decide(&mut p, urgent, now), Decision::WriteNow);
+        let mut p = Pacing::default();
+        let full = Queued {
+            media_bytes: WORTH_A_WRITE,
+            urgent: false,
+            video_ts: None,
+        };
+        assert_eq!(policy.decide(&mut p, full, now), Decision::WriteNow);
+        // With a small player queue, a sixteenth of it is worth a write.
+        let small_queues = WritePolicy::new(Duration::from_millis(200), 256 * 1024);
+        assert_eq!(small_queues.worth_a_write, 16 * 1024);
+        let mut p = Pacing::default();
+        let some = Queued {
+            media_bytes: 16 * 1024,
+            urgent: false,
+            video_ts: None,
+        };
+        assert_eq!(small_queues.decide(&mut p, some, now), Decision::WriteNow);
+        let mut p = Pacing::default();
+        let small = Queued {
+            media_bytes: 100,
+            urgent: false,
+            video_ts: None,
+        };
+        let deadline = now + Duration::from_millis(200);
+        assert_eq!(
+            policy.decide(&mut p, small, now),
+            Decision::Hold {
+                deadline,
+                first: true
+            }
+        );
+        // Held already: the deadline is the oldest byte's, not moved on.
+        let later = now + Duration::from_millis(50);
+        assert_eq!(
+            policy.decide(&mut p, small, later),
+            Decision::Hold {
+                deadline,
+                first: false
+            }
+        );
+        assert!(p.is_held_until(deadline));
+        p.written();
+        assert!(!p.is_held_until(deadline), "a write ends the hold");
+    }
+
+    #[test]
+    fn held_deadlines_come_out_earliest_first_and_only_when_due() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // A budget of 0: no lead.
+        let mut h = HeldQueues::new(Duration::ZERO);
+        h.push(ms(30), ConnKey(1), ConnId(1));
+        h.push(ms(30), ConnKey(2), ConnId(2));
+        h.push(ms(45), ConnKey(3), ConnId(3));
+        h.push(ms(40), ConnKey(4), ConnId(4)); // out of order: put in its place
+        assert_eq!(h.next_wake(), Some(ms(30)));
+        assert_eq!(h.pop_due(ms(29)), None);
+        let due: Vec<_> = std::iter::from_fn(|| h.pop_due(ms(40)))
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(due, [ConnKey(1), ConnKey(2), ConnKey(4)]);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.next_wake(), Some(ms(45)));
+    }
+
+    #[test]
+    fn held_connections_are_released_a_write_pass_early() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut h = HeldQueues::new(Duration::from_millis(30));
+        // No pass measured yet: the poll's millisecond alone.
+        assert_eq!(h.lead(), Duration::from_millis(1));
+        h.push(ms(100), ConnKey(1), ConnId(1));
+        assert_eq!(h.next_wake(), Some(ms(99)));
+        // A pass of 10 ms: released 11 ms early, so a write that begins at
+        // the end of such a pass begins by the deadline.
+        h.pass_took(ms(0), Duration::from_millis(10));
+        assert_eq!(h.next_wake(), Some(ms(89)));
+        assert_eq!(h.pop_due(ms(88)), None);
+        let wake = h.next_wake().unwrap();
+        assert_eq!(h.pop_due(wake).map(|e| e.0), Some(ms(100)));
+        assert!(wake + Duration::from_millis(10) <= ms(100));
+        // Never more than half the budget early.
+        h.pass_took(ms(10), Duration::from_millis(40));
+        assert_eq!(h.lead(), Duration::from_millis(15));
+        // The longest pass is believed for one window after its own, then
+        // forgotten.
+        h.pass_took(ms(1_200), Duration::from_millis(2));
+        assert_eq!(h.lead(), Duration::from_millis(15));
+        h.pass_took(ms(2_300), Duration::from_millis(2));
+        assert_eq!(h.lead(), Duration::from_millis(3));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The bound: whatever the budget, frame rate, jitter and frame
+        /// sizes, no frame waits longer than the budget, and no more writes
+        /// are made than frames came.
+        #[test]
+        fn no_frame_waits_longer_than_the_budget(
+            budget_ms in prop::sample::select(vec![0u64, 5, 20, 30, 50, 100, 200, 350]),
+            fps in prop::sample::select(vec![1u64, 15, 24, 25, 30, 50, 60]),
+            audio in any::<bool>(),
+            jitter in prop::collection::vec(0u64..20_000, 400),
+            sizes in prop::collection::vec(100usize..70_000, 400),
+        ) {
+            let mut frames = Vec::new();
+            for i in 0..200u64 {
+                let us = i * 1_000_000 / fps + jitter[i as usize];
+                frames.push((us, Some((i * 1000 / fps) as u32), sizes[i as usize]));
+                if audio {
+                    let us = i * 1_000_000 / 47 + jitter[200 + i as usize];
+                    frames.push((us, None, sizes[200 + i as usize] / 100));
+                }
+            }
+            frames.sort_by_key(|f| f.0);
+            let mut sim = Sim::new(budget_ms);
+            play(&mut sim, &frames);
+            prop_assert!(sim.longest_wait_us() <= budget_ms * 1000);
+            prop_assert!(sim.writes.len() <= frames.len());
+            prop_assert_eq!(sim.writes.iter().map(|w| w.1).sum::<usize>(), frames.len());
+            prop_assert!(sim.waiting.is_empty());
+        }
+    }
+}

@@ -136,6 +136,10 @@ pub const SHUTDOWN_DISK_TIMEOUT: Duration = Duration::from_secs(10);
 /// and ffmpeg reconnect at their next keyframe, at most a GOP or two away.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Disk helper threads when not set: enough that one slow `fsync` does not
+/// hold every file, few enough not to compete with the workers for cores.
+pub const DEFAULT_DISK_THREADS: usize = 4;
+
 /// LL-HLS PART-TARGET. A third of a second is RFC 8216bis's own example:
 /// whole frames at 30 and 60 fps, parts long enough to stay above 85 % of
 /// the target with AAC aligned to the video, and PART-HOLD-BACK (three
@@ -791,7 +795,7 @@ settings! {
         disk_threads: usize {
             key: disk_threads,
             hint: "N",
-            default: crate::server::disk::DEFAULT_DISK_THREADS,
+            default: DEFAULT_DISK_THREADS,
             help: "helper threads for file work (recording, video on demand)",
             check: |n| if (1..=64).contains(n) { Ok(()) } else { Err(format!("--disk-threads {n}: 1 to 64")) },
         }

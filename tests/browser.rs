@@ -585,7 +585,16 @@ fn playback_of_a_stream_that_is_not_live_is_reported() {
         browser.navigate(&site.url(&format!("/{page}"))).unwrap();
         let started = Instant::now();
         match browser.wait_playback(PLAY_SECS, PLAY_LIMIT) {
-            Err(BrowserError::PageErrors(errors)) => {
+            Err(BrowserError::PageErrors(mut errors)) => {
+                // Chromium's own network line can come a moment before the
+                // player's error: give the player a few seconds to speak.
+                let waiting = Instant::now();
+                while !errors.iter().any(|e| e.contains("mpegts.js"))
+                    && waiting.elapsed() < Duration::from_secs(5)
+                {
+                    browser.pump(Duration::from_millis(100)).unwrap();
+                    errors = browser.errors().to_vec();
+                }
                 eprintln!("{url}: {errors:?}");
                 assert!(
                     errors.iter().any(|e| e.contains("mpegts.js")),

@@ -165,7 +165,11 @@ fn time_to_eof(sock: &mut TcpStream, limit: Duration) -> Option<Duration> {
         match sock.read(&mut chunk) {
             Ok(0) => return Some(start.elapsed()),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(_) => return Some(start.elapsed()),
         }
     }
@@ -367,7 +371,11 @@ fn spawn_http_flv(
             match sock.read(&mut chunk) {
                 Ok(0) => break End::Eof { ws_close: false },
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => break End::Error(e.to_string()),
             }
         };
@@ -441,7 +449,10 @@ fn spawn_ws_flv(
                 Ok(Message::Close(_)) => ws_close = true,
                 Ok(other) => break End::Error(format!("unexpected message {other:?}")),
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(tungstenite::Error::ConnectionClosed) => break End::Eof { ws_close },
                 Err(tungstenite::Error::Protocol(
                     tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
@@ -940,7 +951,10 @@ fn ws_flv_ping_gets_pong_and_close_gets_close() {
                 Ok(Message::Binary(_)) => binaries += 1,
                 Ok(m) => panic!("unexpected {m:?}"),
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => panic!("round {round}: before the pong: {e}"),
             }
         }
@@ -962,7 +976,10 @@ fn ws_flv_ping_gets_pong_and_close_gets_close() {
                 Ok(Message::Binary(_)) => assert!(!got_close, "data after the Close frame"),
                 Ok(m) => panic!("unexpected {m:?}"),
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(tungstenite::Error::ConnectionClosed) => break,
                 Err(e) => {
                     panic!("round {round}: after our close: {e} (close received: {got_close})")
@@ -1591,7 +1608,11 @@ fn malformed_http_is_refused_while_a_stream_plays_on() {
             match sock.read(&mut one) {
                 Ok(0) => return Some(start.elapsed()),
                 Ok(_) => panic!("the dribbler got an answer"),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(_) => return Some(start.elapsed()),
             }
         }

@@ -18,6 +18,11 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// A connection's slab key (its mio token). Reused after a close: anything
+/// that outlives one loop iteration names a connection by [`ConnId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ConnKey(pub usize);
+
 /// Locks a mutex, carrying on after a panic elsewhere poisoned it: every
 /// structure behind these locks stays consistent between statements.
 pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -228,7 +228,7 @@ impl Conn {
     }
 
     /// A disk helper thread answered a job this connection submitted with
-    /// [`super::disk::Reply::to_worker`] (a video on demand read).
+    /// [`super::shared::Shared::disk_reply`] (a video on demand read).
     pub(super) fn on_disk(
         &mut self,
         now: Instant,

@@ -20,13 +20,14 @@
 //!   ([`WorkerCtx::media_queued`], the policy in `pacing.rs`).
 
 use super::access::Access;
+use super::base::ConnKey;
 use super::base::{ConnId, StreamId};
 use super::pacing::{Decision, HeldQueues, Queued, WritePolicy};
 use super::player::{Form, Player, PlayerLimits, Role};
 use super::shared::{ClientState, Command, MediaEvent, Message, RelayCommand, Shared};
 use super::stream::{workers_in, Frame, Notice, PublisherInfo, Stream};
 use super::tasks::Tasks;
-use super::transport::{ConnIo, ConnKey, READ_CHUNK};
+use super::transport::{ConnIo, READ_CHUNK};
 use crate::protocol::session::{ClientCaps, MediaKind, SessionConfig};
 use bytes::Bytes;
 use std::cmp::Reverse;

@@ -28,9 +28,10 @@
 //!   a hole in the middle.
 //! * **Answers.** A job's [`Reply`] runs on the disk thread: it must not
 //!   block (update counters, submit another job, post to a worker).
-//!   [`Reply::to_worker`] posts the result to a worker's inbox as
-//!   [`Message::Disk`](super::shared::Message::Disk), for the connection
-//!   that asked (the worker hands it to that connection's `on_disk`).
+//!   `Shared::disk_reply` (in `shared.rs`, which builds on this module)
+//!   makes the reply that posts the result to a worker's inbox as
+//!   `Message::Disk`, for the connection that asked (the worker hands it
+//!   to that connection's `on_disk`).
 //!
 //! Test hook: the environment variable `SLUICE_TEST_DISK_DELAY_MS`, read
 //! when the pool starts, makes every write and sync sleep that long first:
@@ -38,7 +39,6 @@
 //! tests only; nothing else reads it.
 
 use super::base::ConnId;
-use super::shared::{Message, Shared};
 use bytes::Bytes;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -50,9 +50,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-/// Disk helper threads when not set: enough that one slow `fsync` does not
-/// hold every file, few enough not to compete with the workers for cores.
-pub const DEFAULT_DISK_THREADS: usize = 4;
 /// Jobs waiting per thread. A recording queues a few jobs a second (one
 /// per fragment or batch of tags, a sync a second), so this is minutes of
 /// a stalled disk for dozens of recordings; the bytes behind the jobs are
@@ -198,7 +195,7 @@ impl std::error::Error for DiskError {}
 pub type DiskResult = Result<Done, DiskError>;
 
 /// A result for a connection, posted to its worker's inbox
-/// ([`Reply::to_worker`]).
+/// (`Shared::disk_reply` in `shared.rs`).
 #[derive(Debug)]
 pub struct DiskReply {
     pub conn: ConnId,
@@ -228,15 +225,6 @@ impl Reply {
     /// Runs `f` on the disk thread with the result.
     pub fn call(f: impl FnOnce(DiskResult) + Send + 'static) -> Reply {
         Reply::Call(Box::new(f))
-    }
-
-    /// Posts the result to worker `worker` as
-    /// `Message::Disk(DiskReply { conn, tag, result })`.
-    pub fn to_worker(shared: &Arc<Shared>, worker: usize, conn: ConnId, tag: u64) -> Reply {
-        let shared = shared.clone();
-        Reply::call(move |result| {
-            shared.post(worker, Message::Disk(DiskReply { conn, tag, result }));
-        })
     }
 }
 

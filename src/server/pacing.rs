@@ -49,9 +49,8 @@
 //!
 //! [`OutQueue::write_at_once`]: super::queue::OutQueue::write_at_once
 
-use super::base::ConnId;
+use super::base::{ConnId, ConnKey};
 use super::stream::Frame;
-use super::transport::ConnKey;
 use crate::protocol::session::MediaKind;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

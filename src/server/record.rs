@@ -33,7 +33,7 @@
 
 use super::base::locked;
 use super::disk::{DiskFile, DiskPool, Done, Full, Op, Reply};
-use super::stream::{Frame, HeaderSlot, Stream};
+use super::stream::{Frame, HeaderSlot, Recording, Stream};
 use crate::auth::Auth;
 use crate::cmaf::{Output, Packager, PackagerConfig, Part, RenditionId};
 use crate::config::Config;
@@ -46,8 +46,8 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Keyframes an FLV recording's index has room for. The placeholder
@@ -382,7 +382,7 @@ impl Recordings {
         let headers = stream.headers();
         let mut slot = stream.recorder.lock_any();
         if let Some(r) = slot.as_ref() {
-            if !r.stopped {
+            if !r.stopped() {
                 return Err((409, "the stream is already being recorded".into()));
             }
         }
@@ -429,9 +429,7 @@ impl Recordings {
             },
             stopped: false,
         };
-        *slot = Some(Box::new(rec));
-        stream.recorder.active.store(true, Ordering::Release);
-        drop(slot);
+        stream.recorder.install(slot, Box::new(rec));
         locked(&self.active).push(status.clone());
         log::info!(
             "record start stream={} format={} manual={manual}",
@@ -445,8 +443,8 @@ impl Recordings {
     /// when none runs.
     pub fn stop(&self, stream: &Stream, why: &str) -> Option<Value> {
         let rec = stream.recorder.take()?;
-        let mut v = rec.core.status.json();
-        if rec.core.status.error().is_none() {
+        let mut v = rec.json();
+        if !rec.failed() {
             v["state"] = "stopped".into();
         }
         rec.finish(why);
@@ -456,7 +454,7 @@ impl Recordings {
     /// The recording of `stream`, for `/api/streams`.
     pub fn describe(&self, stream: &Stream) -> Option<Value> {
         let slot = stream.recorder.lock_any();
-        slot.as_ref().map(|r| r.core.status.json())
+        slot.as_ref().map(|r| r.json())
     }
 
     /// `/api/recordings`: the recordings running now and the files
@@ -646,40 +644,6 @@ fn header_rank(f: &Frame) -> (u8, u8) {
 // ---------------------------------------------------------------------------------------
 // The stream's slot, and what the publisher's worker calls
 // ---------------------------------------------------------------------------------------
-
-/// A stream's recorder, when one runs. `active` spares the lock on every
-/// frame of a stream that is not recorded.
-#[derive(Default)]
-pub(crate) struct Slot {
-    active: AtomicBool,
-    inner: Mutex<Option<Box<Recorder>>>,
-}
-
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.active.load(Ordering::Relaxed) {
-            "Slot(recording)"
-        } else {
-            "Slot(idle)"
-        })
-    }
-}
-
-impl Slot {
-    fn lock_any(&self) -> MutexGuard<'_, Option<Box<Recorder>>> {
-        locked(&self.inner)
-    }
-
-    fn lock_active(&self) -> Option<MutexGuard<'_, Option<Box<Recorder>>>> {
-        self.active.load(Ordering::Acquire).then(|| self.lock_any())
-    }
-
-    fn take(&self) -> Option<Box<Recorder>> {
-        let r = self.lock_any().take();
-        self.active.store(false, Ordering::Release);
-        r
-    }
-}
 
 /// One published frame of `stream`: packaged for HLS (when it is) and
 /// recorded (when it is). Returns the workers to wake for HLS.
@@ -1083,6 +1047,33 @@ impl Recorder {
     /// A stopped recording replaced by a new one.
     fn release(self: Box<Self>) {
         self.core.rec.ended(&self.core.status);
+    }
+}
+
+impl Recording for Recorder {
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+    fn takes_hls(&self) -> bool {
+        Recorder::takes_hls(self)
+    }
+    fn on_frame(&mut self, frame: &Arc<Frame>) {
+        Recorder::on_frame(self, frame);
+    }
+    fn on_output(&mut self, out: &Output, p: &Packager) {
+        Recorder::on_output(self, out, p);
+    }
+    fn json(&self) -> Value {
+        self.core.status.json()
+    }
+    fn failed(&self) -> bool {
+        self.core.status.error().is_some()
+    }
+    fn finish(self: Box<Self>, why: &str) {
+        Recorder::finish(self, why);
+    }
+    fn release(self: Box<Self>) {
+        Recorder::release(self);
     }
 }
 

@@ -11,6 +11,7 @@
 //! worker's relay tasks.
 
 use super::base::{locked, ConnCounters, ConnId, StreamId, TaskId};
+use super::disk::{DiskReply, Reply};
 use super::stats::{Protocol, Stats, WaitHistogram};
 use super::stream::{Frame, Registry};
 use crate::config::Config;
@@ -80,8 +81,8 @@ pub enum Message {
     /// be answered.
     Hls(StreamId),
     /// A disk helper thread's answer for one connection of the receiving
-    /// worker ([`super::disk::Reply::to_worker`]).
-    Disk(super::disk::DiskReply),
+    /// worker ([`Shared::disk_reply`]).
+    Disk(DiskReply),
 }
 
 /// A request to a worker.
@@ -299,6 +300,15 @@ impl Shared {
     }
 
     /// Posts `msg` to worker `w` (ignored for a worker that does not exist).
+    /// A disk job's answer that posts the result to worker `worker` as
+    /// `Message::Disk(DiskReply { conn, tag, result })`.
+    pub fn disk_reply(self: &Arc<Self>, worker: usize, conn: ConnId, tag: u64) -> Reply {
+        let shared = self.clone();
+        Reply::call(move |result| {
+            shared.post(worker, Message::Disk(DiskReply { conn, tag, result }));
+        })
+    }
+
     pub fn post(&self, w: usize, msg: Message) {
         if let Some(h) = self.workers.get(w) {
             h.post(msg);

@@ -541,10 +541,75 @@ pub struct Stream {
     hls: OnceLock<StreamHls>,
     /// The recording of this stream, while one runs (or failed and is
     /// shown until the publisher leaves).
-    pub(crate) recorder: super::record::Slot,
+    pub(crate) recorder: RecorderSlot,
     /// True while the stream has renditions: the publisher's worker looks
     /// them up (under the lock) only then.
     has_renditions: AtomicBool,
+}
+
+/// A stream's recording as the stream sees it: something that takes its
+/// frames (and, for MP4 from the HLS packager, the packager's output) and
+/// is finished when the stream ends. `record::Recorder` is the one kind;
+/// the stream holds it through this trait so that this module, which the
+/// recorder builds on, does not depend on it.
+pub(crate) trait Recording: Send {
+    /// Stopped by an error: nothing more is written.
+    fn stopped(&self) -> bool;
+    /// Written from the stream's HLS packager's output.
+    fn takes_hls(&self) -> bool;
+    fn on_frame(&mut self, frame: &Arc<Frame>);
+    fn on_output(&mut self, out: &crate::cmaf::Output, p: &crate::cmaf::Packager);
+    /// Its state for the API.
+    fn json(&self) -> serde_json::Value;
+    /// True when an error stopped it.
+    fn failed(&self) -> bool;
+    /// The stream ended or the API stopped it: the file is finished.
+    fn finish(self: Box<Self>, why: &str);
+    /// A stopped recording replaced by a new one.
+    fn release(self: Box<Self>);
+}
+
+/// A stream's recording, when one runs. `active` spares the lock on every
+/// frame of a stream that is not recorded.
+#[derive(Default)]
+pub(crate) struct RecorderSlot {
+    active: AtomicBool,
+    inner: Mutex<Option<Box<dyn Recording>>>,
+}
+
+impl std::fmt::Debug for RecorderSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.active.load(Ordering::Relaxed) {
+            "RecorderSlot(recording)"
+        } else {
+            "RecorderSlot(idle)"
+        })
+    }
+}
+
+type RecordingGuard<'a> = MutexGuard<'a, Option<Box<dyn Recording>>>;
+
+impl RecorderSlot {
+    pub(crate) fn lock_any(&self) -> RecordingGuard<'_> {
+        super::base::locked(&self.inner)
+    }
+
+    /// The lock, only while a recording runs.
+    pub(crate) fn lock_active(&self) -> Option<RecordingGuard<'_>> {
+        self.active.load(Ordering::Acquire).then(|| self.lock_any())
+    }
+
+    /// Puts `r` in the slot (under its lock, `slot`) and marks it active.
+    pub(crate) fn install(&self, mut slot: RecordingGuard<'_>, r: Box<dyn Recording>) {
+        *slot = Some(r);
+        self.active.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn take(&self) -> Option<Box<dyn Recording>> {
+        let r = self.lock_any().take();
+        self.active.store(false, Ordering::Release);
+        r
+    }
 }
 
 /// What a publish or unpublish tells the workers with players.
@@ -959,7 +1024,7 @@ impl Registry {
                     bytes_out: AtomicU64::new(0),
                     frames_dropped: AtomicU64::new(0),
                     hls: OnceLock::new(),
-                    recorder: super::record::Slot::default(),
+                    recorder: RecorderSlot::default(),
                     state: Mutex::new(StreamState {
                         publisher: None,
                         players: [0; MAX_WORKERS],

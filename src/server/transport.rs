@@ -12,7 +12,7 @@
 //! rustls for TLS, which encrypts into its own bounded buffer first).
 //! When a write is due is the write policy's decision (`pacing.rs`).
 
-use super::base::{ConnCounters, ConnId};
+use super::base::{ConnCounters, ConnId, ConnKey};
 use super::pacing::Pacing;
 use super::proxy;
 use super::queue::{Item, OutQueue};
@@ -59,11 +59,6 @@ fn reserve_block(buf: &mut BytesMut, need: usize) {
     block.extend_from_slice(buf);
     *buf = block;
 }
-
-/// A connection's slab key (its mio token). Reused after a close: anything
-/// that outlives one loop iteration names a connection by [`ConnId`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct ConnKey(pub usize);
 
 /// Why a connection is closed, and what its log line says.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@
 
 use super::base::ConnId;
 use super::ctx::WorkerCtx;
-use super::disk::{DiskError, DiskFile, DiskReply, Done, Meta, Op, Reply, MAX_READ};
+use super::disk::{DiskError, DiskFile, DiskReply, Done, Meta, Op, MAX_READ};
 use super::http;
 use super::queue::Item;
 use super::stats::CloseReason;
@@ -321,7 +321,7 @@ impl FileSource {
     }
 
     fn submit(&mut self, ctx: &WorkerCtx, seq: u32, op: Op) -> Result<(), String> {
-        let reply = Reply::to_worker(&ctx.shared, ctx.index, self.conn, self.tag(seq));
+        let reply = ctx.shared.disk_reply(ctx.index, self.conn, self.tag(seq));
         ctx.shared
             .disk
             .submit(&self.file, op, reply)

@@ -26,6 +26,7 @@
 //! that connection alone (logged with its state and counted), never the
 //! worker with every connection on this core.
 
+use super::base::ConnKey;
 use super::base::{ConnCounters, ConnId, StreamId};
 use super::conn::{Conn, Proto};
 use super::ctx::WorkerCtx;
@@ -37,7 +38,7 @@ use super::shared::{
 };
 use super::stats::CloseReason;
 use super::tasks::Outbound;
-use super::transport::{Close, ConnIo, ConnKey, ProxyStage};
+use super::transport::{Close, ConnIo, ProxyStage};
 use crate::config::SHUTDOWN_FLUSH_TIMEOUT;
 use crate::protocol::session::ServerSession;
 use mio::net::{TcpListener, TcpStream};

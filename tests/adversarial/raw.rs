@@ -238,7 +238,14 @@ impl Raw {
                 self.inbuf.extend_from_slice(&b[..n]);
                 true
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                false
+            }
             Err(_) => {
                 self.closed = true;
                 false
@@ -351,6 +358,7 @@ impl Raw {
             match self.sock.read(&mut b) {
                 Ok(0) => break,
                 Ok(n) => total += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return None
                 }

@@ -24,7 +24,8 @@
 //!   each player's OutQueue: Arc'd frames (in the player's format) + offset, bounded in bytes
 //!                     │
 //!                     ▼
-//!   write_vectored over as many queued frames as the socket takes (IoSlice per piece, up to IOV_MAX)
+//!   sendmsg over as many queued frames as the socket takes (a piece per iovec, up to MAX_IOVECS = 256),
+//!   when the write policy (pacing.rs: --max-write-delay) says the queue is worth a write
 //! ```
 //!
 //! * [`protocol`], [`media`] and [`wire`] are the sans-IO core, a crate of

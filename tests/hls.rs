@@ -2173,6 +2173,18 @@ fn api_and_metrics_show_hls_state_and_move_with_requests() {
     assert_eq!(hls["part_target_ms"], 333, "{hls}");
     assert_eq!(hls["target_duration_s"], 2, "{hls}");
     assert_eq!(hls["skipped_tracks"], serde_json::json!([]), "{hls}");
+    // The window holds the segment seen above, within its bounds.
+    let window = &hls["window"];
+    assert!(window["segments"].as_u64() >= Some(1), "{hls}");
+    assert!(
+        window["segments"].as_u64() <= window["max_segments"].as_u64(),
+        "{hls}"
+    );
+    assert!(window["bytes"].as_u64() > Some(10_000), "{hls}");
+    assert!(
+        window["bytes"].as_u64() <= window["max_bytes"].as_u64(),
+        "{hls}"
+    );
     let renditions = hls["renditions"].as_array().unwrap();
     let ids: Vec<&str> = renditions
         .iter()
@@ -2232,6 +2244,9 @@ fn api_and_metrics_show_hls_state_and_move_with_requests() {
         .ok("the parked request");
     let after = scrape(&live.server);
     assert_eq!(sample(&after, "sluice_hls_waiting", &[]), 0.0);
+    // Every request came from 127.0.0.1: one viewer by address.
+    let hls = hls_state(&live.server, &live.key);
+    assert_eq!(hls["viewers"], 1, "{hls}");
     assert_eq!(requests(&after, "init") - requests(&before, "init"), 1.0);
     assert_eq!(requests(&after, "part") - requests(&before, "part"), 1.0);
     assert_eq!(

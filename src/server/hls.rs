@@ -284,7 +284,17 @@ struct HlsState {
     /// When a request was last answered (an edge keeps pulling a stream
     /// HLS viewers watch).
     last_request: Option<Instant>,
+    /// Client addresses answered lately, and when: the API's viewer count
+    /// (HTTP has no session; see [`StreamHls::describe`]). At most
+    /// [`MAX_HLS_CLIENTS`] entries.
+    clients: HashMap<IpAddr, Instant>,
 }
+
+/// Client addresses remembered per stream for the viewer count: past it,
+/// the ones not seen within the viewer window go first, and new ones are
+/// not counted while every entry is recent (the count then reads as at
+/// least this).
+const MAX_HLS_CLIENTS: usize = 65_536;
 
 /// Who else sees a packager's outputs as they come out (a recording).
 pub(crate) type Sink<'a> = Option<&'a mut dyn FnMut(&Output, &Packager)>;
@@ -340,6 +350,7 @@ impl StreamHls {
                 version: u64::MAX,
                 cache: Vec::new(),
                 last_request: None,
+                clients: HashMap::new(),
             }),
             waiters: AtomicU64::new(0),
             blocking_timeout,
@@ -416,13 +427,14 @@ impl StreamHls {
         self.blocking_timeout
     }
 
-    /// Answers a request for `resource`; `query` is appended to the URIs
-    /// of a playlist (a key or a signature the request carried).
+    /// Answers `client`'s request for `resource`; `query` is appended to
+    /// the URIs of a playlist (a key or a signature the request carried).
     pub(crate) fn answer(
         &self,
         resource: &Resource,
         directives: &Directives,
         query: &str,
+        client: IpAddr,
     ) -> Answer {
         let mut st = self.lock();
         match st.packager.decide(resource, directives) {
@@ -432,7 +444,16 @@ impl StreamHls {
             Decision::BadRequest(why) => return Answer::Status(400, why),
         }
         self.counters.count(resource);
-        st.last_request = Some(Instant::now());
+        let now = Instant::now();
+        st.last_request = Some(now);
+        if st.clients.len() >= MAX_HLS_CLIENTS && !st.clients.contains_key(&client) {
+            let window = self.blocking_timeout;
+            st.clients
+                .retain(|_, seen| now.saturating_duration_since(*seen) < window);
+        }
+        if st.clients.len() < MAX_HLS_CLIENTS || st.clients.contains_key(&client) {
+            st.clients.insert(client, now);
+        }
         let content_type = resource.content_type();
         let rendered = match resource {
             Resource::Multivariant => Some(Rendered::Multivariant),
@@ -512,10 +533,27 @@ impl StreamHls {
             .map(|s| serde_json::json!({ "track": s.rendition.to_string(), "reason": s.reason.to_string() }))
             .collect();
         let c = &self.counters;
+        let (segments, bytes) = p.window_held();
+        // Viewers: client addresses answered within three target durations
+        // (a classic client asks once a target duration). Viewers behind one
+        // address (NAT, a proxy without PROXY protocol) count as one.
+        let now = Instant::now();
+        let viewers = st
+            .clients
+            .values()
+            .filter(|seen| now.saturating_duration_since(**seen) < self.blocking_timeout)
+            .count();
         serde_json::json!({
             "ended": p.is_ended(),
+            "viewers": viewers,
             "part_target_ms": self.config.part_target_ms,
             "target_duration_s": self.config.target_duration_s,
+            "window": {
+                "segments": segments,
+                "bytes": bytes,
+                "max_segments": self.config.window_segments,
+                "max_bytes": self.config.window_bytes,
+            },
             "renditions": renditions,
             "skipped_tracks": skipped,
             "requests": {

@@ -889,12 +889,12 @@ impl HttpConn {
         let Some(hls) = req.stream.hls() else {
             return self.hls_error(now, io, ctx, &req, 404, "stream not live");
         };
-        let mut answer = hls.answer(&req.resource, &req.directives, &req.query);
+        let mut answer = hls.answer(&req.resource, &req.directives, &req.query, io.peer.ip());
         if let Answer::Wait(_) = answer {
             // Set this worker's bit, then ask again: a part that came out
             // in between is not missed.
             ctx.park_hls(io, &req.stream);
-            answer = hls.answer(&req.resource, &req.directives, &req.query);
+            answer = hls.answer(&req.resource, &req.directives, &req.query, io.peer.ip());
             if !matches!(answer, Answer::Wait(_)) {
                 ctx.unpark_hls(io, req.stream.id);
             }

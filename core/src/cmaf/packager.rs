@@ -757,6 +757,26 @@ impl Packager {
             .map(|t| t.id)
     }
 
+    /// What the window holds now: complete segments (the most of any
+    /// rendition) and the bytes of every rendition's segments, the one in
+    /// progress included: the figures its bounds (`window_segments`,
+    /// `window_bytes`) are checked against.
+    pub fn window_held(&self) -> (usize, usize) {
+        let segments = self
+            .tracks
+            .iter()
+            .map(|t| t.segs.iter().filter(|s| s.complete.is_some()).count())
+            .max()
+            .unwrap_or(0);
+        let bytes = self
+            .tracks
+            .iter()
+            .flat_map(|t| t.segs.iter())
+            .map(|s| s.bytes)
+            .sum();
+        (segments, bytes)
+    }
+
     pub(crate) fn has_rendition(&self, rendition: RenditionId) -> bool {
         self.track(rendition)
             .is_some_and(|t| t.current_init().is_some())

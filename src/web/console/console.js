@@ -474,7 +474,10 @@
     const p = s.players || {};
     const parts = [`rtmp ${p.rtmp || 0}`, `http-flv ${p['http-flv'] || 0}`, `ws-flv ${p['ws-flv'] || 0}`];
     const hls = state.hlsRate.get(s.name);
-    if (s.hls) parts.push(`hls ${hls === undefined ? '—' : hls.toFixed(1)} req/s`);
+    if (s.hls) {
+      const v = typeof s.hls.viewers === 'number' ? `${s.hls.viewers} by address, ` : '';
+      parts.push(`hls ${v}${hls === undefined ? '—' : hls.toFixed(1)} req/s`);
+    }
     return `${viewers(s)} (${parts.join(' · ')})`;
   }
 
@@ -623,7 +626,10 @@
           await this.loadScript('console/vendor/hls.min.js');
           if (this.kind !== kind || this.url !== url) return; // replaced meanwhile
           if (window.Hls && Hls.isSupported()) {
-            const hls = new Hls({ lowLatencyMode: true, backBufferLength: 30 });
+            // maxLiveSyncPlaybackRate: play up to 1.5x until hls.js is back
+            // at its target latency (PART-HOLD-BACK) after a slow start or a
+            // stall; at 1 (its default) it stays as far behind as it fell.
+            const hls = new Hls({ lowLatencyMode: true, backBufferLength: 30, maxLiveSyncPlaybackRate: 1.5 });
             hls.on(Hls.Events.ERROR, (_, data) => {
               const text = `hls.js ${data.type} ${data.details}${data.error ? `: ${data.error.message}` : ''}`;
               if (data.fatal) this.fail(text); else console.warn(`[sluice console] preview: ${redact(text)}`);

@@ -2,7 +2,9 @@
 //! runtime. One publisher (a generated, stamped stream) and N players ramped
 //! over a given time; every player parses what it gets and checks every frame
 //! (see `check.rs`); the server's CPU and memory come from /proc. Prints a
-//! human summary and writes a JSON record.
+//! human summary and writes a JSON record. `--kind vod` plays files a
+//! server plays on demand instead, with no publisher, and measures whether
+//! each player is delivered in real time (`vod.rs`).
 //!
 //! ```text
 //!  T0: publish started ─ ramp ─► all players started ─ settle ─► window ─► publisher stops ─ drain ─► report
@@ -16,6 +18,7 @@ mod proto;
 mod stats;
 mod stream;
 mod tls;
+mod vod;
 
 use bytes::{Bytes, BytesMut};
 use check::Checker;
@@ -72,6 +75,10 @@ struct Opts {
     per_player: bool,
     quiet: bool,
     hls: hls::HlsOpts,
+    /// `--kind vod`: `{i}` in the name takes the player's index modulo this.
+    files: usize,
+    /// `--kind vod`: the SetBufferLength each player sends, ms.
+    buffer_ms: u32,
 }
 
 fn options() -> Options {
@@ -106,8 +113,20 @@ fn options() -> Options {
     o.optopt(
         "",
         "kind",
-        "player kind: rtmp | http-flv | ll-hls [rtmp]",
+        "player kind: rtmp | rtmps | http-flv | ll-hls | vod [rtmp] (vod: RTMP players of a file --name that a server plays on demand, no publisher; real-time delivery measured)",
         "KIND",
+    );
+    o.optopt(
+        "",
+        "files",
+        "--kind vod: `{i}` in --name becomes the player's index modulo N, so players spread over N files [1]",
+        "N",
+    );
+    o.optopt(
+        "",
+        "buffer-ms",
+        "--kind vod: the buffer length each player announces after play (SetBufferLength), as ffmpeg's -rtmp_buffer [3000]",
+        "MS",
     );
     hls::add_options(&mut o);
     o.optflag(
@@ -234,13 +253,14 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         return Ok(None);
     }
     let kind = match m.opt_str("kind") {
-        Some(k) => {
-            PlayerKind::parse(&k).ok_or(format!("--kind {k:?}: rtmp, rtmps, http-flv or ll-hls"))?
-        }
+        Some(k) => PlayerKind::parse(&k).ok_or(format!(
+            "--kind {k:?}: rtmp, rtmps, http-flv, ll-hls or vod"
+        ))?,
         None => PlayerKind::Rtmp,
     };
+    let vod = kind == PlayerKind::Vod;
     let http_addr = m.opt_str("http").map(|s| resolve(&s)).transpose()?;
-    if kind != PlayerKind::Rtmp && http_addr.is_none() {
+    if kind != PlayerKind::Rtmp && !vod && http_addr.is_none() {
         return Err(format!("--kind {} needs --http HOST:PORT", kind.name()));
     }
     let tls_addr = m.opt_str("tls-addr").map(|s| resolve(&s)).transpose()?;
@@ -269,7 +289,8 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         players: num(&m, "players", 10)?,
         kind,
         idle: m.opt_present("idle"),
-        publish: !m.opt_present("no-publish"),
+        // Files play without a publisher.
+        publish: !m.opt_present("no-publish") && !vod,
         shape,
         speed,
         lead: secs(&m, "lead", 1.0)?,
@@ -292,6 +313,8 @@ fn parse_opts(args: &[String]) -> Result<Option<Opts>, String> {
         per_player: m.opt_present("per-player"),
         quiet: m.opt_present("q"),
         hls: hls::HlsOpts::from_matches(&m),
+        files: num(&m, "files", 1usize)?.max(1),
+        buffer_ms: num(&m, "buffer-ms", vod::DEFAULT_BUFFER_MS)?,
     }))
 }
 
@@ -317,6 +340,8 @@ struct Conn {
     at_window_end: (u64, u64),
     /// Largest out queue (publisher backlog), bytes.
     max_backlog: usize,
+    /// `--kind vod`: what it received and when (instead of `check`).
+    vod: Option<vod::Progress>,
 }
 
 impl Conn {
@@ -336,6 +361,7 @@ impl Conn {
             at_window: (0, 0),
             at_window_end: (0, 0),
             max_backlog: 0,
+            vod: None,
         }
     }
 
@@ -590,6 +616,8 @@ struct Run {
     connect_errors: u64,
     errors: Vec<String>,
     hls: Option<hls::Viewers>,
+    /// `--kind vod`: when the players' next per-second check is due.
+    next_vod_sample: Option<Instant>,
 }
 
 impl Run {
@@ -632,6 +660,7 @@ impl Run {
             next_rss: Instant::now(),
             connect_errors: 0,
             errors: Vec::new(),
+            next_vod_sample: None,
             opts,
         })
     }
@@ -680,6 +709,22 @@ impl Run {
                     ),
                 )
             }
+            PlayerKind::Vod => {
+                let addr = self.opts.play_addr;
+                let name = vod::expand_name(&self.opts.name, i, self.opts.files);
+                let role = if self.opts.idle {
+                    Role::Idle
+                } else {
+                    Role::VodPlayer {
+                        buffer_ms: self.opts.buffer_ms,
+                    }
+                };
+                let host = addr.to_string();
+                (
+                    addr,
+                    Proto::rtmp(role, &host, &self.opts.app, &name, 1000 + i as u64),
+                )
+            }
             PlayerKind::LlHls => {
                 if let Some(h) = self.hls.as_mut() {
                     h.start_viewer();
@@ -705,6 +750,9 @@ impl Run {
                     self.error(format!("player {i}: register: {e}"));
                 }
                 let mut c = Conn::new(sock, proto, wall_ns());
+                if self.opts.kind == PlayerKind::Vod {
+                    c.vod = Some(vod::Progress::default());
+                }
                 if let Some(config) = &self.tls {
                     match tls::connect(config) {
                         Ok(t) => c.tls = Some(t),
@@ -719,6 +767,9 @@ impl Run {
                 // Keep indices aligned with tokens: a placeholder that is closed.
                 if let Ok(sock) = TcpStream::connect(addr) {
                     let mut c = Conn::new(sock, proto, wall_ns());
+                    if self.opts.kind == PlayerKind::Vod {
+                        c.vod = Some(vod::Progress::default());
+                    }
                     c.close(format!("connect: {e}"));
                     self.players.push(c);
                 } else {
@@ -863,12 +914,20 @@ impl Run {
                     if let Some(h) = self.hls.as_mut() {
                         h.window_start();
                     }
+                    if o.kind == PlayerKind::Vod {
+                        self.next_vod_sample = Some(Instant::now() + Duration::from_secs(1));
+                    }
                     self.phase = Phase::Window;
                 }
             }
             Phase::Window => {
                 self.sample_rss();
+                if t < win_end && self.next_vod_sample.is_some_and(|n| Instant::now() >= n) {
+                    self.sample_vod(false);
+                    self.next_vod_sample = self.next_vod_sample.map(|n| n + Duration::from_secs(1));
+                }
                 if t >= win_end {
+                    self.sample_vod(true);
                     self.win_end = Sample::take(
                         o.server_pid,
                         o.metrics,
@@ -895,7 +954,25 @@ impl Run {
         }
     }
 
-    fn handle_ups(check: &mut Checker, ready: &mut bool, ups: &mut Vec<Up>, lat: &mut Histogram) {
+    /// `--kind vod`: every player's per-second check (`end`: the last,
+    /// at the window's end).
+    fn sample_vod(&mut self, end: bool) {
+        let now = wall_ns();
+        for p in &mut self.players {
+            let (connected, open) = (p.check.started_ns, p.closed.is_none());
+            if let Some(v) = p.vod.as_mut() {
+                v.sample(now, connected, open, end);
+            }
+        }
+    }
+
+    fn handle_ups(
+        check: &mut Checker,
+        vod: &mut Option<vod::Progress>,
+        ready: &mut bool,
+        ups: &mut Vec<Up>,
+        lat: &mut Histogram,
+    ) {
         if ups.is_empty() {
             return;
         }
@@ -905,8 +982,18 @@ impl Run {
                 Up::Ready => {
                     *ready = true;
                     check.ready_ns = Some(now);
+                    if let Some(v) = vod.as_mut() {
+                        v.on_start(now);
+                    }
                 }
-                Up::Media { kind, payload, .. } => check.on_media(kind, &payload, now, lat),
+                Up::Media {
+                    kind,
+                    timestamp,
+                    payload,
+                } => match vod.as_mut() {
+                    Some(v) => v.on_media(kind, timestamp, payload.len()),
+                    None => check.on_media(kind, &payload, now, lat),
+                },
             }
         }
     }
@@ -974,6 +1061,7 @@ impl Run {
                     }
                     Self::handle_ups(
                         &mut conn.check,
+                        &mut conn.vod,
                         &mut conn.ready,
                         &mut ups,
                         &mut self.latency,
@@ -1046,7 +1134,7 @@ impl Run {
             if p.ready {
                 ready += 1;
             }
-            if c.joined() {
+            if c.joined() || p.vod.as_ref().is_some_and(|v| v.max_ts.is_some()) {
                 joined += 1;
             }
             if let Some(j) = c.join_us() {
@@ -1065,8 +1153,14 @@ impl Run {
             before_key += c.before_key;
             vframes += c.video.frames;
             aframes += c.audio.frames;
+            if let Some(v) = &p.vod {
+                vframes += v.video_frames;
+                aframes += v.audio_frames;
+            }
             let ok = if o.idle {
                 p.ready && p.closed.is_none()
+            } else if let Some(v) = &p.vod {
+                p.ready && !failed_close && v.kept_up()
             } else {
                 c.joined()
                     && miss == 0
@@ -1097,7 +1191,7 @@ impl Run {
                 max_lag = Some(max_lag.map_or(lag, |m| m.max(lag)));
             }
             if o.per_player {
-                per_player.push(json!({
+                let mut record = json!({
                     "id": i,
                     "ready": p.ready,
                     "bytes": p.bytes_in,
@@ -1116,7 +1210,11 @@ impl Run {
                     "window_rate_ratio": ratio,
                     "closed": p.closed,
                     "ok": ok,
-                }));
+                });
+                if let (Some(v), Some(r)) = (&p.vod, record.as_object_mut()) {
+                    r.insert("vod".into(), v.json());
+                }
+                per_player.push(record);
             }
         }
         let n = self.players.len();
@@ -1126,7 +1224,7 @@ impl Run {
             && n == o.players
             && complete == n
             && self.connect_errors == 0
-            && (o.idle || (min_ratio.is_some() && slow == 0));
+            && (o.idle || o.kind == PlayerKind::Vod || (min_ratio.is_some() && slow == 0));
         let ms = |us: u64| us as f64 / 1000.0;
         let gb = bytes_window as f64 / 1e9;
         let rss_per = match (self.rss_before, n) {
@@ -1150,7 +1248,7 @@ impl Run {
         if let Some(why) = self.publisher.as_ref().and_then(|p| p.closed.clone()) {
             errors.push(format!("publisher closed: {why}"));
         }
-        json!({
+        let mut record = json!({
             "tool": "sluice-load",
             "version": env!("CARGO_PKG_VERSION"),
             "label": o.label,
@@ -1254,7 +1352,17 @@ impl Run {
             "held": held,
             "errors": errors,
             "per_player": if o.per_player { Value::Array(per_player) } else { Value::Null },
-        })
+        });
+        if o.kind == PlayerKind::Vod {
+            record["vod"] = vod::report(
+                self.players.iter().filter_map(|p| p.vod.as_ref()),
+                bytes_window,
+                win,
+            );
+            record["config"]["files"] = json!(o.files);
+            record["config"]["buffer_ms"] = json!(o.buffer_ms);
+        }
+        record
     }
 }
 
@@ -1346,6 +1454,7 @@ fn summary(r: &Value) -> String {
         r["held"]
     );
     s += &hls::summary(r);
+    s += &vod::summary(r);
     if let Some(errs) = r["errors"].as_array() {
         for e in errs {
             s += &format!("  error: {}\n", e.as_str().unwrap_or_default());

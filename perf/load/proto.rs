@@ -20,6 +20,9 @@ pub enum PlayerKind {
     Rtmps,
     /// LL-HLS viewers (`hls.rs`): blocking playlist reloads and parts.
     LlHls,
+    /// RTMP play of files a server plays on demand (`vod.rs`): no
+    /// publisher, real-time delivery measured instead of stamps checked.
+    Vod,
 }
 
 impl PlayerKind {
@@ -29,6 +32,7 @@ impl PlayerKind {
             "http-flv" | "httpflv" | "flv" => Some(Self::HttpFlv),
             "rtmps" => Some(Self::Rtmps),
             "ll-hls" | "llhls" => Some(Self::LlHls),
+            "vod" => Some(Self::Vod),
             _ => None,
         }
     }
@@ -39,6 +43,7 @@ impl PlayerKind {
             Self::HttpFlv => "http-flv",
             Self::Rtmps => "rtmps",
             Self::LlHls => "ll-hls",
+            Self::Vod => "vod",
         }
     }
 }
@@ -50,6 +55,11 @@ pub enum Role {
     Player,
     /// Handshake and `connect`, then nothing: memory per idle connection.
     Idle,
+    /// A player of a file: `play`, then SetBufferLength with this many
+    /// milliseconds, as ffmpeg sends them.
+    VodPlayer {
+        buffer_ms: u32,
+    },
 }
 
 /// What a connection reports to the driver.
@@ -174,6 +184,10 @@ impl Rtmp {
                     self.stream_id = Some(stream_id);
                     match self.role {
                         Role::Publisher => self.session.publish(stream_id, &self.name),
+                        Role::VodPlayer { buffer_ms } => {
+                            self.session.play(stream_id, &self.name);
+                            self.session.set_buffer_length(stream_id, buffer_ms);
+                        }
                         _ => self.session.play(stream_id, &self.name),
                     }
                 }
@@ -462,6 +476,45 @@ mod tests {
                 "payloads intact and in order, split {split}"
             );
         }
+    }
+
+    /// A VOD player plays, then announces its buffer length on the same
+    /// stream, as ffmpeg does.
+    #[test]
+    fn vod_player_plays_then_sets_its_buffer_length() {
+        use sluice::protocol::session::{Event, ServerSession, SessionConfig};
+        use std::time::Instant;
+
+        let now = Instant::now();
+        let mut server = ServerSession::new(SessionConfig::default(), now, 7);
+        let role = Role::VodPlayer { buffer_ms: 3000 };
+        let mut player = Proto::rtmp(role, "127.0.0.1", "vod", "clip.mp4", 9);
+        let (mut to_server, mut to_player) = (BytesMut::new(), BytesMut::new());
+        let (mut up, mut seen) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            while let Some(b) = player.poll_transmit() {
+                to_server.extend_from_slice(&b);
+            }
+            server.handle_input(now, &mut to_server).unwrap();
+            while let Some(e) = server.poll_event() {
+                match e {
+                    Event::PlayRequested(req) => {
+                        seen.push(format!("play {} on {}", req.name, req.stream_id));
+                        server.accept_play(req.stream_id, true);
+                    }
+                    Event::BufferLength { stream_id, millis } => {
+                        seen.push(format!("buffer {millis} on {stream_id}"));
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(b) = server.poll_transmit() {
+                to_player.extend_from_slice(&b);
+            }
+            player.handle_input(&mut to_player, &mut up).unwrap();
+        }
+        assert_eq!(seen, ["play clip.mp4 on 1", "buffer 3000 on 1"]);
+        assert_eq!(up[0], Up::Ready);
     }
 
     #[test]

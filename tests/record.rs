@@ -459,6 +459,67 @@ fn concatenated(files: &[PathBuf], media: Media) -> Vec<Packet> {
         .collect()
 }
 
+/// Rotation by size: a file ends at the first keyframe after it reached
+/// `rotate_bytes` (MP4 and FLV alike), so every file but the last holds at
+/// least that many bytes, each starts on a keyframe and plays, and
+/// together they hold every video packet published from the first
+/// keyframe.
+#[test]
+fn rotation_by_size_ends_files_at_the_keyframe_after_the_size() {
+    const ROTATE: u64 = 600_000; // the clip is about 430 KB a GOP
+    let dir = TestDir::new();
+    let config = dir.join("sluice.toml");
+    fs::write(
+        &config,
+        format!(
+            "record_dir = {:?}\n\
+             [app.a.record]\nmode = \"all\"\nformat = \"mp4\"\nrotate_bytes = {ROTATE}\n\
+             [app.b.record]\nmode = \"all\"\nformat = \"flv\"\nrotate_bytes = {ROTATE}\n",
+            p(dir.path())
+        ),
+    )
+    .unwrap();
+    let server = Server::start(2, &["-c", &p(&config)]);
+    let mut a = publish_clip(&server, "a", "cam");
+    let mut b = publish_clip(&server, "b", "cam");
+    wait_publisher(&mut a);
+    wait_publisher(&mut b);
+    let clip = clip_packets();
+    let key_at = clip
+        .iter()
+        .find(|p| p.media == Media::Video && p.keyframe)
+        .unwrap()
+        .dts;
+    let want_video: Vec<String> = clip
+        .iter()
+        .filter(|p| p.media == Media::Video && p.dts >= key_at)
+        .map(|p| p.hash.clone())
+        .collect();
+    for (key, ext) in [("a/cam", "mp4"), ("b/cam", "flv")] {
+        let list = wait_finished(&server, key, 2);
+        let files: Vec<PathBuf> = list.iter().map(path_of).collect();
+        assert!(files.len() >= 2, "{key}: {list:?}");
+        for (n, f) in files.iter().enumerate() {
+            assert!(p(f).ends_with(ext), "{}", f.display());
+            let len = fs::metadata(f).unwrap().len();
+            if n + 1 < files.len() {
+                assert!(len >= ROTATE, "{}: {len} bytes", f.display());
+            }
+            assert_decodes_cleanly(f);
+            let first = packets_ms(f)
+                .into_iter()
+                .find(|p| p.media == Media::Video)
+                .unwrap();
+            assert!(first.keyframe, "{}: starts with {first}", f.display());
+        }
+        let got: Vec<String> = concatenated(&files, Media::Video)
+            .iter()
+            .map(|p| p.hash.clone())
+            .collect();
+        assert_eq!(got, want_video, "{key}: video across the files");
+    }
+}
+
 #[test]
 fn rotation_by_duration_makes_files_that_each_play_and_on_record_done_gets_each_path() {
     let dir = TestDir::new();

@@ -2290,3 +2290,184 @@ fn api_and_metrics_show_hls_state_and_move_with_requests() {
         .unwrap();
     assert!(listed["hls"]["renditions"].is_array(), "{listed}");
 }
+
+/// `--hls-max-bytes` bounds every stream's window together: a stream whose
+/// window would take the total past it is not packaged (404 for its
+/// playlists, logged, `sluice_hls_streams_refused_total`), and it still
+/// plays over HTTP-FLV; the stream already packaged goes on.
+#[test]
+fn a_stream_over_the_hls_memory_budget_is_not_packaged_and_still_plays() {
+    // One window of 2 MB fits in 3 MB; a second does not.
+    let live = Live::start(
+        "first",
+        &[
+            "--hls-window-bytes",
+            "2000000",
+            "--hls-max-bytes",
+            "3000000",
+        ],
+        30,
+    );
+    let _second = publish_live(&live.server, "live/second", 30);
+    live.server.wait_live("live/second");
+    wait_until(Duration::from_secs(10), "the second stream refused", || {
+        sample(
+            &scrape(&live.server),
+            "sluice_hls_streams_refused_total",
+            &[],
+        ) == 1.0
+    });
+    let s = scrape(&live.server);
+    assert_eq!(sample(&s, "sluice_hls_streams", &[]), 1.0);
+    assert_eq!(
+        sample(&s, "sluice_hls_window_reserved_bytes", &[]),
+        2_000_000.0
+    );
+    let mut http = Http::connect(live.addr());
+    for resource in ["index.m3u8", "v0.m3u8"] {
+        let r = http.get(&hls_path("live/second", resource));
+        assert_eq!(r.status, 404, "{resource}: {}", r.text());
+    }
+    // The first stream is still packaged, its playlist growing.
+    let before = live.video(&mut http).last_part();
+    wait_for(
+        Duration::from_secs(10),
+        "a new part of the first stream",
+        || {
+            let now = live.video(&mut http).last_part();
+            (now > before).then_some(())
+        },
+    );
+    // The refused stream plays over HTTP-FLV: a 200, the FLV signature and
+    // media tags.
+    let mut flv = TcpStream::connect(live.addr()).unwrap();
+    flv.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        flv,
+        "GET /live/second.flv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while got.len() < 64 * 1024 {
+        match flv.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the FLV response: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got[..got.len().min(200)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &got[i + 4..])
+        .unwrap_or_default();
+    assert!(body.windows(3).any(|w| w == b"FLV"), "no FLV header");
+    assert!(
+        got.len() >= 64 * 1024,
+        "{} bytes of the live stream",
+        got.len()
+    );
+    let log = live.server.log();
+    assert!(
+        log.contains("hls stream=live/second: not packaged"),
+        "the refusal is logged"
+    );
+}
+
+/// `[app.NAME.hls]` overrides the server-wide settings for one
+/// application: its part target and target duration show in its playlists
+/// (PART-HOLD-BACK three parts), another application keeps the defaults,
+/// and `enabled = false` leaves an application's streams unpackaged (404)
+/// while they play over HTTP-FLV as usual.
+#[test]
+fn per_application_hls_settings_override_the_defaults() {
+    let dir = TestDir::new();
+    let server = start_with_config(
+        &dir,
+        2,
+        "[app.slow.hls]\npart_target = 0.5\ntarget_duration = 6\n\
+         [app.off.hls]\nenabled = false\n",
+        &[],
+    );
+    let _slow = publish_live(&server, "slow/cam", 30);
+    let _live = publish_live(&server, "live/cam", 30);
+    let _off = publish_live(&server, "off/cam", 30);
+    let slow = wait_parts(server.http_addr(), "slow/cam", "v0", 2);
+    let live = wait_parts(server.http_addr(), "live/cam", "v0", 2);
+    assert_eq!(slow.part_target, 0.5, "{}", slow.text);
+    assert_eq!(slow.target_duration, 6, "{}", slow.text);
+    assert!(slow.text.contains("PART-HOLD-BACK=1.5"), "{}", slow.text);
+    assert_eq!(live.part_target, 0.333, "{}", live.text);
+    assert_eq!(live.target_duration, 4, "{}", live.text);
+    server.wait_live("off/cam");
+    let r = get(server.http_addr(), &hls_path("off/cam", "index.m3u8"));
+    assert_eq!(r.status, 404, "{}", r.text());
+    let api = hls_state(&server, "off/cam");
+    assert!(api.is_null(), "not packaged: {api}");
+}
+
+/// Signed play URLs apply to HLS as to any player: a playlist without the
+/// signature or with an expired one is refused, a valid one is served with
+/// the signature carried into every URI, and a part fetched through such a
+/// URI is served.
+#[test]
+fn signed_play_urls_apply_to_hls_and_are_carried_into_every_uri() {
+    use sluice::auth::{sign, SignScheme};
+    let dir = TestDir::new();
+    let server = start_with_config(
+        &dir,
+        2,
+        "[app.live.play]\nsign = { secret = \"hls-secret\" }\n",
+        &[],
+    );
+    let addr = server.http_addr();
+    let key = "live/signed";
+    let _publisher = publish_live(&server, key, 30);
+    server.wait_live(key);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = sign(
+        SignScheme::HmacSha256,
+        "hls-secret",
+        "live",
+        "signed",
+        now + 120,
+    );
+    let expired = sign(
+        SignScheme::HmacSha256,
+        "hls-secret",
+        "live",
+        "signed",
+        now - 1,
+    );
+    let open = |path: &str| get(addr, &hls_path(key, path));
+    for bad in ["v0.m3u8".to_string(), format!("v0.m3u8?sign={expired}")] {
+        let r = open(&bad);
+        assert!(matches!(r.status, 401 | 403), "{bad}: {}", r.status);
+    }
+    let media = wait_for(
+        Duration::from_secs(20),
+        "a signed playlist with parts",
+        || {
+            let r = open(&format!("v0.m3u8?sign={good}"));
+            (r.status == 200)
+                .then(|| r.text())
+                .filter(|t| t.contains("#EXT-X-PART:"))
+        },
+    );
+    let all = uris(&media);
+    assert!(!all.is_empty(), "{media}");
+    for uri in &all {
+        assert!(uri.ends_with(&format!("?sign={good}")), "{uri} in\n{media}");
+    }
+    let p = MediaPlaylist::parse(&media);
+    let part = open(&p.parts[0].uri);
+    assert_eq!(part.status, 200, "{}", p.parts[0].uri);
+    let unsigned = p.parts[0].uri.split('?').next().unwrap();
+    assert!(matches!(open(unsigned).status, 401 | 403), "{unsigned}");
+}

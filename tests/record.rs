@@ -29,6 +29,7 @@ mod common;
 
 use common::api::{self, metric, request, wait_for, wait_until};
 use common::callbacks::Callbacks;
+use common::ffmpeg9::strings;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -41,10 +42,6 @@ use std::time::{Duration, Instant};
 /// How long a finished recording may take to be listed after its stream
 /// ended (the disk threads close it).
 const LISTED: Duration = Duration::from_secs(20);
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 fn p(path: &Path) -> String {
     path.display().to_string()

@@ -30,6 +30,7 @@ mod support;
 
 use bytes::Bytes;
 use common::browser::{hls_page, Browser, StaticServer};
+use common::ffmpeg9::{make_test_card, strings};
 use common::{require_tool, run_tool, Peer, TestDir};
 use sluice::auth::AppRules;
 use sluice::protocol::amf;
@@ -44,10 +45,6 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::{http_addr, start_server, TestClient, WAIT};
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 // ---------------------------------------------------------------------------------------
 // Files
@@ -107,7 +104,7 @@ fn media() -> &'static Path {
             .map(|(name, codecs)| {
                 let (ff, out) = (ff.clone(), d.join(name));
                 let codecs: Vec<String> = strings(&codecs);
-                thread::spawn(move || make(&ff, &out, &codecs))
+                thread::spawn(move || make_test_card(&ff, &out, &codecs))
             })
             .collect();
         for h in handles {
@@ -115,36 +112,6 @@ fn media() -> &'static Path {
         }
         d
     })
-}
-
-/// Six seconds of a 320x180 test card at 30 fps (a keyframe a second) and
-/// a 48 kHz sine, encoded with `codecs`.
-fn make(ff: &str, out: &Path, codecs: &[String]) {
-    let mut args = strings(&[
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x180:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        "6",
-        "-g",
-        "30",
-        "-pix_fmt",
-        "yuv420p",
-    ]);
-    args.extend_from_slice(codecs);
-    args.push(out.display().to_string());
-    let (status, _, err) = run_tool(ff, &args, Duration::from_secs(120));
-    assert!(status.success(), "making {}: {err}", out.display());
 }
 
 /// (size, md5) of every packet of one media type, in order
@@ -315,7 +282,7 @@ fn ffmpeg9_plays_hevc_opus_and_av1_opus_packet_for_packet() {
     let dir = TestDir::new();
     let hevc = dir.join("hevc.mp4");
     let av1 = dir.join("av1.mp4");
-    make(
+    make_test_card(
         &ff,
         &hevc,
         &strings(&[
@@ -333,7 +300,7 @@ fn ffmpeg9_plays_hevc_opus_and_av1_opus_packet_for_packet() {
             "64k",
         ]),
     );
-    make(
+    make_test_card(
         &ff,
         &av1,
         &strings(&[

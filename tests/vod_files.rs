@@ -17,16 +17,13 @@
 mod common;
 
 use bytes::Bytes;
+use common::ffmpeg9::{make_test_card, strings};
 use common::{require_tool, run_tool};
 use sluice::protocol::session::MediaKind;
 use sluice::vod::{Container, Limits, Reader, Step, VodError, VodFrame};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
 
 /// The directory the test files are made in, once per test binary.
 fn dir() -> &'static Path {
@@ -46,32 +43,8 @@ fn make(ff: &str, name: &str, codecs: &[&str]) -> PathBuf {
     if out.exists() {
         return out;
     }
-    let mut args = strings(&[
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x180:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        "6",
-        "-g",
-        "30",
-        "-pix_fmt",
-        "yuv420p",
-    ]);
-    args.extend(strings(codecs));
     let tmp = dir().join(format!("tmp-{name}"));
-    args.push(tmp.display().to_string());
-    let (status, _, err) = run_tool(ff, &args, Duration::from_secs(120));
-    assert!(status.success(), "making {name}: {err}");
+    make_test_card(ff, &tmp, &strings(codecs));
     std::fs::rename(&tmp, &out).unwrap();
     out
 }

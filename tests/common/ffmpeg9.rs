@@ -12,6 +12,37 @@ pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// Six seconds of a 320x180 test card at 30 fps (a keyframe a second) and
+/// a 48 kHz sine, encoded by `ff` (any ffmpeg) with `codecs` into `out`:
+/// the files the video on demand tests play.
+pub fn make_test_card(ff: &str, out: &Path, codecs: &[String]) {
+    let mut args = strings(&[
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "6",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+    ]);
+    args.extend_from_slice(codecs);
+    args.push(out.display().to_string());
+    let (status, _, err) = run_tool(ff, &args, Duration::from_secs(120));
+    assert!(status.success(), "making {}: {err}", out.display());
+}
+
 /// Encodes a 6 s clip with ffmpeg 9: testsrc2 320x240 30 fps (and testsrc
 /// 160x120 as a second video track when `second` is given), a keyframe
 /// every second, and a sine.

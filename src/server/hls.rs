@@ -288,6 +288,9 @@ struct HlsState {
     /// (HTTP has no session; see [`StreamHls::describe`]). At most
     /// [`MAX_HLS_CLIENTS`] entries.
     clients: HashMap<IpAddr, Instant>,
+    /// When `clients` was last pruned: at most once a second, so that
+    /// requests from ever new addresses cannot make every request scan it.
+    clients_pruned: Option<Instant>,
 }
 
 /// Client addresses remembered per stream for the viewer count: past it,
@@ -351,6 +354,7 @@ impl StreamHls {
                 cache: Vec::new(),
                 last_request: None,
                 clients: HashMap::new(),
+                clients_pruned: None,
             }),
             waiters: AtomicU64::new(0),
             blocking_timeout,
@@ -446,10 +450,16 @@ impl StreamHls {
         self.counters.count(resource);
         let now = Instant::now();
         st.last_request = Some(now);
-        if st.clients.len() >= MAX_HLS_CLIENTS && !st.clients.contains_key(&client) {
+        if st.clients.len() >= MAX_HLS_CLIENTS
+            && !st.clients.contains_key(&client)
+            && st.clients_pruned.map_or(true, |at| {
+                now.saturating_duration_since(at) >= Duration::from_secs(1)
+            })
+        {
             let window = self.blocking_timeout;
             st.clients
                 .retain(|_, seen| now.saturating_duration_since(*seen) < window);
+            st.clients_pruned = Some(now);
         }
         if st.clients.len() < MAX_HLS_CLIENTS || st.clients.contains_key(&client) {
             st.clients.insert(client, now);

@@ -1259,3 +1259,113 @@ fn a_file_replaced_while_playing_plays_on_as_opened() {
     let (code, why) = play_status(&server, "movie.mp4");
     assert_eq!(code, "NetStream.Play.Failed", "{why}");
 }
+
+/// A loop never waits for a disk: with every read, open and stat of the
+/// disk threads taking 1.5 s (a cold disk; the test-only
+/// `SLUICE_TEST_DISK_READ_DELAY_MS`), four viewers of a file on the one
+/// worker wait for their own reads while a live player on the same worker
+/// goes on getting frames at the stream's pace (never 500 ms without one);
+/// the viewers are still served once their reads come back.
+#[test]
+fn a_cold_disk_slows_its_own_viewers_not_the_workers_other_players() {
+    let dir = TestDir::new();
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[app.vod.vod]\ndir = {:?}\n", media().display().to_string()),
+    )
+    .unwrap();
+    let server = common::Server::start_with_env(
+        1,
+        &["-c", &config.display().to_string()],
+        &[("SLUICE_TEST_DISK_READ_DELAY_MS", "1500")],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+    let _publisher = common::publish_ffmpeg(&server.url("live", "cam"), common::clip());
+    server.wait_live("live/cam");
+    let mut live = TestClient::connect(addr, "live");
+    let live_id = live.create_stream();
+    live.session_mut()
+        .play_with(live_id, "cam", -2000.0, -1.0, true);
+    // Joined: its first frames (the cached GOP) are in.
+    let (mut got, mut statuses) = (Vec::new(), Vec::new());
+    read_events(
+        &mut live,
+        Duration::from_secs(10),
+        &mut got,
+        &mut statuses,
+        |m, _| m.len() > 30,
+    );
+    assert!(got.len() > 30, "the live player started: {statuses:?}");
+    // Four viewers of a file, each waiting on the slow disk.
+    type Viewer = (usize, Option<Duration>, Vec<String>);
+    let viewers: Vec<thread::JoinHandle<Viewer>> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = TestClient::connect(addr, "vod");
+                let id = c.create_stream();
+                c.session_mut().set_buffer_length(id, 1000);
+                let asked = Instant::now();
+                c.session_mut()
+                    .play_with(id, "faststart.mp4", -2000.0, -1.0, true);
+                let (mut media, mut statuses) = (Vec::new(), Vec::new());
+                read_events(
+                    &mut c,
+                    Duration::from_secs(20),
+                    &mut media,
+                    &mut statuses,
+                    |m, _| m.iter().filter(|g| g.kind == MediaKind::Video).count() >= 30,
+                );
+                let first = media.first().map(|g| g.at.duration_since(asked));
+                (media.len(), first, statuses)
+            })
+        })
+        .collect();
+    // Meanwhile the live player's frames keep coming.
+    let mut longest = Duration::ZERO;
+    let mut last = Instant::now();
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(5) {
+        let before = got.len();
+        read_events(
+            &mut live,
+            Duration::from_millis(50),
+            &mut got,
+            &mut statuses,
+            |_, _| false,
+        );
+        let now = Instant::now();
+        if got.len() > before {
+            longest = longest.max(got[before].at.duration_since(last));
+            last = got[got.len() - 1].at;
+        } else {
+            longest = longest.max(now.duration_since(last));
+        }
+    }
+    eprintln!("[vod] slow disk: the live player's longest wait for a frame: {longest:?}");
+    assert!(
+        longest < Duration::from_millis(500),
+        "the live player waited {longest:?} for a frame while files were read"
+    );
+    for v in viewers {
+        let (n, first, statuses) = v.join().unwrap();
+        assert!(
+            statuses.iter().any(|s| s == "NetStream.Play.Start"),
+            "{statuses:?}"
+        );
+        assert!(
+            n >= 30,
+            "a viewer of the slow disk got {n} frames: {statuses:?}"
+        );
+        // The disk was slow for them: the file's open and first read took
+        // the delay each before the first frame.
+        let first = first.unwrap();
+        assert!(
+            first >= Duration::from_millis(1500),
+            "first frame after {first:?}"
+        );
+    }
+    assert!(server
+        .log()
+        .contains("SLUICE_TEST_DISK_READ_DELAY_MS is set"));
+}

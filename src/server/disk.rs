@@ -33,10 +33,12 @@
 //!   `Message::Disk`, for the connection that asked (the worker hands it
 //!   to that connection's `on_disk`).
 //!
-//! Test hook: the environment variable `SLUICE_TEST_DISK_DELAY_MS`, read
-//! when the pool starts, makes every write and sync sleep that long first:
-//! the tests simulate a disk slower than the stream with it. It is for
-//! tests only; nothing else reads it.
+//! Test hooks: the environment variables `SLUICE_TEST_DISK_DELAY_MS` and
+//! `SLUICE_TEST_DISK_READ_DELAY_MS`, read when the pool starts, make every
+//! write and sync, or every read, open and stat, sleep that long first:
+//! the tests simulate a disk slower than the stream (recording) or a cold
+//! disk (video on demand) with them. They are for tests only; nothing else
+//! reads them.
 
 use super::base::ConnId;
 use bytes::Bytes;
@@ -62,8 +64,27 @@ pub const MAX_LIST: usize = 100_000;
 const MAX_LIST_DEPTH: usize = 8;
 /// Names tried when a created file's name is taken (`a.mp4`, `a-1.mp4`, ...).
 const MAX_NAME_TRIES: u32 = 1000;
-/// The test-only delay (see the module documentation).
+/// The test-only delays (see the module documentation).
 pub const TEST_DELAY_ENV: &str = "SLUICE_TEST_DISK_DELAY_MS";
+pub const TEST_READ_DELAY_ENV: &str = "SLUICE_TEST_DISK_READ_DELAY_MS";
+
+/// A test-only delay from the environment variable `name`, logged once.
+fn test_delay(name: &str, what: &str) -> Option<Duration> {
+    let d = std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)?;
+    log::warn!("{name} is set: every disk {what} waits {d:?} first (tests only)");
+    Some(d)
+}
+
+/// The test-only delays a disk thread applies.
+#[derive(Debug, Clone, Copy)]
+struct Delays {
+    write: Option<Duration>,
+    read: Option<Duration>,
+}
 
 /// What a disk thread does with a file.
 #[derive(Debug)]
@@ -133,6 +154,13 @@ impl Op {
 
     fn writes(&self) -> bool {
         matches!(self, Op::Append(_) | Op::WriteAt { .. } | Op::Sync)
+    }
+
+    fn reads(&self) -> bool {
+        matches!(
+            self,
+            Op::Read { .. } | Op::Open | Op::OpenUnder { .. } | Op::Stat
+        )
     }
 }
 
@@ -312,14 +340,10 @@ impl DiskPool {
     /// Starts `threads` helper threads (at least one), each with a queue
     /// of `queue` jobs.
     pub fn new(threads: usize, queue: usize) -> io::Result<DiskPool> {
-        let delay = std::env::var(TEST_DELAY_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&ms| ms > 0)
-            .map(Duration::from_millis);
-        if let Some(d) = delay {
-            log::warn!("{TEST_DELAY_ENV} is set: every disk write waits {d:?} first (tests only)");
-        }
+        let delays = Delays {
+            write: test_delay(TEST_DELAY_ENV, "write"),
+            read: test_delay(TEST_READ_DELAY_ENV, "read"),
+        };
         let pending = Arc::new(AtomicUsize::new(0));
         let mut lanes = Vec::new();
         for i in 0..threads.max(1) {
@@ -327,7 +351,7 @@ impl DiskPool {
             let pending = pending.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-disk-{i}"))
-                .spawn(move || run(&rx, delay, &pending))?;
+                .spawn(move || run(&rx, delays, &pending))?;
             lanes.push(tx);
         }
         Ok(DiskPool {
@@ -394,9 +418,12 @@ impl DiskPool {
     }
 }
 
-fn run(rx: &Receiver<Job>, delay: Option<Duration>, pending: &AtomicUsize) {
+fn run(rx: &Receiver<Job>, delays: Delays, pending: &AtomicUsize) {
     while let Ok(job) = rx.recv() {
-        if let (Some(d), true) = (delay, job.op.writes()) {
+        if let (Some(d), true) = (delays.write, job.op.writes()) {
+            std::thread::sleep(d);
+        }
+        if let (Some(d), true) = (delays.read, job.op.reads()) {
             std::thread::sleep(d);
         }
         let name = job.op.name();

@@ -1114,6 +1114,67 @@ fn keys_guard_files_as_they_guard_live_streams() {
     assert_eq!(http_status(addr, "/vod/end.mp4/index.m3u8?key=k1"), 200);
 }
 
+/// Signed play URLs guard files as they guard live streams: the
+/// signature names the file (`APP/path`), an expired one or one for another
+/// file is refused, over RTMP and HTTP alike.
+#[test]
+fn signed_urls_guard_files_as_they_guard_live_streams() {
+    use sluice::auth::{sign, SignRule, SignScheme};
+    let server = vod_server(media(), |r| {
+        r.play.sign = Some(SignRule {
+            secret: "vod-secret".into(),
+            scheme: SignScheme::HmacSha256,
+        })
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = sign(
+        SignScheme::HmacSha256,
+        "vod-secret",
+        "vod",
+        "idx.flv",
+        now + 60,
+    );
+    let expired = sign(
+        SignScheme::HmacSha256,
+        "vod-secret",
+        "vod",
+        "idx.flv",
+        now - 1,
+    );
+    let other = sign(
+        SignScheme::HmacSha256,
+        "vod-secret",
+        "vod",
+        "end.mp4",
+        now + 60,
+    );
+    assert_eq!(
+        play_status(&server, &format!("idx.flv?sign={good}")).0,
+        "NetStream.Play.Start"
+    );
+    for bad in [
+        "idx.flv".to_string(),
+        format!("idx.flv?sign={expired}"),
+        format!("idx.flv?sign={other}"),
+    ] {
+        assert_eq!(
+            play_status(&server, &bad).0,
+            "NetStream.Play.Failed",
+            "{bad}"
+        );
+    }
+    let addr = http_addr(&server);
+    assert_eq!(http_status(addr, &format!("/vod/idx.flv?sign={good}")), 200);
+    assert!(matches!(http_status(addr, "/vod/idx.flv"), 401 | 403));
+    assert!(matches!(
+        http_status(addr, &format!("/vod/idx.flv?sign={other}")),
+        401 | 403
+    ));
+}
+
 #[test]
 fn corrupt_files_are_refused_with_a_reason() {
     let dir = TestDir::new();

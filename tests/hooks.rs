@@ -7,6 +7,7 @@
 //! `deny` (403), `rename` (302 to `renamed`), `err` (500), `hang` (no answer
 //! for 30 s), `big` (200 with a 1 MB body), `head` (an endless header).
 
+mod common;
 mod support;
 
 use sluice::config::FileConfig;
@@ -443,5 +444,51 @@ fn connect_callback_accepts_or_rejects() {
     assert!(TestClient::try_connect(addr, "other").is_ok());
     drop(ok);
     cb.wait_for("call=done&app=live");
+    server.stop();
+}
+
+/// Video on demand asks the same `on_play` callback as live streams, with
+/// the file's path as the stream name: a file the callback denies is
+/// refused over RTMP (Play.Failed) and HTTP (403), one it allows plays.
+#[test]
+fn play_callbacks_guard_files_too() {
+    let cb = Callbacks::start();
+    let dir = common::TestDir::new();
+    for name in ["allow-v.flv", "deny-v.flv"] {
+        std::fs::copy(common::clip(), dir.join(name)).unwrap();
+    }
+    let server = server_with(
+        &format!(
+            "[app.vod.vod]\ndir = {:?}\n[app.vod.hooks]\non_play = \"{}\"\ntimeout = 1\n",
+            dir.path().display().to_string(),
+            cb.url()
+        ),
+        1,
+    );
+    let addr = server.local_addr();
+    let mut c = TestClient::connect(addr, "vod");
+    c.play("allow-v.flv");
+    cb.wait_for("call=play&app=vod&name=allow-v.flv");
+    let mut d = TestClient::connect(addr, "vod");
+    let id = d.create_stream();
+    d.session_mut().play(id, "deny-v.flv");
+    d.flush();
+    d.wait_status("NetStream.Play.Failed");
+    cb.wait_for("call=play&app=vod&name=deny-v.flv");
+    let http = server.addrs().http.unwrap();
+    let status = |path: &str| {
+        let mut s = TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(status("/vod/deny-v.flv"), "403");
+    assert_eq!(status("/vod/allow-v.flv"), "200");
     server.stop();
 }

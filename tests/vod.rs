@@ -527,29 +527,17 @@ fn is_keyframe(g: &Got) -> bool {
     g.kind == MediaKind::Video && g.payload.first() == Some(&0x17) && g.payload.get(1) == Some(&1)
 }
 
-fn is_coded_video(g: &Got) -> bool {
-    g.kind == MediaKind::Video && g.payload.get(1) == Some(&1)
+/// The FLV tag type of a media kind.
+fn flv_type(kind: MediaKind) -> u8 {
+    match kind {
+        MediaKind::Audio => 8,
+        MediaKind::Video => 9,
+        MediaKind::Data => 18,
+    }
 }
 
-/// Writes what the client got as an FLV file.
-fn write_flv(got: &[Got], path: &Path) {
-    let mut b = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
-    for g in got {
-        let t = match g.kind {
-            MediaKind::Audio => 8u8,
-            MediaKind::Video => 9,
-            MediaKind::Data => 18,
-        };
-        let len = g.payload.len() as u32;
-        b.push(t);
-        b.extend_from_slice(&len.to_be_bytes()[1..]);
-        b.extend_from_slice(&g.ts.to_be_bytes()[1..]);
-        b.push((g.ts >> 24) as u8);
-        b.extend_from_slice(&[0, 0, 0]);
-        b.extend_from_slice(&g.payload);
-        b.extend_from_slice(&(len + 11).to_be_bytes());
-    }
-    std::fs::write(path, b).unwrap();
+fn is_coded_video(g: &Got) -> bool {
+    g.kind == MediaKind::Video && g.payload.get(1) == Some(&1)
 }
 
 /// `ffmpeg -v error -i FILE -f null -`: decodes with no error.
@@ -693,7 +681,11 @@ fn seek_and_pause_from_the_projects_client_then_ffmpeg_decodes_it() {
                 !(g.kind == MediaKind::Data && g.payload.get(3..15) == Some(&b"onPlayStatus"[..]))
             })
             .collect();
-        write_flv(&keep, &file);
+        common::write_flv_tags(
+            &file,
+            keep.iter()
+                .map(|g| (flv_type(g.kind), g.ts, &g.payload[..])),
+        );
         assert_decodes(&ff, &file);
     }
 }

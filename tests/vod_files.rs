@@ -109,25 +109,19 @@ fn read_bytes(
     }
 }
 
-/// The frames as an FLV file (header, tags, PreviousTagSize).
+/// The frames as an FLV file.
 fn write_flv(frames: &[VodFrame], out: &Path) {
-    let mut b = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
-    for f in frames {
-        let t = match f.kind {
-            MediaKind::Audio => 8u8,
-            MediaKind::Video => 9,
-            MediaKind::Data => 18,
-        };
-        let len = f.payload.len() as u32;
-        b.push(t);
-        b.extend_from_slice(&len.to_be_bytes()[1..]);
-        b.extend_from_slice(&f.timestamp.to_be_bytes()[1..]);
-        b.push((f.timestamp >> 24) as u8);
-        b.extend_from_slice(&[0, 0, 0]);
-        b.extend_from_slice(&f.payload);
-        b.extend_from_slice(&(len + 11).to_be_bytes());
-    }
-    std::fs::write(out, b).unwrap();
+    common::write_flv_tags(
+        out,
+        frames.iter().map(|f| {
+            let t = match f.kind {
+                MediaKind::Audio => 8u8,
+                MediaKind::Video => 9,
+                MediaKind::Data => 18,
+            };
+            (t, f.timestamp, &f.payload[..])
+        }),
+    );
 }
 
 /// (size, md5) of every packet of one media type, in order, with

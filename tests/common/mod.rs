@@ -1984,6 +1984,25 @@ pub fn received_packets(peer: &Peer, end: &PeerEnd, since: Instant) -> Vec<Packe
 // Unit tests of the comparison itself
 // ---------------------------------------------------------------------------------------
 
+/// Writes tags as an FLV file (header, then each tag with its
+/// PreviousTagSize): `(tag type: 8 audio, 9 video, 18 data, timestamp,
+/// body)`, for the tests that save what a player got and read it back with
+/// ffmpeg.
+pub fn write_flv_tags<'a>(path: &Path, tags: impl IntoIterator<Item = (u8, u32, &'a [u8])>) {
+    let mut b = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+    for (kind, ts, body) in tags {
+        let len = body.len() as u32;
+        b.push(kind);
+        b.extend_from_slice(&len.to_be_bytes()[1..]);
+        b.extend_from_slice(&ts.to_be_bytes()[1..]);
+        b.push((ts >> 24) as u8);
+        b.extend_from_slice(&[0, 0, 0]);
+        b.extend_from_slice(body);
+        b.extend_from_slice(&(len + 11).to_be_bytes());
+    }
+    fs::write(path, b).unwrap();
+}
+
 #[cfg(test)]
 mod compare_tests {
     use super::*;

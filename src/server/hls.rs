@@ -293,6 +293,30 @@ struct HlsState {
     clients_pruned: Option<Instant>,
 }
 
+impl HlsState {
+    /// `client` was answered at `now`: one lookup when it is known; a new
+    /// address is added while the table has room, the table pruned of
+    /// addresses older than `window` at most once a second when it is full.
+    fn note_client(&mut self, client: IpAddr, now: Instant, window: Duration) {
+        if let Some(seen) = self.clients.get_mut(&client) {
+            *seen = now;
+            return;
+        }
+        if self.clients.len() >= MAX_HLS_CLIENTS
+            && self.clients_pruned.map_or(true, |at| {
+                now.saturating_duration_since(at) >= Duration::from_secs(1)
+            })
+        {
+            self.clients
+                .retain(|_, seen| now.saturating_duration_since(*seen) < window);
+            self.clients_pruned = Some(now);
+        }
+        if self.clients.len() < MAX_HLS_CLIENTS {
+            self.clients.insert(client, now);
+        }
+    }
+}
+
 /// Client addresses remembered per stream for the viewer count: past it,
 /// the ones not seen within the viewer window go first, and new ones are
 /// not counted while every entry is recent (the count then reads as at
@@ -450,20 +474,7 @@ impl StreamHls {
         self.counters.count(resource);
         let now = Instant::now();
         st.last_request = Some(now);
-        if st.clients.len() >= MAX_HLS_CLIENTS
-            && !st.clients.contains_key(&client)
-            && st.clients_pruned.map_or(true, |at| {
-                now.saturating_duration_since(at) >= Duration::from_secs(1)
-            })
-        {
-            let window = self.blocking_timeout;
-            st.clients
-                .retain(|_, seen| now.saturating_duration_since(*seen) < window);
-            st.clients_pruned = Some(now);
-        }
-        if st.clients.len() < MAX_HLS_CLIENTS || st.clients.contains_key(&client) {
-            st.clients.insert(client, now);
-        }
+        st.note_client(client, now, self.blocking_timeout);
         let content_type = resource.content_type();
         let rendered = match resource {
             Resource::Multivariant => Some(Rendered::Multivariant),
@@ -711,6 +722,39 @@ pub(crate) fn error_body(why: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The viewer table stays within its bound: a full table of recent
+    /// addresses takes no new one; once they are older than the window the
+    /// next new address prunes them (not sooner than a second after the
+    /// last prune) and is counted.
+    #[test]
+    fn the_client_table_is_bounded_and_pruned_when_full() {
+        let mut st = HlsState {
+            packager: Packager::new(PackagerConfig::default()).unwrap(),
+            version: 0,
+            cache: Vec::new(),
+            last_request: None,
+            clients: HashMap::new(),
+            clients_pruned: None,
+        };
+        let window = Duration::from_secs(6);
+        let t0 = Instant::now();
+        let addr = |i: u32| IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) + 1));
+        for i in 0..MAX_HLS_CLIENTS as u32 {
+            st.note_client(addr(i), t0, window);
+        }
+        assert_eq!(st.clients.len(), MAX_HLS_CLIENTS);
+        let extra = addr(u32::MAX);
+        st.note_client(extra, t0 + Duration::from_secs(1), window);
+        assert!(!st.clients.contains_key(&extra), "every entry is recent");
+        // A known address is refreshed whatever the size.
+        st.note_client(addr(7), t0 + window, window);
+        assert_eq!(st.clients[&addr(7)], t0 + window);
+        // The others are past the window: pruned, and the new one counted.
+        st.note_client(extra, t0 + window + Duration::from_secs(1), window);
+        assert_eq!(st.clients.len(), 2);
+        assert!(st.clients.contains_key(&extra));
+    }
 
     #[test]
     fn routes_resources_under_a_stream() {

@@ -908,6 +908,13 @@ settings! {
             default: DEFAULT_HLS_WINDOW_BYTES,
             help: "HLS window bound per stream, in bytes",
         }
+        /// One video and one audio track as one muxed variant.
+        hls_mux_audio: bool {
+            key: hls_mux_audio,
+            hint: "BOOL",
+            default: true,
+            help: "offer a stream of one video and one audio track as one muxed variant (both tracks in each part) instead of video with an audio group (true or false)",
+        }
         /// Bytes every HLS window may hold together.
         hls_max_bytes: usize {
             key: hls_max_bytes,
@@ -1242,6 +1249,7 @@ impl Config {
             min_segment: self.hls_min_segment,
             window_segments: self.hls_window_segments,
             window_bytes: self.hls_window_bytes,
+            mux_audio: self.hls_mux_audio,
         }
     }
 
@@ -1550,6 +1558,7 @@ mod tests {
         ("hls_min_segment", "0.5", "1.5"),
         ("hls_window_segments", "10", "12"),
         ("hls_window_bytes", "2000000", "3000000"),
+        ("hls_mux_audio", "false", "true"),
         ("hls_max_bytes", "100000000", "200000000"),
         ("proxy_protocol", "127.0.0.2,10.0.0.0/8", "::1"),
         ("handover", "127.0.0.1:1936", "127.0.0.1:1937"),

@@ -50,6 +50,7 @@ pub struct HlsApp {
     pub min_segment: Option<Secs>,
     pub window_segments: Option<usize>,
     pub window_bytes: Option<usize>,
+    pub mux_audio: Option<bool>,
 }
 
 /// The server-wide HLS settings (from the settings table).
@@ -61,6 +62,7 @@ pub struct HlsDefaults {
     pub min_segment: Duration,
     pub window_segments: usize,
     pub window_bytes: usize,
+    pub mux_audio: bool,
 }
 
 fn millis(d: Duration) -> u32 {
@@ -89,6 +91,7 @@ pub fn packager_config(
         min_segment_ms: millis(over.min_segment.map_or(defaults.min_segment, |s| s.0)),
         window_segments: over.window_segments.unwrap_or(defaults.window_segments),
         window_bytes: over.window_bytes.unwrap_or(defaults.window_bytes),
+        mux_audio: over.mux_audio.unwrap_or(defaults.mux_audio),
     };
     crate::cmaf::Packager::new(config.clone()).map_err(|e| e.to_string())?;
     Ok(Some(config))
@@ -157,6 +160,7 @@ mod tests {
             min_segment: Duration::from_secs(1),
             window_segments: 20,
             window_bytes: 32 << 20,
+            mux_audio: true,
         }
     }
 

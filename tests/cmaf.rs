@@ -25,12 +25,14 @@
 
 use bytes::Bytes;
 use mp4_atom::{Any, Decode, Moof, Moov};
-use sluice::cmaf::{Output, Packager, PackagerConfig, RenditionId, Resource, Skip, TrackKind};
+use sluice::cmaf::{
+    Body, Output, Packager, PackagerConfig, RenditionId, Resource, Segment, Skip, TrackKind,
+};
 use sluice::protocol::session::MediaKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 // ---------------------------------------------------------------------------------------
 // Tools
@@ -153,6 +155,9 @@ struct Run {
     outputs: Vec<Output>,
     /// Playlists rendered mid-stream (live), per rendition.
     live: BTreeMap<RenditionId, String>,
+    /// The muxed rendition's segments, each taken as it completed (the
+    /// window keeps only the last few).
+    muxed: Vec<Arc<Segment>>,
 }
 
 /// Feeds the tags (wall clock advancing with the timestamps), takes a
@@ -161,11 +166,33 @@ fn package(tags: &[Tag]) -> Run {
     let mut packager = Packager::new(PackagerConfig::default()).unwrap();
     let mut outputs = Vec::new();
     let mut live = BTreeMap::new();
+    let mut muxed: Vec<Arc<Segment>> = Vec::new();
+    let take_muxed = |packager: &Packager, muxed: &mut Vec<Arc<Segment>>| {
+        let Some(m) = packager.muxed_rendition() else {
+            return;
+        };
+        // From the first segment of its playlist, then on.
+        let first = || {
+            let pl = packager.media_playlist(m, Skip::No)?;
+            let line = pl
+                .lines()
+                .find(|l| l.starts_with("#EXT-X-MEDIA-SEQUENCE:"))?;
+            line.split(':').nth(1)?.parse::<u64>().ok()
+        };
+        let Some(mut next) = muxed.last().map(|s| s.msn + 1).or_else(first) else {
+            return;
+        };
+        while let Some(s) = packager.segment(m, next) {
+            muxed.push(s);
+            next += 1;
+        }
+    };
     for (i, t) in tags.iter().enumerate() {
         packager.handle_frame(t.kind, t.ts, &t.payload, WALL_START + u64::from(t.ts));
         while let Some(o) = packager.poll_output() {
             outputs.push(o);
         }
+        take_muxed(&packager, &mut muxed);
         if i == tags.len() / 2 {
             for r in packager.renditions() {
                 live.insert(r.id, packager.media_playlist(r.id, Skip::No).unwrap());
@@ -176,6 +203,7 @@ fn package(tags: &[Tag]) -> Run {
     while let Some(o) = packager.poll_output() {
         outputs.push(o);
     }
+    take_muxed(&packager, &mut muxed);
     for o in &outputs {
         assert!(!matches!(o, Output::TrackSkipped(_)), "{o:?}");
     }
@@ -183,6 +211,7 @@ fn package(tags: &[Tag]) -> Run {
         packager,
         outputs,
         live,
+        muxed,
     }
 }
 
@@ -242,6 +271,34 @@ fn write_out(dir: &Path, run: &Run) {
         }
         write(dir, &format!("{id}.mp4"), &whole);
     }
+    // The muxed rendition the multivariant playlist names, if any: its
+    // playlist and what it lists; its init and every segment it made as
+    // `m0.mp4`.
+    if let Some(m) = p.muxed_rendition() {
+        let pl = p.media_playlist(m, Skip::No).unwrap();
+        write(dir, &Resource::Media(m).to_string(), pl.as_bytes());
+        for line in pl.lines() {
+            let uri = match line.strip_prefix('#') {
+                Some(tag) => match attr(tag, "URI") {
+                    Some(u) => u.trim_matches('"'),
+                    None => continue,
+                },
+                None => line,
+            };
+            let resource = Resource::parse(uri).unwrap_or_else(|| panic!("{uri}"));
+            let bytes = match p.respond(&resource, &Default::default()).unwrap() {
+                Body::Init(b) => b.to_vec(),
+                Body::Media(w) => w.to_vec(),
+                Body::Playlist(_) => panic!("{uri}: a playlist"),
+            };
+            write(dir, uri, &bytes);
+        }
+        let mut whole = p.init(m, p.init_version(m).unwrap()).unwrap().to_vec();
+        for s in &run.muxed {
+            whole.extend_from_slice(&s.wire.to_vec());
+        }
+        write(dir, &format!("{m}.mp4"), &whole);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -283,9 +340,22 @@ fn check_init(bytes: &[u8]) -> Vec<(u32, String, u32)> {
 }
 
 /// Parses one or more fragments (moof + mdat): returns, per fragment,
-/// (tfdt, sum of durations, sample count). Checks the trun covers exactly
-/// the mdat and its data offset points at the mdat's first byte.
+/// (tfdt, sum of durations, sample count). Checks each is of `track_id`,
+/// the trun covers exactly the mdat and its data offset points at the
+/// mdat's first byte.
 fn check_fragments(bytes: &[u8], track_id: u32) -> Vec<(u64, u64, usize)> {
+    fragments(bytes)
+        .into_iter()
+        .map(|(id, tfdt, duration, samples)| {
+            assert_eq!(id, track_id);
+            (tfdt, duration, samples)
+        })
+        .collect()
+}
+
+/// [`check_fragments`] for fragments of any track: (track id, tfdt,
+/// duration, sample count) per fragment.
+fn fragments(bytes: &[u8]) -> Vec<(u32, u64, u64, usize)> {
     let mut buf = bytes;
     let mut out = Vec::new();
     while !buf.is_empty() {
@@ -297,7 +367,6 @@ fn check_fragments(bytes: &[u8], track_id: u32) -> Vec<(u64, u64, usize)> {
         };
         assert_eq!(moof.traf.len(), 1, "one track per fragment");
         let traf = &moof.traf[0];
-        assert_eq!(traf.tfhd.track_id, track_id);
         assert!(traf.tfhd.default_base_is_moof);
         assert_eq!(traf.trun.len(), 1);
         let trun = &traf.trun[0];
@@ -313,7 +382,7 @@ fn check_fragments(bytes: &[u8], track_id: u32) -> Vec<(u64, u64, usize)> {
             .map(|e| u64::from(e.duration.expect("duration")))
             .sum();
         let tfdt = traf.tfdt.as_ref().expect("tfdt").base_media_decode_time;
-        out.push((tfdt, duration, entries.len()));
+        out.push((traf.tfhd.track_id, tfdt, duration, entries.len()));
     }
     out
 }
@@ -377,6 +446,83 @@ fn check_boxes(run: &Run) {
     let ids: Vec<u32> = combined.iter().map(|t| t.0).collect();
     let expected: Vec<u32> = p.renditions().iter().map(|r| r.id.mp4_track_id()).collect();
     assert_eq!(ids, expected);
+}
+
+/// The muxed rendition (one video and one audio track): its init lists
+/// both tracks; each part is the two track parts of its sequence number
+/// back to back, fragments in `mfhd` order, with `tfdt` continuous per
+/// track from part to part; each segment is its parts; and ffmpeg 9 reads
+/// the source's video and audio packets, every one, out of `m0.mp4`.
+fn check_muxed(dir: &Path, run: &Run, source: &[(String, Vec<Packet>)]) {
+    let p = &run.packager;
+    let m = p.muxed_rendition().expect("a muxed rendition");
+    let (v, a) = (RenditionId::video(m.track), RenditionId::audio(0));
+    let traks = check_init(&p.init(m, p.init_version(m).unwrap()).unwrap());
+    let ids: Vec<u32> = traks.iter().map(|t| t.0).collect();
+    assert_eq!(ids, [v.mp4_track_id(), a.mp4_track_id()]);
+    assert!(run.muxed.len() >= 3, "{} muxed segments", run.muxed.len());
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut parts = 0;
+    for (k, s) in run.muxed.iter().enumerate() {
+        assert_eq!(s.msn, run.muxed[0].msn + k as u64, "consecutive segments");
+        assert_eq!(s.init_version, run.muxed[0].init_version);
+        let joined: Vec<u8> = s.parts.iter().flat_map(|p| p.wire.to_vec()).collect();
+        assert_eq!(s.wire.to_vec(), joined, "a segment is its parts");
+        for part in &s.parts {
+            let halves: Vec<Arc<sluice::cmaf::Part>> = [p.part(v, part.seq), p.part(a, part.seq)]
+                .into_iter()
+                .flatten()
+                .filter(|h| !h.gap)
+                .collect();
+            if !halves.is_empty() {
+                // Still in the track windows: the same bytes, in order.
+                let mut halves = halves;
+                halves.sort_by_key(|h| h.fragment_seq);
+                let expected: Vec<u8> = halves.iter().flat_map(|h| h.wire.to_vec()).collect();
+                assert_eq!(part.wire.to_vec(), expected, "{m} part {}", part.seq);
+            }
+            let frags = fragments(&part.wire.to_vec());
+            // Video and audio; at the very end, audio that ran on past
+            // the video alone.
+            let tail =
+                k + 1 == run.muxed.len() && frags.len() == 1 && frags[0].0 == a.mp4_track_id();
+            assert!(
+                (frags.len() == 2 && frags[0].0 != frags[1].0) || tail,
+                "{m} part {}: video and audio",
+                part.seq
+            );
+            for (id, tfdt, duration, _) in frags {
+                if let Some(&expected) = next.get(&id) {
+                    assert_eq!(tfdt, expected, "{m} part {} track {id}", part.seq);
+                }
+                next.insert(id, tfdt + duration);
+            }
+            parts += 1;
+        }
+    }
+    assert!(parts > 10, "{parts} muxed parts");
+    let got = framemd5(&dir.join(format!("{m}.mp4")), &[]);
+    assert_eq!(got.len(), 2, "{m}: video and audio");
+    let start = run.muxed[0].parts[0].decode_time as i64 * 1000
+        / i64::from(run.muxed[0].parts[0].timescale);
+    for (kind, packets) in &got {
+        let want: Vec<&Packet> = source
+            .iter()
+            .find(|s| &s.0 == kind)
+            .unwrap()
+            .1
+            .iter()
+            .filter(|p| p.dts_ms >= start)
+            .collect();
+        assert_eq!(packets.len(), want.len(), "{m}: {kind} packet count");
+        for (i, (g, w)) in packets.iter().zip(&want).enumerate() {
+            assert_eq!(g, *w, "{m}: {kind} packet {i}");
+        }
+        eprintln!(
+            "[cmaf] {m}: {} {kind} packets match the source",
+            packets.len()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -466,6 +612,7 @@ fn check_packets(dir: &Path, run: &Run, source: &[(String, Vec<Packet>)]) {
         let (kind, list) = match r.id.kind {
             TrackKind::Video => ("video", &videos),
             TrackKind::Audio => ("audio", &audios),
+            TrackKind::Muxed => unreachable!("not a track"),
         };
         assert!(got[0].dts_ms >= start);
         let want: Vec<&Packet> = list[usize::from(r.id.track)]
@@ -712,6 +859,9 @@ fn check_clip(
     check_packets(&dir, &run, source);
     check_playlists(&dir, &run);
     check_with_debian_ffmpeg(&dir, &run, decode);
+    if run.packager.muxed_rendition().is_some() {
+        check_muxed(&dir, &run, source);
+    }
     let mv = std::fs::read_to_string(dir.join("index.m3u8")).unwrap();
     eprintln!("[cmaf] {name}: multivariant\n{mv}");
     // Every clip has GOPs of 2 s and one configuration per track: every

@@ -1,8 +1,10 @@
 //! `sluice-load --kind ll-hls` against the real `sluice` binary: ten LL-HLS
 //! viewers (blocking playlist reloads and parts, one connection per
 //! rendition) for a few seconds, then checks of its JSON record: every
-//! viewer got both renditions' parts in sequence, every part whole and
-//! every sample's stamp and fill intact. No timing or performance
+//! viewer got the video's and the audio's parts in sequence (the muxed
+//! rendition's, or with `--hls-mux-audio false` the video and audio
+//! renditions'), every part whole and every sample's stamp and fill
+//! intact. No timing or performance
 //! assertion: figures belong in perf/results/ (perf/hls), not in
 //! `cargo test`.
 
@@ -40,7 +42,16 @@ fn wait_listening(port: u16) {
 }
 
 #[test]
+fn ten_ll_hls_viewers_get_every_part_of_the_muxed_rendition_intact() {
+    ten_viewers(true);
+}
+
+#[test]
 fn ten_ll_hls_viewers_get_every_part_of_both_renditions_intact() {
+    ten_viewers(false);
+}
+
+fn ten_viewers(muxed: bool) {
     let (rtmp, http) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
@@ -50,6 +61,8 @@ fn ten_ll_hls_viewers_get_every_part_of_both_renditions_intact() {
             &format!("127.0.0.1:{http}"),
             "--workers",
             "1",
+            "--hls-mux-audio",
+            if muxed { "true" } else { "false" },
         ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -60,7 +73,11 @@ fn ten_ll_hls_viewers_get_every_part_of_both_renditions_intact() {
     let server = Server(child);
     wait_listening(rtmp);
     wait_listening(http);
-    let dir = std::env::temp_dir().join(format!("sluice-perf-hls-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-perf-hls-{}-{}",
+        std::process::id(),
+        if muxed { "muxed" } else { "tracks" }
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("run.json");
     let out = Command::new(perf_tool::sluice_load())
@@ -102,9 +119,11 @@ fn ten_ll_hls_viewers_get_every_part_of_both_renditions_intact() {
     assert_eq!(r["errors"], Value::Array(vec![]), "{ctx}");
     let h = &r["hls"];
     assert_eq!(h["viewers"], 10, "{ctx}");
-    // Video and audio, each on a connection of its own.
-    assert_eq!(h["renditions_per_viewer"], 2, "{ctx}");
-    assert_eq!(h["connections"], 20, "{ctx}");
+    // Video and audio in one muxed rendition, or each on a connection of
+    // its own.
+    let renditions = if muxed { 1 } else { 2 };
+    assert_eq!(h["renditions_per_viewer"], renditions, "{ctx}");
+    assert_eq!(h["connections"], 10 * renditions, "{ctx}");
     let c = &h["counts"];
     assert_eq!(c["complete"], 10, "{ctx}");
     for zero in [
@@ -120,9 +139,9 @@ fn ten_ll_hls_viewers_get_every_part_of_both_renditions_intact() {
     ] {
         assert_eq!(c[zero], 0, "{zero}: {ctx}");
     }
-    // At about three parts a second per rendition, 20 connections over
-    // the run fetched well over a hundred parts.
-    assert!(c["parts"].as_u64().unwrap() > 100, "{ctx}");
+    // At about three parts a second per rendition, 10 or 20 connections
+    // over the run fetched well over 50 or 100 parts.
+    assert!(c["parts"].as_u64().unwrap() > 50 * renditions, "{ctx}");
     assert!(r["frames"]["video"].as_u64().unwrap() > 0, "{ctx}");
     assert!(r["frames"]["audio"].as_u64().unwrap() > 0, "{ctx}");
     assert_eq!(r["held"], true, "{ctx}");

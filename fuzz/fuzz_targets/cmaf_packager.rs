@@ -25,6 +25,7 @@ fuzz_target!(|input: &[u8]| {
         min_segment_ms: 300,
         window_segments: 3,
         window_bytes: 1 << 20, // the least the packager accepts
+        mux_audio: true,
     };
     let mut p = Packager::new(config).expect("a valid configuration");
     let data = Bytes::copy_from_slice(input);
@@ -79,6 +80,21 @@ fuzz_target!(|input: &[u8]| {
         let _ = p.media_playlist(r.id, Skip::No);
         let _ = p.media_playlist(r.id, Skip::Yes);
         let _ = p.init(r.id, 0);
+    }
+    // The muxed rendition, when the stream is one video and one audio
+    // track: its playlists, init, and every part it lists.
+    if let Some(m) = p.muxed_rendition() {
+        let _ = p.media_playlist(m, Skip::Yes);
+        if let Some(pl) = p.media_playlist(m, Skip::No) {
+            for uri in pl.split('"').filter(|u| u.starts_with("m")) {
+                if let Some(resource) = Resource::parse(uri) {
+                    let _ = p.respond(&resource, &Directives::default());
+                }
+            }
+        }
+        if let Some(v) = p.init_version(m) {
+            assert!(p.init(m, v).is_some(), "the current muxed init is served");
+        }
     }
     let _ = p.multivariant();
     let _ = p.combined_init();

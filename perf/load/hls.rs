@@ -447,6 +447,38 @@ pub fn check_fragment(data: &[u8]) -> Result<Fragment, String> {
     f.ok_or_else(|| "no samples".into())
 }
 
+/// Checks a part of any rendition: one fragment ([`check_fragment`]), or
+/// for a muxed rendition one per track (video and audio back to back).
+pub fn check_part(data: &[u8]) -> Result<Vec<Fragment>, String> {
+    let top = boxes(data)?;
+    if top.is_empty() || top.len() % 2 != 0 {
+        return Err(format!(
+            "{} top-level boxes, not moof + mdat pairs",
+            top.len()
+        ));
+    }
+    let mut out: Vec<Fragment> = Vec::new();
+    let mut at = 0;
+    for pair in top.chunks(2) {
+        let len = pair[0].1.len() + pair[1].1.len();
+        let f = check_fragment(&data[at..at + len])?;
+        at += len;
+        if out.iter().any(|o| o.track == f.track) {
+            return Err(format!("two {:?} fragments in one part", f.track));
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// Index of a track in per-track counters.
+fn slot(t: Track) -> usize {
+    match t {
+        Track::Video => 0,
+        Track::Audio => 1,
+    }
+}
+
 /// Checks an init segment: `ftyp` then `moov`.
 fn check_init(data: &[u8]) -> Result<(), String> {
     let top = boxes(data)?;
@@ -574,7 +606,8 @@ struct Conn {
     last: Option<MediaPlaylist>,
     last_at_ns: u64,
     init_done: bool,
-    seq: Seq,
+    /// Per track (video, audio): a muxed rendition's parts carry both.
+    seq: [Seq; 2],
     parts: u64,
     missed_parts: u64,
     corrupt: u64,
@@ -582,9 +615,10 @@ struct Conn {
     timeouts: u64,
     parts_at_start: u64,
     parts_at_end: u64,
-    /// Samples received (video or audio, by the rendition's track).
-    samples: u64,
-    track: Option<Track>,
+    /// Samples received, per track (video, audio).
+    samples: [u64; 2],
+    /// The tracks its first part carried: no later part brings another.
+    tracks: Option<[bool; 2]>,
 }
 
 /// Totals at a window edge.
@@ -718,7 +752,7 @@ impl Viewers {
             last: None,
             last_at_ns: 0,
             init_done: false,
-            seq: Seq::default(),
+            seq: [Seq::default(), Seq::default()],
             parts: 0,
             missed_parts: 0,
             corrupt: 0,
@@ -726,8 +760,8 @@ impl Viewers {
             timeouts: 0,
             parts_at_start: 0,
             parts_at_end: 0,
-            samples: 0,
-            track: None,
+            samples: [0; 2],
+            tracks: None,
         });
         Some(i)
     }
@@ -969,28 +1003,34 @@ impl Viewers {
                     .as_ref()
                     .and_then(|p| p.parts.iter().find(|r| r.seq == seq))
                     .map(|r| r.independent);
-                match check_fragment(&body) {
-                    Ok(f) => {
-                        c.seq.accept(f.first_seq, f.last_seq);
-                        c.samples += u64::from(f.samples);
-                        if c.track.is_some_and(|t| t != f.track) {
+                match check_part(&body) {
+                    Ok(frags) => {
+                        let mut has = [false; 2];
+                        for f in &frags {
+                            has[slot(f.track)] = true;
+                        }
+                        let first = *c.tracks.get_or_insert(has);
+                        if has.iter().zip(first).any(|(&h, f)| h && !f) {
                             c.corrupt += 1;
                         }
-                        c.track = Some(f.track);
-                        if f.track == Track::Video
-                            && independent.is_some_and(|i| i != f.starts_with_idr)
-                        {
-                            c.independent_wrong += 1;
-                        }
-                        if measuring {
-                            let lat = match f.track {
-                                Track::Video => &mut self.video,
-                                Track::Audio => &mut self.audio,
-                            };
-                            lat.ready
-                                .record(listed_ns.saturating_sub(f.newest_ns) / 1000);
-                            lat.received.record(now.saturating_sub(f.newest_ns) / 1000);
-                            lat.oldest.record(now.saturating_sub(f.oldest_ns) / 1000);
+                        for f in frags {
+                            c.seq[slot(f.track)].accept(f.first_seq, f.last_seq);
+                            c.samples[slot(f.track)] += u64::from(f.samples);
+                            if f.track == Track::Video
+                                && independent.is_some_and(|i| i != f.starts_with_idr)
+                            {
+                                c.independent_wrong += 1;
+                            }
+                            if measuring {
+                                let lat = match f.track {
+                                    Track::Video => &mut self.video,
+                                    Track::Audio => &mut self.audio,
+                                };
+                                lat.ready
+                                    .record(listed_ns.saturating_sub(f.newest_ns) / 1000);
+                                lat.received.record(now.saturating_sub(f.newest_ns) / 1000);
+                                lat.oldest.record(now.saturating_sub(f.oldest_ns) / 1000);
+                            }
                         }
                     }
                     Err(e) => {
@@ -1118,7 +1158,7 @@ impl Viewers {
             let ok = c.init_done
                 && c.parts > 0
                 && c.missed_parts + c.corrupt + c.independent_wrong + c.timeouts == 0
-                && c.seq.missing + c.seq.repeated == 0
+                && c.seq.iter().all(|s| s.missing + s.repeated == 0)
                 && !failed(c)
                 && !slow(c);
             let v = &mut per_viewer[c.viewer];
@@ -1135,8 +1175,8 @@ impl Viewers {
         let sum = |f: fn(&Conn) -> u64| viewers.iter().map(|c| f(c)).sum::<u64>();
         let disconnected = viewers.iter().filter(|c| failed(c)).count();
         let below = viewers.iter().filter(|c| slow(c)).count();
-        let missing = sum(|c| c.seq.missing);
-        let repeated = sum(|c| c.seq.repeated);
+        let missing = sum(|c| c.seq.iter().map(|s| s.missing).sum());
+        let repeated = sum(|c| c.seq.iter().map(|s| s.repeated).sum());
         let corrupt = sum(|c| c.corrupt);
         let ms = |h: &Histogram| {
             json!({
@@ -1225,13 +1265,7 @@ impl Viewers {
             "disconnected": disconnected,
             "complete": complete,
         });
-        let samples = |t: Track| {
-            viewers
-                .iter()
-                .filter(|c| c.track == Some(t))
-                .map(|c| c.samples)
-                .sum::<u64>()
-        };
+        let samples = |t: Track| viewers.iter().map(|c| c.samples[slot(t)]).sum::<u64>();
         r["frames"]["video"] = json!(samples(Track::Video));
         r["frames"]["audio"] = json!(samples(Track::Audio));
         r["frames"]["missing"] = json!(missing);
@@ -1297,7 +1331,11 @@ mod tests {
     /// The generated stream through the server's own packager, for `secs`
     /// seconds of media.
     fn packaged(secs: u64) -> Packager {
-        let mut p = Packager::new(PackagerConfig::default()).unwrap();
+        packaged_with(secs, PackagerConfig::default())
+    }
+
+    fn packaged_with(secs: u64, config: PackagerConfig) -> Packager {
+        let mut p = Packager::new(config).unwrap();
         let mut g = Generator::new(Shape::default());
         for f in g.headers() {
             p.handle_frame(f.kind, f.timestamp, &f.payload, 0);
@@ -1338,7 +1376,16 @@ mod tests {
 
     #[test]
     fn reads_the_renditions_of_the_packagers_multivariant_playlist() {
+        // One video and one audio track: one muxed rendition.
         let p = packaged(3);
+        let uris = parse_multivariant(&text(get(&p, "index.m3u8"))).unwrap();
+        assert_eq!(uris, ["m0.m3u8"]);
+        // Without muxing: the video and its audio group.
+        let config = PackagerConfig {
+            mux_audio: false,
+            ..PackagerConfig::default()
+        };
+        let p = packaged_with(3, config);
         let uris = parse_multivariant(&text(get(&p, "index.m3u8"))).unwrap();
         assert_eq!(uris, ["v0.m3u8", "a0.m3u8"]);
         assert!(parse_multivariant("#EXTM3U\n").is_err());
@@ -1414,6 +1461,37 @@ mod tests {
                 assert!(independent >= 3, "a keyframe every 2 s");
             }
         }
+    }
+
+    /// A muxed part is a video and an audio fragment: both check, each
+    /// track's frames consecutive from part to part.
+    #[test]
+    fn muxed_parts_carry_both_tracks_and_check() {
+        let p = packaged(10);
+        let pl = parse_media(&text(get(&p, "m0.m3u8"))).unwrap();
+        check_init(&bytes(get(&p, pl.map.as_deref().unwrap()))).unwrap();
+        assert!(pl.parts.len() > 20, "{}", pl.parts.len());
+        let mut seq = [Seq::default(), Seq::default()];
+        for part in &pl.parts {
+            let frags = check_part(&bytes(get(&p, &part.uri))).unwrap();
+            let tracks: Vec<Track> = frags.iter().map(|f| f.track).collect();
+            assert!(
+                tracks.contains(&Track::Video) && tracks.len() == 2,
+                "{tracks:?}"
+            );
+            for f in frags {
+                seq[slot(f.track)].accept(f.first_seq, f.last_seq);
+            }
+        }
+        for s in &seq {
+            assert_eq!((s.missing, s.repeated), (0, 0));
+        }
+        // A part of one track checks as one fragment; twice the same
+        // track does not.
+        let v = parse_media(&text(get(&p, "v0.m3u8"))).unwrap();
+        let good = bytes(get(&p, &v.parts[1].uri));
+        assert_eq!(check_part(&good).unwrap().len(), 1);
+        assert!(check_part(&[good.clone(), good].concat()).is_err());
     }
 
     #[test]

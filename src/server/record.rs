@@ -81,6 +81,8 @@ fn own_packager_config() -> PackagerConfig {
         min_segment_ms: 1000,
         window_segments: 2,
         window_bytes: 32 << 20,
+        // Nothing plays from it.
+        mux_audio: false,
     }
 }
 

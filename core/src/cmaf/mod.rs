@@ -40,16 +40,23 @@ pub use request::{Body, Decision, DirectiveError, Directives, Resource, Skip};
 
 use std::fmt;
 
-/// Audio or video.
+/// What a rendition carries: one video track, one audio track, or a video
+/// track with the stream's audio track muxed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TrackKind {
     Video,
     Audio,
+    /// Video track `track` and the stream's audio track in one fMP4: each
+    /// part is the two tracks' parts back to back (`Packager` builds it
+    /// for a stream of one video and one audio track; docs/hls.md,
+    /// "The muxed rendition").
+    Muxed,
 }
 
 /// A rendition: one track of the stream (CMAF style, one track per
 /// rendition), named by its kind and its FLV track id (0 without Enhanced
-/// RTMP multitrack). Written `v0`, `a0`, `v1`, ... in URLs.
+/// RTMP multitrack), or a muxed rendition named by its video track.
+/// Written `v0`, `a0`, `v1`, `m0`, ... in URLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RenditionId {
     pub kind: TrackKind,
@@ -71,12 +78,21 @@ impl RenditionId {
         }
     }
 
+    /// Video track `track` with the stream's audio muxed in.
+    pub const fn muxed(track: u8) -> Self {
+        RenditionId {
+            kind: TrackKind::Muxed,
+            track,
+        }
+    }
+
     /// The MP4 track_ID: video tracks 1..=256 and audio tracks 257..=512
     /// by FLV track id, so ids are unique within a stream and stable when
     /// tracks come and go (a combined init for recording lists them all).
+    /// A muxed rendition's is its video track's.
     pub fn mp4_track_id(self) -> u32 {
         match self.kind {
-            TrackKind::Video => 1 + u32::from(self.track),
+            TrackKind::Video | TrackKind::Muxed => 1 + u32::from(self.track),
             TrackKind::Audio => 257 + u32::from(self.track),
         }
     }
@@ -87,6 +103,7 @@ impl fmt::Display for RenditionId {
         let k = match self.kind {
             TrackKind::Video => 'v',
             TrackKind::Audio => 'a',
+            TrackKind::Muxed => 'm',
         };
         write!(f, "{k}{}", self.track)
     }
@@ -125,6 +142,14 @@ pub struct PackagerConfig {
     /// it in samples waiting for their part. Default 64 MiB: 40 s of a
     /// 12 Mbit/s ladder; at least 1 MiB.
     pub window_bytes: usize,
+    /// Offer a stream of one video and one audio track as one muxed
+    /// rendition (`m0`: both tracks in each part) in its multivariant
+    /// playlist, instead of a video rendition with an audio group. The
+    /// track renditions are served either way. Default true: a player
+    /// then loads one playlist and one part per part interval, and
+    /// hls.js starts closer to the live edge (docs/hls.md, "The muxed
+    /// rendition").
+    pub mux_audio: bool,
 }
 
 impl Default for PackagerConfig {
@@ -135,6 +160,7 @@ impl Default for PackagerConfig {
             min_segment_ms: 1000,
             window_segments: 20,
             window_bytes: 64 << 20,
+            mux_audio: true,
         }
     }
 }

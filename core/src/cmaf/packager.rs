@@ -38,6 +38,8 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+mod muxed;
+
 /// A gap between two samples of a track longer than this (ms) is a gap in
 /// the media, not a sample's duration: the earlier sample gets the track's
 /// usual duration instead, and on the deciding track the next sample
@@ -95,6 +97,9 @@ pub struct Part {
     /// The init segment version its samples are described by.
     pub init_version: u32,
     pub samples: u32,
+    /// The `mfhd` sequence number of its fragment (0 for a gap): a muxed
+    /// part puts its tracks' fragments in this order.
+    pub fragment_seq: u32,
     /// `moof` + `mdat` header, then slices of the frames' payloads.
     pub wire: WireForm,
 }
@@ -452,6 +457,9 @@ pub struct Packager {
     outputs: VecDeque<Output>,
     hints: Hints,
     version: u64,
+    /// The muxed rendition, derived from the track windows after every
+    /// input (muxed.rs).
+    muxed: muxed::Muxed,
 }
 
 impl Packager {
@@ -481,6 +489,7 @@ impl Packager {
             outputs: VecDeque::new(),
             hints: Hints::default(),
             version: 0,
+            muxed: muxed::Muxed::default(),
         })
     }
 
@@ -496,6 +505,11 @@ impl Packager {
     /// and a track that cannot be is reported once as
     /// [`Output::TrackSkipped`].
     pub fn handle_frame(&mut self, kind: MediaKind, timestamp: u32, payload: &Bytes, wall_ms: u64) {
+        self.handle_message(kind, timestamp, payload, wall_ms);
+        self.sync_muxed();
+    }
+
+    fn handle_message(&mut self, kind: MediaKind, timestamp: u32, payload: &Bytes, wall_ms: u64) {
         if kind == MediaKind::Data {
             // Not on the media timeline (an onMetaData may carry any
             // timestamp).
@@ -623,6 +637,7 @@ impl Packager {
         self.base += self.boundaries.len() as u64;
         self.boundaries.clear();
         self.changed();
+        self.sync_muxed();
     }
 
     /// True after [`finish`](Packager::finish) until the stream resumes.
@@ -638,6 +653,7 @@ impl Packager {
             self.tracks[i].stopped = true;
             self.advance(i);
             self.changed();
+            self.sync_muxed();
         }
     }
 
@@ -683,6 +699,9 @@ impl Packager {
     /// The init segment `version` of a rendition, while a segment in the
     /// window uses it (or it is the current one).
     pub fn init(&self, rendition: RenditionId, version: u32) -> Option<Bytes> {
+        if self.is_muxed(rendition) {
+            return self.muxed_init(version);
+        }
         let t = self.track(rendition)?;
         t.inits
             .iter()
@@ -692,6 +711,9 @@ impl Packager {
 
     /// The current init version of a rendition.
     pub fn init_version(&self, rendition: RenditionId) -> Option<u32> {
+        if self.is_muxed(rendition) {
+            return self.muxed_init_version();
+        }
         Some(self.track(rendition)?.current_init()?.version)
     }
 
@@ -730,6 +752,9 @@ impl Packager {
 
     /// A complete segment in the window.
     pub fn segment(&self, rendition: RenditionId, msn: u64) -> Option<Arc<Segment>> {
+        if self.is_muxed(rendition) {
+            return self.muxed_segment(msn);
+        }
         let t = self.track(rendition)?;
         let s = t.segs.iter().find(|s| s.msn == msn)?;
         s.complete.clone()
@@ -737,6 +762,9 @@ impl Packager {
 
     /// A part in the window, by its sequence number.
     pub fn part(&self, rendition: RenditionId, seq: u64) -> Option<Arc<Part>> {
+        if self.is_muxed(rendition) {
+            return self.muxed_part(seq);
+        }
         let t = self.track(rendition)?;
         let i = t
             .segs
@@ -778,6 +806,9 @@ impl Packager {
     }
 
     pub(crate) fn has_rendition(&self, rendition: RenditionId) -> bool {
+        if rendition.kind == TrackKind::Muxed {
+            return self.is_muxed(rendition);
+        }
         self.track(rendition)
             .is_some_and(|t| t.current_init().is_some())
     }
@@ -785,6 +816,9 @@ impl Packager {
     /// A rendition's segments in the window, oldest first: (stream-level
     /// discontinuity, complete segment or the parts of the one in progress).
     pub(crate) fn window(&self, rendition: RenditionId) -> Vec<WindowSeg<'_>> {
+        if self.is_muxed(rendition) {
+            return self.muxed_window();
+        }
         let Some(t) = self.track(rendition) else {
             return Vec::new();
         };
@@ -816,6 +850,9 @@ impl Packager {
     pub(crate) fn next_part_seq(&self, rendition: RenditionId) -> Option<u64> {
         if self.ended {
             return None;
+        }
+        if self.is_muxed(rendition) {
+            return self.muxed_next_part_seq();
         }
         let t = self.track(rendition)?;
         t.current_init()?;
@@ -1631,6 +1668,7 @@ impl Packager {
                 gap: true,
                 init_version: seg.init_version,
                 samples: 0,
+                fragment_seq: 0,
                 wire: WireForm::default(),
             };
         }
@@ -1685,6 +1723,7 @@ impl Packager {
             gap: false,
             init_version: seg.init_version,
             samples: samples.len() as u32,
+            fragment_seq,
             wire: WireForm::new(pieces),
         }
     }

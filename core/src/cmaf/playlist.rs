@@ -19,7 +19,7 @@
 //! URIs are relative: the playlists live at `/APP/NAME/` (see
 //! [`super::request::Resource`]).
 
-use super::packager::{Packager, WindowSeg};
+use super::packager::{Packager, RenditionInfo, WindowSeg};
 use super::request::Skip;
 use super::time::iso8601;
 use super::{RenditionId, TrackKind};
@@ -148,7 +148,12 @@ impl Packager {
         if let Some(seq) = self.next_part_seq(rendition) {
             let _ = writeln!(o, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{name}/p{seq}.m4s\"");
         }
-        for other in self.track_ids().filter(|&r| r != rendition) {
+        // A muxed rendition is the only one its multivariant playlist
+        // lists: it has nothing to report.
+        let others = self
+            .track_ids()
+            .filter(|&r| r != rendition && rendition.kind != TrackKind::Muxed);
+        for other in others {
             if let Some((msn, part)) = self.last_part(other) {
                 let _ = writeln!(
                     o,
@@ -193,6 +198,25 @@ pub fn multivariant_group(members: &[(&str, &Packager)]) -> Option<String> {
         let (video, audio): (Vec<_>, Vec<_>) = renditions
             .iter()
             .partition(|r| r.id.kind == TrackKind::Video);
+        if let ([v], [a]) = (video.as_slice(), audio.as_slice()) {
+            if packager.muxes() {
+                // One video and one audio track: one muxed variant (see
+                // the packager's muxed.rs for why), once it has media.
+                let m = packager.muxed_rendition()?;
+                let _ = write!(
+                    variants,
+                    "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{},{}\"",
+                    v.peak_bandwidth? + a.peak_bandwidth?,
+                    v.average_bandwidth? + a.average_bandwidth?,
+                    v.format.codecs,
+                    a.format.codecs
+                );
+                stream_inf_picture(&mut variants, v);
+                let _ = writeln!(variants, "\n{prefix}{m}.m3u8");
+                any = true;
+                continue;
+            }
+        }
         let group = format!("audio{g}");
         let mut audio_peak = 0;
         let mut audio_average = 0;
@@ -227,16 +251,7 @@ pub fn multivariant_group(members: &[(&str, &Packager)]) -> Option<String> {
                 variants,
                 "#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},CODECS=\"{codecs}\""
             );
-            if v.format.width > 0 && v.format.height > 0 {
-                let _ = write!(
-                    variants,
-                    ",RESOLUTION={}x{}",
-                    v.format.width, v.format.height
-                );
-            }
-            if let Some(fps) = v.frame_rate {
-                let _ = write!(variants, ",FRAME-RATE={fps:.3}");
-            }
+            stream_inf_picture(&mut variants, v);
             if !audio.is_empty() {
                 let _ = write!(variants, ",AUDIO=\"{group}\"");
             }
@@ -263,6 +278,16 @@ pub fn multivariant_group(members: &[(&str, &Packager)]) -> Option<String> {
     }
     o.push_str(&variants);
     Some(o)
+}
+
+/// RESOLUTION and FRAME-RATE of a video variant, where known.
+fn stream_inf_picture(o: &mut String, v: &RenditionInfo) {
+    if v.format.width > 0 && v.format.height > 0 {
+        let _ = write!(o, ",RESOLUTION={}x{}", v.format.width, v.format.height);
+    }
+    if let Some(fps) = v.frame_rate {
+        let _ = write!(o, ",FRAME-RATE={fps:.3}");
+    }
 }
 
 /// Milliseconds as decimal seconds ("0.333").
@@ -481,13 +506,12 @@ mod tests {
             lines[..3],
             ["#EXTM3U", "#EXT-X-VERSION:6", "#EXT-X-INDEPENDENT-SEGMENTS"]
         );
-        assert_eq!(
-            lines[3],
-            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio0\",NAME=\"a0\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"a0.m3u8\""
-        );
-        assert!(lines[4].starts_with("#EXT-X-STREAM-INF:BANDWIDTH="));
-        assert!(lines[4].ends_with(",CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720,FRAME-RATE=30.000,AUDIO=\"audio0\""));
-        assert_eq!(lines[5], "v0.m3u8");
+        // One video and one audio track: one muxed variant, no audio group.
+        assert!(lines[3].starts_with("#EXT-X-STREAM-INF:BANDWIDTH="));
+        assert!(lines[3]
+            .ends_with(",CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720,FRAME-RATE=30.000"));
+        assert_eq!(lines[4], "m0.m3u8");
+        assert_eq!(lines.len(), 5);
         // Bandwidth: the video's and the audio's measured peaks. The
         // synthetic stream: 8 KB keyframe + 59 x 1 KB per 2 s, 200 B audio
         // frames 46.875 per second.
@@ -517,14 +541,12 @@ mod tests {
             .collect();
         feed(&mut b, &low);
         let mv = multivariant_group(&[("../cam_720/", &a), ("../cam_480/", &b)]).unwrap();
+        // Each member (one video, one audio track) is one muxed variant
+        // carrying its own audio.
         assert_eq!(mv.matches("#EXT-X-STREAM-INF").count(), 2);
-        assert!(mv.contains("URI=\"../cam_720/a0.m3u8\"") && mv.contains("GROUP-ID=\"audio1\""));
-        assert!(mv.contains(
-            "RESOLUTION=640x480,FRAME-RATE=30.000,AUDIO=\"audio1\"\n../cam_480/v0.m3u8\n"
-        ));
-        assert!(mv.contains(
-            "RESOLUTION=1280x720,FRAME-RATE=30.000,AUDIO=\"audio0\"\n../cam_720/v0.m3u8\n"
-        ));
+        assert!(!mv.contains("EXT-X-MEDIA"));
+        assert!(mv.contains("RESOLUTION=640x480,FRAME-RATE=30.000\n../cam_480/m0.m3u8\n"));
+        assert!(mv.contains("RESOLUTION=1280x720,FRAME-RATE=30.000\n../cam_720/m0.m3u8\n"));
         // Not before every member has media.
         let empty = Packager::new(PackagerConfig::default()).unwrap();
         assert!(multivariant_group(&[("../a/", &a), ("../b/", &empty)]).is_some());

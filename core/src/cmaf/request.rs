@@ -12,6 +12,7 @@
 //!  v0/init-3.mp4         init segment, version 3 (a new version per changed configuration)
 //!  v0/s42.m4s            segment, media sequence number 42
 //!  v0/p1234.m4s          part, stream-wide part sequence number 1234
+//!  m0.m3u8, m0/...       the muxed rendition (video track 0 with the audio)
 //! ```
 //!
 //! Parts are named by a sequence number shared by every rendition and
@@ -86,7 +87,7 @@ impl Resource {
             | Resource::Part { rendition, .. } => rendition.kind,
         };
         match kind {
-            TrackKind::Video => "video/mp4",
+            TrackKind::Video | TrackKind::Muxed => "video/mp4",
             TrackKind::Audio => "audio/mp4",
         }
     }
@@ -110,6 +111,7 @@ fn rendition(s: &str) -> Option<RenditionId> {
     let kind = match s.as_bytes().first()? {
         b'v' => TrackKind::Video,
         b'a' => TrackKind::Audio,
+        b'm' => TrackKind::Muxed,
         _ => return None,
     };
     let track = u8::try_from(number(&s[1..])?).ok()?;

@@ -867,8 +867,22 @@ impl Worker {
             return true;
         }
         let live = |s: &Arc<super::stream::Stream>| s.with_state(|st| st.publisher().is_some());
+        // A stream that just ended may still have its last frames queued
+        // for a player (held by the write policy's budget, or waiting for
+        // the socket): shutdown would drop them, so wait while a socket
+        // takes what it is given (one that took nothing for the flush
+        // timeout is not waited for).
+        let flushing = |c: &Conn| {
+            c.io.has_pending_output()
+                && c.io.blocked_since().map_or(true, |t| {
+                    now.saturating_duration_since(t) < SHUTDOWN_FLUSH_TIMEOUT
+                })
+        };
         !self.ctx.shared.registry.streams().iter().any(live)
-            && !self.conns.iter().any(|(_, c)| c.serves_live_stream())
+            && !self
+                .conns
+                .iter()
+                .any(|(_, c)| c.serves_live_stream() || flushing(c))
     }
 
     fn begin_shutdown(&mut self, now: Instant) {

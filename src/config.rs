@@ -140,11 +140,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// hold every file, few enough not to compete with the workers for cores.
 pub const DEFAULT_DISK_THREADS: usize = 4;
 
-/// LL-HLS PART-TARGET. A third of a second is RFC 8216bis's own example:
-/// whole frames at 30 and 60 fps, parts long enough to stay above 85 % of
-/// the target with AAC aligned to the video, and PART-HOLD-BACK (three
-/// parts) about one second (docs/hls.md).
-pub const DEFAULT_HLS_PART_TARGET: Duration = Duration::from_millis(333);
+/// The most an LL-HLS PART-TARGET may be: each stream's is fitted to its
+/// frames within it (whole frames plus the audio's overshoot). 240 ms gives
+/// 224 ms at 20, 25, 30, 50 and 60 fps with AAC (233 at 24 fps), parts of
+/// about 200 ms of video, and PART-HOLD-BACK (three part targets) about
+/// 0.67 s, so hls.js in low-latency mode plays well within 1.5 s of the
+/// publisher (docs/hls.md, perf/README.md).
+pub const DEFAULT_HLS_PART_TARGET: Duration = Duration::from_millis(240);
 
 /// EXT-X-TARGETDURATION: segments start on keyframes, so GOPs of 1, 2 or 4 s
 /// (what encoders are told to use for live) each make whole segments; a
@@ -876,7 +878,7 @@ settings! {
             key: hls_part_target,
             hint: "SECS",
             default: DEFAULT_HLS_PART_TARGET,
-            help: "LL-HLS part target (PART-TARGET)",
+            help: "LL-HLS part target (PART-TARGET) at most: each stream's is fitted to whole frames within it",
             check: |d| crate::hls_settings::check_part_target(*d),
         }
         /// EXT-X-TARGETDURATION (whole seconds).

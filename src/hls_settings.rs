@@ -155,7 +155,7 @@ mod tests {
     fn defaults() -> HlsDefaults {
         HlsDefaults {
             enabled: true,
-            part_target: Duration::from_millis(333),
+            part_target: Duration::from_millis(240),
             target_duration: Duration::from_secs(4),
             min_segment: Duration::from_secs(1),
             window_segments: 20,

@@ -801,7 +801,7 @@ fn check_playlists(dir: &Path, run: &Run) {
 /// 4.4.4.9: "MUST be less than or equal to"), and video parts other than
 /// a segment's last or an independent one at least 85 % of it.
 fn check_part_durations(run: &Run) {
-    let target = f64::from(run.packager.config().part_target_ms) / 1000.0;
+    let target = f64::from(run.packager.part_target_ms()) / 1000.0;
     for r in run.packager.renditions() {
         let parts: Vec<_> = run
             .outputs

@@ -567,7 +567,7 @@ impl StreamHls {
         serde_json::json!({
             "ended": p.is_ended(),
             "viewers": viewers,
-            "part_target_ms": self.config.part_target_ms,
+            "part_target_ms": p.part_target_ms(),
             "target_duration_s": self.config.target_duration_s,
             "window": {
                 "segments": segments,

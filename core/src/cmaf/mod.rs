@@ -113,12 +113,14 @@ impl fmt::Display for RenditionId {
 /// milliseconds unless its name says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackagerConfig {
-    /// PART-TARGET: no part lasts longer. Default 333 ms (a third of a
-    /// second, the value of RFC 8216bis's own low-latency example): whole
-    /// frames at 30 and 60 fps, and with an AAC track aligned to the video
-    /// the parts stay above the 85 % of PART-TARGET that RFC 8216bis
-    /// 4.4.4.9 asks of every part but a segment's last (see docs/hls.md).
-    /// PART-HOLD-BACK is three times this, about one second.
+    /// The most PART-TARGET may be. Each stream's is fitted to its frames
+    /// once they have spanned this: the most whole frames of their spacing
+    /// within it, plus a millisecond clock's jitter and the other tracks'
+    /// overshoot, so full parts hold exactly that many frames and stay
+    /// above the 85 % of PART-TARGET that RFC 8216bis 4.4.4.9 asks of every
+    /// part but a segment's last (see docs/hls.md). Default 240 ms: 224 ms
+    /// at 20, 25, 30, 50 and 60 fps with AAC, 233 ms at 24 fps;
+    /// PART-HOLD-BACK is three times that, about 0.67 s.
     pub part_target_ms: u32,
     /// EXT-X-TARGETDURATION, in whole seconds: no segment, once rounded,
     /// lasts longer. A segment starts on a keyframe (one per GOP, or one
@@ -155,7 +157,7 @@ pub struct PackagerConfig {
 impl Default for PackagerConfig {
     fn default() -> Self {
         PackagerConfig {
-            part_target_ms: 333,
+            part_target_ms: 240,
             target_duration_s: 4,
             min_segment_ms: 1000,
             window_segments: 20,

@@ -460,6 +460,10 @@ pub struct Packager {
     /// The muxed rendition, derived from the track windows after every
     /// input (muxed.rs).
     muxed: muxed::Muxed,
+    /// PART-TARGET (ms) fitted to the stream's frames, once its first
+    /// frames have spanned the configured one ([`Packager::fit_part_target`]);
+    /// fixed for the packager's life, since every playlist carries it.
+    part_target: Option<u32>,
 }
 
 impl Packager {
@@ -490,6 +494,7 @@ impl Packager {
             hints: Hints::default(),
             version: 0,
             muxed: muxed::Muxed::default(),
+            part_target: None,
         })
     }
 
@@ -589,6 +594,15 @@ impl Packager {
     pub fn finish(&mut self) {
         if self.ended {
             return;
+        }
+        if self.part_target.is_none() {
+            // Shorter than the configured target: it stays the target, and
+            // what was held is decided now.
+            if let (Some(d), Some((now, wall))) = (self.decider(), self.last_wall) {
+                self.part_target = Some(self.config.part_target_ms);
+                self.seg.decider = Some(self.tracks[d].id);
+                self.decide_held(d, now.saturating_add(1), wall, now);
+            }
         }
         // The track whose media runs longest cuts the tail into parts, as
         // the deciding track would have, so no last part of any track
@@ -866,8 +880,10 @@ impl Packager {
         self.config.target_duration_s
     }
 
-    pub(crate) fn part_target_ms(&self) -> u32 {
-        self.config.part_target_ms
+    /// PART-TARGET (ms): fitted to the stream's frames, or the configured
+    /// one until they have been seen.
+    pub fn part_target_ms(&self) -> u32 {
+        self.part_target.unwrap_or(self.config.part_target_ms)
     }
 
     pub(crate) fn independent_segments(&self) -> bool {
@@ -1142,17 +1158,62 @@ impl Packager {
     /// much after the boundaries, so last up to that much longer), capped
     /// at a third of the target.
     fn part_limit(&self, decider: usize) -> i64 {
-        let target = i64::from(self.config.part_target_ms);
-        let margin = self
-            .tracks
+        let target = i64::from(self.part_target_ms());
+        target - self.overshoot_margin(decider, target)
+    }
+
+    /// The other tracks' largest overshoot, capped at a third of `target`.
+    fn overshoot_margin(&self, decider: usize, target: i64) -> i64 {
+        self.tracks
             .iter()
             .enumerate()
             .filter(|(j, t)| *j != decider && t.format.is_some() && !t.stopped)
             .map(|(_, t)| t.overshoot)
             .max()
             .unwrap_or(0)
-            .min(target / 3);
-        target - margin
+            .min(target / 3)
+    }
+
+    /// Fits PART-TARGET to the deciding track's frames once its samples
+    /// held since the stream began (the one at `ts` included) span the
+    /// configured target; false until then. The configured value is the
+    /// most a part may last; the fitted one is the most whole frames of
+    /// the measured spacing within it, plus the millisecond clock's jitter
+    /// and the other tracks' overshoot. A full part then holds exactly
+    /// that many frames and lasts about 90 % of the target, so the 85 %
+    /// floor of RFC 8216bis 4.4.4.9 holds at common frame rates with AAC
+    /// or Opus beside the video (a fixed 333 ms missed it at 25 fps). At
+    /// 30 fps with AAC and the default 240 ms: six frames, 224 ms.
+    fn fit_part_target(&mut self, decider: usize, ts: i64) -> bool {
+        let ceiling = i64::from(self.config.part_target_ms);
+        let open = &self.tracks[decider].open;
+        let Some(first) = open.front().map(|s| s.dts) else {
+            return false;
+        };
+        let steps = open
+            .iter()
+            .filter(|s| s.dts <= ts)
+            .count()
+            .saturating_sub(1) as i64;
+        let span = ts - first;
+        if steps == 0 || span < ceiling {
+            return false;
+        }
+        // Mean spacing in microseconds, over at least as many steps as a
+        // part holds frames: its error over a part stays within a
+        // millisecond, and the clock's rounding adds one more (the 2 ms).
+        let spacing = (span * 1000 / steps).max(1);
+        let margin = self.overshoot_margin(decider, ceiling);
+        let room = (ceiling - margin - 2).max(1);
+        let frames = (room * 1000 / spacing).max(1);
+        let fitted = ((frames * spacing + 999) / 1000 + 2 + margin).min(ceiling);
+        self.part_target = Some(u32::try_from(fitted).unwrap_or(self.config.part_target_ms));
+        log::debug!(
+            "HLS: part target {fitted} ms ({frames} frames of {}.{:03} ms, {margin} ms overshoot)",
+            spacing / 1000,
+            spacing % 1000
+        );
+        true
     }
 
     /// The deciding track's sample at `ts`: maybe boundaries. A track that
@@ -1183,7 +1244,29 @@ impl Packager {
                 }
             }
         }
+        if self.part_target.is_none() {
+            // Nothing is cut before the target is fitted; then the samples
+            // held so far are decided in order, as they came.
+            if !self.fit_part_target(decider, ts) {
+                return;
+            }
+            self.decide_held(decider, ts, wall, ts);
+        }
         self.tick_one(decider, ts, sync, wall, ts);
+    }
+
+    /// Decides the deciding track's samples held before `until`, in order
+    /// (those that came before the part target was fitted).
+    fn decide_held(&mut self, decider: usize, until: i64, wall: u64, now: i64) {
+        let held: Vec<(i64, bool)> = self.tracks[decider]
+            .open
+            .iter()
+            .filter(|s| s.dts < until)
+            .map(|s| (s.dts, s.sync))
+            .collect();
+        for (at, key) in held {
+            self.tick_one(decider, at, key, wall, now);
+        }
     }
 
     /// A track took over the decisions with nothing of its own since the
@@ -1237,7 +1320,7 @@ impl Packager {
     /// other tracks' slack.
     fn hard_max(&self, limit: i64) -> i64 {
         i64::from(self.config.target_duration_s) * 1000 + 499
-            - (i64::from(self.config.part_target_ms) - limit)
+            - (i64::from(self.part_target_ms()) - limit)
     }
 
     /// One deciding sample at `ts`, while handling the frame at `now`:
@@ -1345,7 +1428,7 @@ impl Packager {
             // A GOP (or run of GOPs) that started and ended on keyframes
             // predicts the next: its parts are planned from its figures.
             let plan = if self.seg.keyed {
-                let target = i64::from(self.config.part_target_ms);
+                let target = i64::from(self.part_target_ms());
                 let min_first = self.min_first_part(decider);
                 let (frames, ms) = (self.seg.seg_frames, ts - self.seg.seg_start);
                 Plan::new(frames, ms, limit, target, min_first)
@@ -2077,7 +2160,7 @@ mod tests {
     fn parts_stay_within_the_part_target_and_above_85_percent_of_it() {
         let mut p = packager();
         let out = feed(&mut p, &av_stream(30, 60, 0, 0));
-        let target = 0.333;
+        let target = f64::from(p.part_target_ms()) / 1000.0;
         for r in [V0, A0] {
             let ps = parts(&out, r);
             assert!(ps.len() > 80, "{r}: {} parts", ps.len());
@@ -2194,25 +2277,88 @@ mod tests {
     }
 
     #[test]
+    fn the_part_target_is_fitted_to_whole_frames_within_the_configured_one() {
+        // (fps, with 48 kHz AAC, configured ms) -> PART-TARGET ms: the most
+        // whole frames within the configured target less the AAC overshoot
+        // (22 ms) and 2 ms of clock jitter, then those frames, the jitter
+        // and the overshoot.
+        let cases = [
+            ((20, 1), true, 240, 224),        // 4 frames
+            ((24, 1), true, 240, 233),        // 5 frames, 208.3 ms
+            ((25, 1), true, 240, 224),        // 5
+            ((30, 1), true, 240, 224),        // 6
+            ((30_000, 1001), true, 240, 224), // 6 (measured spacing 33.25 ms)
+            ((50, 1), true, 240, 224),        // 10
+            ((60, 1), true, 240, 224),        // 12
+            ((30, 1), false, 240, 235),       // 7, no overshoot
+            ((25, 1), true, 333, 304),        // 7 frames: 92 %, where 333 fixed had 84 %
+            ((30, 1), true, 333, 324),        // 9
+            ((5, 1), true, 240, 224),         // one frame
+        ];
+        for ((num, den), audio, configured, expected) in cases {
+            let config = PackagerConfig {
+                part_target_ms: configured,
+                ..PackagerConfig::default()
+            };
+            let mut p = Packager::new(config).unwrap();
+            assert_eq!(p.part_target_ms(), configured, "before any frame");
+            let msgs: Vec<Msg> = stream_at(6, num, den, &[2 * num as u32 / den as u32])
+                .into_iter()
+                .filter(|m| audio || m.kind == MediaKind::Video)
+                .collect();
+            feed(&mut p, &msgs);
+            let what = format!("{num}/{den} fps, audio {audio}, {configured} ms");
+            assert_eq!(p.part_target_ms(), expected, "{what}");
+            let pl = p.media_playlist(V0, crate::cmaf::Skip::No).unwrap();
+            assert!(
+                pl.contains(&format!(
+                    "PART-TARGET={}.{:03}\n",
+                    expected / 1000,
+                    expected % 1000
+                )),
+                "{what}: {pl}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_shorter_than_the_part_target_is_packaged_when_it_ends() {
+        let mut p = packager();
+        let msgs: Vec<Msg> = stream_at(1, 30, 1, &[30])
+            .into_iter()
+            .filter(|m| m.ts < 150)
+            .collect();
+        let mut out = feed(&mut p, &msgs);
+        assert!(parts(&out, V0).is_empty(), "nothing is cut before the fit");
+        p.finish();
+        out.extend(std::iter::from_fn(|| p.poll_output()));
+        let v = parts(&out, V0);
+        assert_eq!(v.iter().map(|x| x.samples).sum::<u32>(), 5, "every frame");
+        assert_eq!(p.part_target_ms(), 240);
+        assert!(v.iter().all(|x| secs(x) <= 0.24));
+    }
+
+    #[test]
     fn regular_gops_end_every_segment_with_a_full_part() {
-        for (num, den) in [(20, 1), (25, 1), (30, 1), (30_000, 1001), (60, 1)] {
+        for (num, den) in [
+            (20, 1),
+            (24, 1),
+            (25, 1),
+            (30, 1),
+            (30_000, 1001),
+            (50, 1),
+            (60, 1),
+        ] {
             for gop_s in [1, 2] {
                 let gop = ((gop_s * num + den / 2) / den) as u32;
-                // At 25 fps the default 333 ms holds seven 40 ms frames
-                // (84 %, docs/hls.md): 360 ms holds eight (89 %).
-                let part_target_ms = if num == 25 { 360 } else { 333 };
-                let config = PackagerConfig {
-                    part_target_ms,
-                    ..PackagerConfig::default()
-                };
-                let mut p = Packager::new(config).unwrap();
+                let mut p = packager();
                 let out = feed(&mut p, &stream_at(20, num, den, &[gop]));
                 let what = format!("{num}/{den} fps, {gop_s} s GOP");
-                let target = f64::from(part_target_ms) / 1000.0;
+                let target = f64::from(p.part_target_ms()) / 1000.0;
                 check_part_rules(&out, target, &what);
                 let segs = segments(&out, V0);
                 assert!(segs.len() >= 8, "{what}: {} segments", segs.len());
-                let mut short_first = 0;
+                let fps = num as f64 / den as f64;
                 for s in &segs[1..] {
                     assert!(s.independent && s.parts[0].starts_with_sync, "{what}");
                     let last = s.parts.last().unwrap();
@@ -2229,12 +2375,20 @@ mod tests {
                         s.msn,
                         s.parts.iter().map(|x| secs(x)).collect::<Vec<_>>()
                     );
-                    if secs(&s.parts[0]) < 0.85 * target {
-                        short_first += 1;
-                    }
+                    // A GOP that does not divide into full parts has its
+                    // remainder first; one that does, no short part.
+                    let per_part = (full * fps).round() as u32;
+                    let first = (secs(&s.parts[0]) * fps).round() as u32;
+                    let expected = match gop % per_part {
+                        0 => per_part,
+                        rest => rest,
+                    };
+                    assert!(
+                        first == expected || (first > expected && first < per_part),
+                        "{what}: segment {}: first part of {first} frames, {per_part} a part",
+                        s.msn
+                    );
                 }
-                // Every case here leaves a remainder: it is the first part.
-                assert_eq!(short_first, segs.len() - 1, "{what}");
             }
         }
     }
@@ -2244,9 +2398,15 @@ mod tests {
         // 2 s GOPs at 30 fps, a keyframe 0.5 s early, one 0.5 s late, then
         // regular again.
         let gops = [60, 60, 45, 75, 60, 60, 60, 60, 60, 60];
-        let mut p = packager();
+        // 333 ms at most: parts of nine frames, fitted to 324 ms.
+        let mut p = Packager::new(PackagerConfig {
+            part_target_ms: 333,
+            ..PackagerConfig::default()
+        })
+        .unwrap();
         let out = feed(&mut p, &stream_at(20, 30, 1, &gops));
-        check_part_rules(&out, 0.333, "irregular");
+        assert_eq!(p.part_target_ms(), 324);
+        check_part_rules(&out, 0.324, "irregular");
         let segs = segments(&out, V0);
         let frames: Vec<f64> = segs.iter().map(|s| (s.seconds() * 30.0).round()).collect();
         assert_eq!(frames[..6], [60.0, 60.0, 45.0, 75.0, 60.0, 60.0]);
@@ -2254,7 +2414,7 @@ mod tests {
         // the late one) end short; once a regular GOP predicts the next,
         // the last part is full again.
         for s in &segs[1..] {
-            let short_last = secs(s.parts.last().unwrap()) < 0.85 * 0.333;
+            let short_last = secs(s.parts.last().unwrap()) < 0.85 * 0.324;
             let expected = [2, 3, 4].contains(&s.msn);
             assert_eq!(short_last, expected, "segment {}", s.msn);
         }
@@ -2283,7 +2443,8 @@ mod tests {
                 for r in [V0, A0] {
                     for x in parts(&out, r) {
                         let what = format!("video to {video_end}, audio to {audio_end}: {r}");
-                        assert!(secs(&x) <= 0.333, "{what} part {} {}", x.seq, secs(&x));
+                        let target = f64::from(p.part_target_ms()) / 1000.0;
+                        assert!(secs(&x) <= target, "{what} part {} {}", x.seq, secs(&x));
                     }
                 }
             }
@@ -2689,9 +2850,10 @@ mod tests {
             .filter(|x| (4.0..7.0).contains(&(x.decode_time as f64 / 48_000.0)))
             .collect();
         assert!(during.len() >= 8, "{}", during.len());
+        let target = f64::from(p.part_target_ms()) / 1000.0;
         for x in &a {
             assert!(
-                secs(x) <= 0.333,
+                secs(x) <= target,
                 "part {} at {} lasts {}",
                 x.seq,
                 x.decode_time as f64 / 48_000.0,
@@ -2969,7 +3131,7 @@ mod tests {
             .all(|s| s.seconds() >= 1.0 && s.seconds() < 1.1 && s.independent));
         assert!(parts(&out, A0)
             .iter()
-            .all(|x| secs(x) <= 0.333 && x.independent));
+            .all(|x| secs(x) <= f64::from(p.part_target_ms()) / 1000.0 && x.independent));
         let mv = p.multivariant().unwrap();
         assert!(
             mv.contains("CODECS=\"mp4a.40.2\"\na0.m3u8\n") && !mv.contains("EXT-X-MEDIA:"),

@@ -354,8 +354,8 @@ mod tests {
                 "#EXTM3U",
                 "#EXT-X-VERSION:6",
                 "#EXT-X-TARGETDURATION:4",
-                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=24.0,CAN-SKIP-DATERANGES=YES,HOLD-BACK=12.0,PART-HOLD-BACK=0.999",
-                "#EXT-X-PART-INF:PART-TARGET=0.333",
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=24.0,CAN-SKIP-DATERANGES=YES,HOLD-BACK=12.0,PART-HOLD-BACK=0.672",
+                "#EXT-X-PART-INF:PART-TARGET=0.224",
                 "#EXT-X-MEDIA-SEQUENCE:0",
                 "#EXT-X-DISCONTINUITY-SEQUENCE:0",
             ]
@@ -398,7 +398,7 @@ mod tests {
             "one per segment"
         );
         assert!(pl.contains("#EXTINF:2.00000,\nv0/s0.m4s\n"));
-        assert!(pl.contains("#EXT-X-PART:DURATION=0.30000,URI=\"v0/p0.m4s\",INDEPENDENT=YES\n"));
+        assert!(pl.contains("#EXT-X-PART:DURATION=0.20000,URI=\"v0/p0.m4s\",INDEPENDENT=YES\n"));
         // The next part is hinted, and the other rendition reported.
         let (msn, part) = p.last_part(A0).unwrap();
         assert!(pl.ends_with(&format!(

@@ -593,29 +593,36 @@ mod tests {
         let (p, _) = live(5, PackagerConfig::default());
         let (msn, last) = p.last_part(V0).unwrap();
         let last = u64::from(last);
-        // 3 / 0.333 s = 9.009 parts.
+        // The part target fitted to 30 fps with AAC, 0.224 s: 3 / 0.224 =
+        // 13.4 parts.
+        assert_eq!(p.part_target_ms(), 224);
         assert_eq!(
-            decide(&p, playlist(Some(msn), Some(last + 9))),
+            decide(&p, playlist(Some(msn), Some(last + 13))),
             Decision::Wait
         );
         assert!(matches!(
-            decide(&p, playlist(Some(msn), Some(last + 10))),
+            decide(&p, playlist(Some(msn), Some(last + 14))),
             Decision::BadRequest(_)
         ));
         // In the next segment, part N is at least N + 1 parts ahead.
-        assert_eq!(decide(&p, playlist(Some(msn + 1), Some(8))), Decision::Wait);
+        assert_eq!(
+            decide(&p, playlist(Some(msn + 1), Some(12))),
+            Decision::Wait
+        );
         assert!(matches!(
-            decide(&p, playlist(Some(msn + 1), Some(9))),
+            decide(&p, playlist(Some(msn + 1), Some(13))),
             Decision::BadRequest(_)
         ));
         // A part target of one second or more: three parts.
         let (p, _) = live(
-            9,
+            12,
             PackagerConfig {
-                part_target_ms: 1000,
+                part_target_ms: 2000,
+                target_duration_s: 6,
                 ..Default::default()
             },
         );
+        assert!(p.part_target_ms() >= 1000, "{}", p.part_target_ms());
         let (msn, last) = p.last_part(V0).unwrap();
         let last = u64::from(last);
         assert_eq!(

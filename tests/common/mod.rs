@@ -424,6 +424,9 @@ pub struct Server {
     child: Option<Child>,
     port: u16,
     http_port: u16,
+    /// The `--api`, `--rtmps` and `--https` addresses it was given: the
+    /// server binds them after the RTMP port, so a test waits for them too.
+    more_listeners: Vec<SocketAddr>,
     log_path: PathBuf,
     exit: Option<ExitStatus>,
     // Declared last: dropped after the process has been stopped.
@@ -479,10 +482,16 @@ impl Server {
         let http_port = free_port();
         let log = fs::File::create(&log_path).expect("create server log");
         let child = spawn_sluice(port, http_port, workers, extra_args, env, log);
+        let more_listeners = extra_args
+            .windows(2)
+            .filter(|w| matches!(w[0], "--api" | "--rtmps" | "--https"))
+            .filter_map(|w| w[1].parse().ok())
+            .collect();
         let mut server = Server {
             child: Some(child),
             port,
             http_port,
+            more_listeners,
             log_path,
             exit: None,
             dir,
@@ -503,14 +512,23 @@ impl Server {
             .open(&self.log_path)
             .expect("open server log");
         self.child = Some(spawn_sluice(self.port, self.http_port, 1, &[], &[], log));
+        self.more_listeners.clear();
         self.wait_listening().unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Waits (≤ 10 s) until a TCP connect to the port succeeds; Err when the
-    /// process exits first (e.g. the port was taken in between).
+    /// Waits (≤ 10 s) until a TCP connect to the port succeeds, then to
+    /// each of `more_listeners`; Err when the process exits first (e.g. the
+    /// port was taken in between).
     fn wait_listening(&mut self) -> Result<(), String> {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let rtmp: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let deadline = Instant::now() + SERVER_READY_TIMEOUT;
+        for addr in std::iter::once(rtmp).chain(self.more_listeners.clone()) {
+            self.wait_accepting(addr, deadline)?;
+        }
+        Ok(())
+    }
+
+    fn wait_accepting(&mut self, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
         loop {
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("try_wait sluice") {

@@ -33,6 +33,16 @@ const MEDIUM_IOVECS: usize = 64;
 /// every queue holding the frame, which over-counts a frame shared by
 /// several players: the bound errs on the safe side).
 pub const MEDIA_ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + FRAME_OVERHEAD;
+/// A queue that drains after holding more items than this gives the room
+/// back, down to [`KEPT_ITEMS`]. A joining player's queue takes the cached
+/// GOP at once (about 150 items, 60 video and 90 audio frames, for a 2 s
+/// GOP at 30 fps), and a player keeping up then holds a few items at a
+/// time: without this every player would keep the capacity of its largest
+/// burst, 256 items of 40 bytes, for as long as it plays.
+const SHRINK_ABOVE: usize = 64;
+/// What a drained queue keeps: a few frames and control messages, what a
+/// player keeping up holds between writes.
+const KEPT_ITEMS: usize = 16;
 /// What a queued control item costs beyond its bytes: its place in the
 /// queue and its own allocation.
 pub const CONTROL_ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + 64;
@@ -287,6 +297,9 @@ impl OutQueue {
                 }
             }
         }
+        if self.items.is_empty() && self.items.capacity() > SHRINK_ABOVE {
+            self.items.shrink_to(KEPT_ITEMS);
+        }
     }
 }
 
@@ -396,6 +409,43 @@ mod tests {
         assert_eq!(q.media_cost(), 0, "every media item went");
         while q.write_to(&mut w).unwrap() > 0 {}
         assert_eq!((q.media_cost(), q.control_bytes()), (0, 0));
+    }
+
+    /// A player's queue that took a GOP at once (hundreds of items) keeps
+    /// no more than a few items' room once it has drained; one that only
+    /// ever holds a few is not reallocated.
+    #[test]
+    fn a_drained_queue_gives_back_the_room_of_its_largest_burst() {
+        let mut q = OutQueue::default();
+        for _ in 0..200 {
+            q.push(own(&[b"frame"]));
+        }
+        assert!(q.items.capacity() >= 200);
+        let mut w = Trickle {
+            cap: 300,
+            got: Vec::new(),
+        };
+        q.write_to(&mut w).unwrap();
+        assert!(
+            !q.is_empty() && q.items.capacity() >= 200,
+            "not while it holds some"
+        );
+        while q.write_to(&mut w).unwrap() > 0 {}
+        assert_eq!(w.got.len(), 200 * 5);
+        assert!(q.is_empty());
+        assert!(q.items.capacity() <= SHRINK_ABOVE, "{}", q.items.capacity());
+        // Steady play: a few items at a time, no reallocation.
+        for _ in 0..3 {
+            q.push(own(&[b"frame"]));
+        }
+        let room = q.items.capacity();
+        for _ in 0..100 {
+            while q.write_to(&mut w).unwrap() > 0 {}
+            for _ in 0..3 {
+                q.push(own(&[b"frame"]));
+            }
+        }
+        assert_eq!(q.items.capacity(), room);
     }
 
     #[test]

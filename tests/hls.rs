@@ -330,30 +330,35 @@ fn hls_path(key: &str, resource: &str) -> String {
 /// retried); returns it.
 #[track_caller]
 fn wait_parts(addr: SocketAddr, key: &str, rendition: &str, parts: usize) -> MediaPlaylist {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("{parts} parts of {key}"),
-        || {
-            let r = get(addr, &hls_path(key, &format!("{rendition}.m3u8")));
-            (r.status == 200)
-                .then(|| MediaPlaylist::parse(&r.text()))
-                .filter(|p| p.parts.len() >= parts)
-        },
-    )
+    wait_playlist(addr, key, rendition, &format!("{parts} parts"), |p| {
+        p.parts.len() >= parts
+    })
 }
 
 /// `rendition`'s playlist of `key` once it lists a complete segment.
+#[track_caller]
 fn wait_segment(addr: SocketAddr, key: &str, rendition: &str) -> MediaPlaylist {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("a complete segment of {key}"),
-        || {
-            let r = get(addr, &hls_path(key, &format!("{rendition}.m3u8")));
-            (r.status == 200)
-                .then(|| MediaPlaylist::parse(&r.text()))
-                .filter(|p| p.last_segment().is_some())
-        },
-    )
+    wait_playlist(addr, key, rendition, "a complete segment", |p| {
+        p.last_segment().is_some()
+    })
+}
+
+/// `rendition`'s playlist of `key` once `ready` holds for it (`what` names
+/// the wait in a timeout's message).
+#[track_caller]
+fn wait_playlist(
+    addr: SocketAddr,
+    key: &str,
+    rendition: &str,
+    what: &str,
+    ready: impl Fn(&MediaPlaylist) -> bool,
+) -> MediaPlaylist {
+    wait_for(Duration::from_secs(30), &format!("{what} of {key}"), || {
+        let r = get(addr, &hls_path(key, &format!("{rendition}.m3u8")));
+        (r.status == 200)
+            .then(|| MediaPlaylist::parse(&r.text()))
+            .filter(|p| ready(p))
+    })
 }
 
 /// The multivariant playlist of `key` once the server has it (it blocks

@@ -1190,11 +1190,8 @@ impl Packager {
         let Some(first) = open.front().map(|s| s.dts) else {
             return false;
         };
-        let steps = open
-            .iter()
-            .filter(|s| s.dts <= ts)
-            .count()
-            .saturating_sub(1) as i64;
+        // The sample at `ts` is the newest held (called as it arrives).
+        let steps = open.len().saturating_sub(1) as i64;
         let span = ts - first;
         if steps == 0 || span < ceiling {
             return false;

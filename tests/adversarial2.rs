@@ -775,14 +775,22 @@ fn c47_memory_comes_back_after_stalled_players_leave() {
     assert!(peak <= baseline + 4 * sent as usize + SLACK);
     drop(r);
     drop(deaf);
-    // Back within 4 MiB of the start (the heap is trimmed every 2 s).
-    let after = settle_rss(&bin, baseline, 4 * MIB, Duration::from_secs(10));
+    // Back within 4 MiB of the start (the heap is trimmed every 2 s; the
+    // wait leaves room for a loaded machine). If not, the failure shows the
+    // server's memory map summary and its last log lines, to say what held it.
+    let after = settle_rss(&bin, baseline, 4 * MIB, Duration::from_secs(20));
     println!("c47: {} MiB once everyone left", after / MIB);
-    assert!(
-        after <= baseline + 4 * MIB,
-        "RSS {} MiB, {} MiB at the start",
-        after / MIB,
-        baseline / MIB
-    );
+    if after > baseline + 4 * MIB {
+        let log = bin.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", bin.child.id()))
+            .unwrap_or_default();
+        panic!(
+            "RSS {} MiB, {} MiB at the start\n{smaps}\nthe log's last lines:\n{}",
+            after / MIB,
+            baseline / MIB,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     bin.finish(h, g, "c47");
 }

@@ -10,8 +10,16 @@
 //! (headers and payload copied together once, up front) with write(2);
 //! `send` does the same with send(2), which skips the VFS layer: the floor;
 //! `writev` writes the server's wire form (chunk headers interleaved with
-//! payload slices, as iovecs); `chunk` makes one `write` per RTMP chunk, as
+//! payload slices, as iovecs); `sendmsg` writes the same iovecs with
+//! sendmsg(2), as Sluice does; `chunk` makes one `write` per RTMP chunk, as
 //! nginx-rtmp does.
+//!
+//! `--merge-audio` holds each audio frame until the next video frame and
+//! writes them together, which is what Sluice's default write budget does
+//! (video at once, audio with the next video frame): the floor for that
+//! policy's write sizes. `--batch K` writes K frames per wakeup, a larger
+//! budget's shape. Both need a vectored mode (`writev` or `sendmsg`), which
+//! writes everything queued in one call.
 
 #[allow(dead_code)]
 #[path = "load/stats.rs"]
@@ -37,6 +45,7 @@ enum Mode {
     Frame,
     Send,
     Writev,
+    SendMsg,
     Chunk,
 }
 
@@ -46,6 +55,7 @@ impl Mode {
             Mode::Frame => "frame",
             Mode::Send => "send",
             Mode::Writev => "writev",
+            Mode::SendMsg => "sendmsg",
             Mode::Chunk => "chunk",
         }
     }
@@ -57,6 +67,7 @@ struct Wire {
     /// call per (header, payload) pair, built as contiguous chunks.
     pieces: Vec<Bytes>,
     len: usize,
+    video: bool,
 }
 
 fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
@@ -69,7 +80,7 @@ fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
     };
     let form = wire_form(chunk_size, &msg).expect("a frame fits");
     let pieces = match mode {
-        Mode::Writev => form.pieces().to_vec(),
+        Mode::Writev | Mode::SendMsg => form.pieces().to_vec(),
         Mode::Frame | Mode::Send => vec![Bytes::from(form.to_vec())],
         Mode::Chunk => form
             .pieces()
@@ -80,6 +91,7 @@ fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
     Wire {
         len: form.len(),
         pieces,
+        video: f.kind == sluice::protocol::session::MediaKind::Video,
     }
 }
 
@@ -121,6 +133,8 @@ impl Peer {
             *syscalls += 1;
             let r = if mode == Mode::Send {
                 send(&self.sock, &slices[0])
+            } else if mode == Mode::SendMsg {
+                socket2::SockRef::from(&self.sock).send_vectored(&slices)
             } else if slices.len() == 1 {
                 self.sock.write(&slices[0])
             } else {
@@ -251,6 +265,8 @@ struct Opts {
     /// Frames written per wakeup: 1 is the strict limit (every frame sent
     /// the moment it exists); more matches a server that batches under load.
     batch: usize,
+    /// Audio waits for the next video frame (Sluice's default budget).
+    merge_audio: bool,
 }
 
 fn main() -> ExitCode {
@@ -263,7 +279,12 @@ fn main() -> ExitCode {
     }
     let mut o = getopts::Options::new();
     o.optopt("n", "players", "sockets [100]", "N");
-    o.optopt("", "mode", "frame | send | writev | chunk [frame]", "MODE");
+    o.optopt(
+        "",
+        "mode",
+        "frame | send | writev | sendmsg | chunk [frame]",
+        "MODE",
+    );
     o.optopt("", "chunk-size", "RTMP chunk size [4096]", "BYTES");
     o.optopt("", "bitrate", "stream bitrate, bit/s [3000000]", "BPS");
     o.optopt("", "warmup", "seconds before measuring [2]", "SECS");
@@ -286,6 +307,11 @@ fn main() -> ExitCode {
         "frames per wakeup (one write per socket each) [1]",
         "K",
     );
+    o.optflag(
+        "",
+        "merge-audio",
+        "hold audio until the next video frame (writev or sendmsg)",
+    );
     o.optflag("h", "help", "print this help");
     let m = match o.parse(&args[1..]) {
         Ok(m) => m,
@@ -305,9 +331,10 @@ fn main() -> ExitCode {
             "frame" => Mode::Frame,
             "send" => Mode::Send,
             "writev" => Mode::Writev,
+            "sendmsg" => Mode::SendMsg,
             "chunk" => Mode::Chunk,
             other => {
-                eprintln!("sluice-limit: --mode {other:?}: frame, send, writev or chunk");
+                eprintln!("sluice-limit: --mode {other:?}: frame, send, writev, sendmsg or chunk");
                 return ExitCode::from(2);
             }
         },
@@ -318,7 +345,15 @@ fn main() -> ExitCode {
         sink_cpu: m.opt_str("sink-cpu"),
         json: m.opt_str("json"),
         batch: get("batch", "1").parse::<usize>().expect("--batch").max(1),
+        merge_audio: m.opt_present("merge-audio"),
     };
+    let vectored = matches!(opts.mode, Mode::Writev | Mode::SendMsg);
+    if (opts.batch > 1 || opts.merge_audio) && !vectored {
+        // frame and send write one buffer per call: several queued frames
+        // would go one per wakeup and the backlog would grow without end.
+        eprintln!("sluice-limit: --batch and --merge-audio need --mode writev or sendmsg");
+        return ExitCode::from(2);
+    }
     let report = match run(&opts) {
         Ok(r) => r,
         Err(e) => {
@@ -327,8 +362,9 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "limit ({}, {} frame(s) per wakeup): {} sockets, {:.3} Gbit/s, {:.3} CPU-s ({:.2} of a core), {:.3} CPU-s/GB, {:.0} bytes per syscall, backlog max {} bytes",
+        "limit ({}{}, {} frame(s) per wakeup): {} sockets, {:.3} Gbit/s, {:.3} CPU-s ({:.2} of a core), {:.3} CPU-s/GB, {:.0} bytes per syscall, backlog max {} bytes",
         opts.mode.name(),
+        if opts.merge_audio { ", audio merged" } else { "" },
         opts.batch,
         opts.players,
         report["gbit_per_s"].as_f64().unwrap_or(0.0),
@@ -432,6 +468,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         g.next_due_ns()
     };
     let mut i = 0usize;
+    let mut held: Option<usize> = None;
     loop {
         // The wakeup comes when the last frame of this batch is due.
         let last = i + o.batch - 1;
@@ -453,12 +490,20 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         if now >= win_end {
             break;
         }
+        // With --merge-audio, a batch ending in audio waits (queued
+        // nowhere yet) for the wakeup of the next video frame.
+        if o.merge_audio && !frames[last % frames.len()].1.video {
+            held.get_or_insert(i);
+            i += o.batch;
+            continue;
+        }
+        let first = held.take().unwrap_or(i);
         wakeups += 1;
         for p in &mut peers {
             if p.dead {
                 continue;
             }
-            for k in i..i + o.batch {
+            for k in first..i + o.batch {
                 p.queue.push_back(frames[k % frames.len()].1.clone());
             }
             bytes += p.write(o.mode, &mut syscalls) as u64;
@@ -479,6 +524,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "tool": "sluice-limit",
         "mode": o.mode.name(),
         "batch": o.batch,
+        "merge_audio": o.merge_audio,
         "players": o.players,
         "chunk_size": o.chunk_size,
         "bitrate_bps": o.bitrate,

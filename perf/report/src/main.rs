@@ -115,7 +115,8 @@ fn parse_name(stem: &str) -> Option<(String, u32, String, u64)> {
 }
 
 /// Limit records by (mode, sockets).
-type Limits = BTreeMap<(String, u64), Value>;
+/// The physical-limit records per (mode, sockets), one per repeat.
+type Limits = BTreeMap<(String, u64), Vec<Value>>;
 
 /// A line of a plot: label, points, colour, dashed.
 type Line = (String, Vec<(f64, f64)>, RGBColor, bool);
@@ -143,12 +144,20 @@ fn load_raw(dir: &Path) -> Result<(Vec<LoadRun>, Limits), String> {
             continue;
         };
         if let Some(rest) = stem.strip_prefix("limit-") {
+            // limit-MODE-nN or, one per repeat, limit-MODE-nN-rK.
+            let rest = match rest.rsplit_once("-r") {
+                Some((head, k)) if k.parse::<u32>().is_ok() => head,
+                _ => rest,
+            };
             let mut it = rest.rsplitn(2, "-n");
             let (Some(n), Some(mode)) = (it.next(), it.next()) else {
                 continue;
             };
             if let Ok(n) = n.parse() {
-                limits.insert((mode.to_owned(), n), r);
+                limits
+                    .entry((mode.to_owned(), n))
+                    .or_insert_with(Vec::new)
+                    .push(r);
             }
         } else if let Some((server, workers, tag, players)) = parse_name(&stem) {
             runs.push(LoadRun {
@@ -364,15 +373,17 @@ fn run(a: &Args) -> Result<(), String> {
         );
     }
 
-    // The limit: median per (mode, N).
+    // The limit: median per (mode, N) over its repeats.
     let mut limit = Map::new();
-    for ((mode, n), r) in &limits {
+    for ((mode, n), rs) in &limits {
         let e = limit.entry(mode.clone()).or_insert_with(|| json!({}));
+        let m = |k: &str| median(rs.iter().filter_map(|r| r[k].as_f64()).collect());
         e[n.to_string()] = json!({
-            "cpu_s_per_gb": r["cpu_s_per_gb"],
-            "bytes_per_syscall": r["bytes_per_syscall"],
-            "gbit_per_s": r["gbit_per_s"],
-            "cpu_util": r["cpu_util"],
+            "cpu_s_per_gb": m("cpu_s_per_gb"),
+            "bytes_per_syscall": m("bytes_per_syscall"),
+            "gbit_per_s": m("gbit_per_s"),
+            "cpu_util": m("cpu_util"),
+            "repeats": rs.len(),
         });
     }
 
@@ -547,24 +558,18 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
         };
         let _ = writeln!(s, " {bound}{n} |");
     }
-    for (mode, label) in [
-        ("frame", "physical limit (one write per frame)"),
-        (
-            "writev",
-            "physical limit (writev of the server's chunked form)",
-        ),
-        ("chunk", "one write per 4 KiB chunk"),
-    ] {
-        if rec["limit"][mode].is_null() {
-            continue;
-        }
-        let _ = write!(s, "| {label} |");
+    let modes = rec["limit"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect::<Vec<_>>());
+    for mode in modes.unwrap_or_default() {
+        let _ = write!(s, "| {} |", limit_label(&mode));
         for n in sizes {
-            let _ = write!(
-                s,
-                " {} |",
-                fmt_opt(&rec["limit"][mode][n.to_string()]["cpu_s_per_gb"], 2)
-            );
+            let v = &rec["limit"][&mode][n.to_string()];
+            let per_write = v["bytes_per_syscall"]
+                .as_f64()
+                .map(|b| format!(" ({:.1} KB a write)", b / 1000.0))
+                .unwrap_or_default();
+            let _ = write!(s, " {}{per_write} |", fmt_opt(&v["cpu_s_per_gb"], 2));
         }
         let _ = writeln!(s, " – |");
     }
@@ -670,6 +675,30 @@ const COLORS: [RGBColor; 5] = [
 ];
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A physical-limit run's row name: `MODE[+merge][+bK]` as `perf/run
+/// --limit-modes` names it (`sluice-limit` writes the same bytes to N
+/// loopback sockets and does nothing else).
+fn limit_label(mode: &str) -> String {
+    let mut parts = mode.split('+');
+    let base = match parts.next().unwrap_or_default() {
+        "frame" => "physical limit (one write per frame)",
+        "send" => "physical limit (one send(2) per frame)",
+        "writev" => "physical limit (writev of the server's chunked form)",
+        "sendmsg" => "physical limit (sendmsg of the server's chunked form)",
+        "chunk" => "one write per 4 KiB chunk",
+        other => other,
+    };
+    let mut label = base.to_owned();
+    for p in parts {
+        if p == "merge" {
+            label.push_str(", audio with the next video frame (Sluice's default budget)");
+        } else if let Some(k) = p.strip_prefix('b') {
+            let _ = write!(label, ", {k} frames a write");
+        }
+    }
+    label
+}
 
 fn series(rec: &Value, srv: &str, sizes: &[u64], key: &str) -> Vec<(f64, f64)> {
     sizes

@@ -593,13 +593,13 @@ settings! {
                 _ => Ok(()),
             },
         }
-        /// How long a player's queued media may wait to leave with more
-        /// (the write policy: docs/ARCHITECTURE.md, "The write path").
+        /// How long a stream's frames may wait to go to its players with
+        /// more (the write policy: docs/ARCHITECTURE.md, "The write path").
         max_write_delay: Millis {
             key: max_write_delay,
             hint: "MS",
             default: DEFAULT_MAX_WRITE_DELAY,
-            help: "longest a player's queued media waits for more to write with it, ms (0: write at once)",
+            help: "longest a frame waits for more to be written with it, ms (0: write at once)",
             check: |d: &Millis| match d.0 <= MAX_WRITE_DELAY {
                 true => Ok(()),
                 false => Err(format!(
@@ -1742,7 +1742,7 @@ mod tests {
             "[0.0.0.0:8080]",
             "handshake + connect deadline [10]",
             "outbound RTMP chunk size [60000]",
-            "write with it, ms (0: write at once) [30]",
+            "written with it, ms (0: write at once) [30]",
             "for HTTP responses [*]",
             "reject or replace [reject]",
             "not_found, or wait [not_found]",

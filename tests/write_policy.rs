@@ -1,11 +1,14 @@
 //! The write policy over real sockets (its bound is proved on a virtual
 //! clock in `src/server/pacing.rs`): media held for company still leaves
-//! when nothing follows it, a joiner's first frames are not held, and the
-//! server counts its writes and how long media waited for them.
+//! when nothing follows it, a joiner's first frames are not held (whether
+//! it joined a live stream or waited for the publisher), frames held when
+//! the publisher leaves reach players before the notice, and the server
+//! counts its writes and how long media waited for them.
 
 mod support;
 
 use sluice::config::Millis;
+use sluice::protocol::client::ClientEvent;
 use sluice::protocol::session::MediaKind;
 use std::time::Duration;
 use support::*;
@@ -101,6 +104,130 @@ fn a_late_joiner_gets_the_cached_gop_and_live_frames_under_a_long_budget() {
     }
     let got = player.collect_media(WAIT, |g| has_video(g, 29));
     assert_complete_from_keyframe(&got, 29);
+    server.stop();
+}
+
+/// The longest budget there is: a frame that waited for it comes about a
+/// second late, which tells it apart from one that was not held (a deadline
+/// is released early by the write pass, milliseconds here). The tests
+/// allow 600 ms for what is not held, for a loaded machine.
+const LONG_BUDGET: Duration = Duration::from_secs(1);
+const NOT_HELD: Duration = Duration::from_millis(600);
+
+/// Media and status events until `code` (or [`WAIT`]): the media received
+/// before it, and whether it came.
+fn media_until_status(player: &mut TestClient, code: &str) -> (Vec<Received>, bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match player.next_event(left) {
+            Some(ClientEvent::Media {
+                kind,
+                timestamp,
+                payload,
+                ..
+            }) => got.extend(Received::parse(kind, timestamp, &payload)),
+            Some(ClientEvent::Status { code: c, .. }) if c == code => return (got, true),
+            Some(_) => {}
+            None => return (got, false),
+        }
+    }
+}
+
+/// Publishes `synth`'s headers and first frame (a keyframe) on `id`, and
+/// waits until `player` has it.
+fn start_stream(publisher: &mut TestClient, id: u32, synth: &mut Synth, player: &mut TestClient) {
+    for f in synth.headers().iter().chain(&synth.next()) {
+        publisher.send(id, f);
+    }
+    let got = player.collect_media(WAIT, |g| has_video(g, 0));
+    assert!(has_video(&got, 0), "the keyframe came: {got:?}");
+}
+
+#[test]
+fn a_player_waiting_for_a_keyframe_gets_it_at_once_under_a_long_budget() {
+    // No GOP cache: a joiner waits for the next keyframe, which comes
+    // through the fan-out of a stream whose video interval is known. Without
+    // the rule that a player waiting for a start point is not kept waiting
+    // (a join's first frames never are), that keyframe would be held for
+    // company until the budget or a write's worth of frames.
+    let server = start_server(1, |c| {
+        c.max_write_delay = Millis(LONG_BUDGET);
+        c.gop_cache_frames = 1;
+    });
+    let addr = server.local_addr();
+    let mut publisher = TestClient::connect(addr, "live");
+    let (id, _) = publisher.publish("cam");
+    // Real time, 30 fps, a keyframe every 6 frames (200 ms), for 3 s.
+    let feeder = std::thread::spawn(move || {
+        let mut synth = Synth::new(6, 2_000);
+        for f in synth.headers() {
+            publisher.send(id, &f);
+        }
+        for _ in 0..90 {
+            for f in synth.next() {
+                publisher.send(id, &f);
+            }
+            std::thread::sleep(Duration::from_millis(33));
+        }
+        publisher
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let start = std::time::Instant::now();
+    let mut player = TestClient::connect(addr, "live");
+    player.play("cam");
+    let got = player.collect_media(WAIT, |g| {
+        g.iter().any(|r| matches!(r, Received::Video { .. }))
+    });
+    let took = start.elapsed();
+    assert!(
+        matches!(
+            got.iter().find(|r| matches!(r, Received::Video { .. })),
+            Some(Received::Video { key: true, .. })
+        ),
+        "play starts on a keyframe: {got:?}"
+    );
+    assert!(
+        took < NOT_HELD,
+        "the first keyframe took {took:?} (one comes every 200 ms): held for the budget"
+    );
+    drop(feeder.join());
+    server.stop();
+}
+
+#[test]
+fn frames_held_when_the_publisher_leaves_reach_players_before_the_notice() {
+    let server = start_server(1, |c| c.max_write_delay = Millis(LONG_BUDGET));
+    let addr = server.local_addr();
+    let mut player = TestClient::connect(addr, "live");
+    player.play("cam");
+    let mut publisher = TestClient::connect(addr, "live");
+    let (id, _) = publisher.publish("cam");
+    player.wait_status("NetStream.Play.PublishNotify");
+    let mut synth = Synth::new(30, 2_000);
+    start_stream(&mut publisher, id, &mut synth, &mut player);
+    // Small frames 33 ms apart under a one-second budget: held.
+    for _ in 0..4 {
+        for f in synth.next() {
+            publisher.send(id, &f);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let start = std::time::Instant::now();
+    publisher.delete_stream(id);
+    let (got, notified) = media_until_status(&mut player, "NetStream.Play.UnpublishNotify");
+    assert!(notified, "the unpublish notice came");
+    assert!(
+        start.elapsed() < NOT_HELD,
+        "the notice waited for the budget: {:?}",
+        start.elapsed()
+    );
+    // The frames held came before the notice.
+    assert!(
+        has_video(&got, 4),
+        "frames 1 to 4 before the notice: {got:?}"
+    );
     server.stop();
 }
 

@@ -597,7 +597,7 @@ fn write_wait_histogram(o: &mut String, w: &WaitSnapshot) {
     let name = "sluice_write_wait_seconds";
     let _ = writeln!(
         o,
-        "# HELP {name} Time from queueing media to the write that starts sending it (the write policy's hold plus the loop's own delay), sockets with room only.\n# TYPE {name} histogram"
+        "# HELP {name} Time from holding (or queueing) media to the write that starts sending it (the write policy's hold plus the loop's own delay), sockets with room only.\n# TYPE {name} histogram"
     );
     let mut count = 0;
     for (i, n) in w.buckets.iter().enumerate() {

@@ -12,8 +12,10 @@ use super::relay_conn::RelayConn;
 use super::rtmp_conn::RtmpConn;
 use super::shared::MediaEvent;
 use super::stats::CloseReason;
+use super::stream::Frame;
 use super::transport::{Close, ConnIo};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Bytes read from one connection per wakeup before the others get a turn.
@@ -113,33 +115,56 @@ impl Conn {
         Ok(())
     }
 
-    /// Media of `stream` for this connection's player of it. A frame the
-    /// player queued is written when the write policy says
-    /// ([`WorkerCtx::media_queued`]); a notice's replies at once.
-    pub(super) fn deliver(&mut self, ctx: &mut WorkerCtx, stream: StreamId, ev: &MediaEvent) {
+    /// Frames of `stream` for this connection's player of it, released by
+    /// the write policy (the oldest waited since `since`): what the player
+    /// queues is written in this iteration ([`WorkerCtx::media_released`]).
+    /// The player is looked up once for all of them. Returns true when the
+    /// player then waits for a start point.
+    pub(super) fn deliver_frames(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        stream: StreamId,
+        frames: &[Arc<Frame>],
+        since: Option<Instant>,
+    ) -> bool {
         if self.io.is_closing() {
             // Nothing may follow what is queued (a WebSocket Close frame,
             // the end of a response).
+            return false;
+        }
+        let player = match &mut self.proto {
+            Proto::Rtmp(r) => r.player_of(stream),
+            Proto::Http(h) => h.player_of(stream),
+            Proto::Relay(r) => r.player_of(stream),
+        };
+        let Some(player) = player else {
+            return false;
+        };
+        let pushed = self.io.out.media_pushed();
+        for f in frames {
+            player.deliver(&mut self.io.out, f, &ctx.limits, &ctx.shared.stats);
+        }
+        let awaits_start = player.awaits_start();
+        if self.io.out.media_pushed() != pushed {
+            ctx.media_released(&mut self.io, since);
+        } else if self.io.out.control_bytes() > 0 {
+            ctx.schedule_write(&mut self.io);
+        }
+        awaits_start
+    }
+
+    /// A publish or unpublish notice of `stream` for this connection's
+    /// player of it: its replies are written at once.
+    pub(super) fn notify(&mut self, ctx: &mut WorkerCtx, stream: StreamId, ev: &MediaEvent) {
+        if self.io.is_closing() {
             return;
         }
-        let pushed = self.io.out.media_pushed();
         match &mut self.proto {
-            Proto::Rtmp(r) => r.deliver(&mut self.io, ctx, stream, ev),
-            Proto::Http(h) => h.deliver(&mut self.io, ctx, stream, ev),
-            Proto::Relay(r) => r.deliver(&mut self.io, ctx, stream, ev),
+            Proto::Rtmp(r) => r.notify(&mut self.io, ctx, stream, ev),
+            Proto::Http(h) => h.notify(&mut self.io, stream, ev),
+            Proto::Relay(r) => r.notify(stream, ev),
         }
-        match ev {
-            MediaEvent::Frame(f) => {
-                if self.io.out.media_pushed() != pushed {
-                    ctx.media_queued(&mut self.io, f);
-                } else if self.io.out.control_bytes() > 0 {
-                    ctx.schedule_write(&mut self.io);
-                }
-            }
-            MediaEvent::Published { .. } | MediaEvent::Unpublished { .. } => {
-                ctx.schedule_write(&mut self.io)
-            }
-        }
+        ctx.schedule_write(&mut self.io);
     }
 
     /// The connection's timer fired: check its deadlines.

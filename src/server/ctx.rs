@@ -15,14 +15,16 @@
 //!   [`WorkerCtx::end_player`]);
 //! * a connection's timer fires at or before its earliest deadline
 //!   ([`WorkerCtx::arm`]);
-//! * media queued on a connection is written in this iteration or held
-//!   until a deadline no later than the write budget allows
-//!   ([`WorkerCtx::media_queued`], the policy in `pacing.rs`).
+//! * a stream's frames for this worker's players go to them in this
+//!   iteration or are held until a deadline no later than the write budget
+//!   allows ([`WorkerCtx::hold_frame`], the policy in `pacing.rs`); frames
+//!   released to a connection are written in the iteration that released
+//!   them ([`WorkerCtx::media_released`]).
 
 use super::access::Access;
 use super::base::ConnKey;
 use super::base::{ConnId, StreamId};
-use super::pacing::{Decision, HeldQueues, Queued, WritePolicy};
+use super::pacing::{Decision, HeldQueues, StreamHold, WritePolicy};
 use super::player::{Form, Player, PlayerLimits, Role};
 use super::shared::{ClientState, Command, MediaEvent, Message, RelayCommand, Shared};
 use super::stream::{workers_in, Frame, Notice, PublisherInfo, Stream};
@@ -54,8 +56,10 @@ pub(super) struct WorkerCtx {
     pub policy: WritePolicy,
     /// Connections to write at the end of this iteration.
     dirty: Vec<ConnKey>,
-    /// Connections whose media is held, earliest deadline first.
-    held: HeldQueues,
+    /// Streams whose frames this worker holds, earliest deadline first.
+    held: HeldQueues<StreamId>,
+    /// Stream → the frames held for this worker's players of it.
+    holds: HashMap<StreamId, StreamHold>,
     /// The buffer every read of this worker goes into first (see
     /// `ConnIo::read_some`).
     pub read_scratch: Box<[u8]>,
@@ -102,6 +106,7 @@ impl WorkerCtx {
             policy: WritePolicy::new(c.max_write_delay.0, limits.queue_bytes),
             dirty: Vec::new(),
             held: HeldQueues::new(c.max_write_delay.0),
+            holds: HashMap::new(),
             read_scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             locals: HashMap::new(),
             hls_waiting: HashMap::new(),
@@ -139,45 +144,90 @@ impl WorkerCtx {
         std::mem::take(&mut self.dirty)
     }
 
-    /// Media (frame `f`) was queued on the connection: it joins this
-    /// iteration's write list, or is held until its deadline (listed in
-    /// the worker's held list the first time), as the write policy says. A
-    /// connection already in the write list, or whose socket is full (its
-    /// writable edge brings it back), is left as it is.
-    pub(super) fn media_queued(&mut self, io: &mut ConnIo, f: &Frame) {
-        if io.is_dirty() || io.blocked_since().is_some() {
-            return;
-        }
-        let urgent = io.out.is_urgent() || io.is_closing() || io.tls_wants_write();
-        let queued = Queued::frame(f, io.out.media_bytes(), urgent);
-        match self.policy.decide(&mut io.pacing, queued, self.now) {
-            Decision::WriteNow => self.schedule_write(io),
+    /// Frame `f` of `stream` came for this worker's players. True when
+    /// what the worker holds of the stream must go to them now (the write
+    /// policy says so); otherwise the frame is held until the stream's
+    /// deadline (the stream is listed in the held list the first time).
+    pub(super) fn hold_frame(&mut self, stream: StreamId, f: &Arc<Frame>) -> bool {
+        let hold = self.holds.entry(stream).or_default();
+        match hold.push(&self.policy, f, self.now) {
+            Decision::WriteNow => true,
             Decision::Hold { deadline, first } => {
                 if first {
-                    self.held.push(deadline, io.key, io.id);
+                    self.held.push(deadline, stream);
                 }
+                false
             }
         }
     }
 
-    /// When the earliest held connection must be released (its deadline
-    /// less the write pass's lead): the loop's poll waits no longer than
-    /// this.
+    /// Takes the frames held for `stream`'s players, and since when the
+    /// oldest waited; `None` when none are held.
+    pub(super) fn take_held(
+        &mut self,
+        stream: StreamId,
+    ) -> Option<(Vec<Arc<Frame>>, Option<Instant>)> {
+        let hold = self.holds.get_mut(&stream)?;
+        (!hold.is_empty()).then(|| hold.take(self.now))
+    }
+
+    /// A player of `stream` here waits for a start point: the next one is
+    /// not held.
+    pub(super) fn player_awaits_start(&mut self, stream: StreamId) {
+        self.holds.entry(stream).or_default().awaits_start = true;
+    }
+
+    /// Streams with frames held (a shutdown releases them all).
+    pub(super) fn held_streams(&self) -> Vec<StreamId> {
+        let held = self.holds.iter().filter(|(_, h)| !h.is_empty());
+        held.map(|(&s, _)| s).collect()
+    }
+
+    /// Forgets the holds of streams with no player here and nothing held
+    /// (a frame can come after the last player left).
+    pub(super) fn forget_idle_holds(&mut self) {
+        let locals = &self.locals;
+        self.holds
+            .retain(|s, h| !h.is_empty() || locals.contains_key(s));
+    }
+
+    /// Media that waited since `since` was released to the connection and
+    /// queued: it joins this iteration's write list. A connection whose
+    /// socket is full is left as it is (its writable edge brings it back).
+    pub(super) fn media_released(&mut self, io: &mut ConnIo, since: Option<Instant>) {
+        if let Some(at) = since {
+            io.pacing.queued_since(at);
+        }
+        if io.blocked_since().is_none() {
+            self.schedule_write(io);
+        }
+    }
+
+    /// When the earliest held stream must be released (its deadline less
+    /// the write pass's lead): the loop's poll waits no longer than this.
     pub(super) fn next_held_wake(&self) -> Option<Instant> {
         self.held.next_wake()
     }
 
     /// This iteration's write pass began at `at` and took `took` (the lead
-    /// held connections are released with).
+    /// held streams are released with).
     pub(super) fn write_pass_took(&mut self, at: Instant, took: Duration) {
         self.held.pass_took(at, took);
     }
 
-    /// The next held-list entry to release at `now` (due within the lead):
-    /// (deadline, key, id). The caller writes the connection if it is still
-    /// held until then.
-    pub(super) fn pop_due_held(&mut self, now: Instant) -> Option<(Instant, ConnKey, ConnId)> {
-        self.held.pop_due(now)
+    /// The next held stream to release at `now` (due within the lead).
+    /// Entries of streams released early since are skipped.
+    pub(super) fn pop_due_held(&mut self, now: Instant) -> Option<StreamId> {
+        while let Some((at, stream)) = self.held.pop_due(now) {
+            if self
+                .holds
+                .get(&stream)
+                .is_some_and(|h| h.pacing.is_held_until(at))
+            {
+                return Some(stream);
+            }
+        }
+        None
     }
 
     /// Reads `key` again next iteration (its read budget ran out).
@@ -307,6 +357,9 @@ impl WorkerCtx {
             );
         }
         self.locals.entry(stream.id).or_default().push(io.key);
+        if player.awaits_start() {
+            self.player_awaits_start(stream.id);
+        }
         self.schedule_write(io);
         (player, snap.live, snap.gop.len())
     }

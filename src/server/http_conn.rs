@@ -1129,14 +1129,18 @@ impl HttpConn {
         ctx.schedule_write(io);
     }
 
-    /// Media of `stream` for this connection's player.
-    pub(super) fn deliver(
-        &mut self,
-        io: &mut ConnIo,
-        ctx: &mut WorkerCtx,
-        stream: StreamId,
-        ev: &MediaEvent,
-    ) {
+    /// This connection's player of `stream` (frames go to it directly,
+    /// `Conn::deliver_frames`).
+    pub(super) fn player_of(&mut self, stream: StreamId) -> Option<&mut Player> {
+        match &mut self.state {
+            HttpState::Streaming { player, .. } if player.stream.id == stream => Some(player),
+            _ => None,
+        }
+    }
+
+    /// A publish or unpublish notice of `stream` for this connection's
+    /// player.
+    pub(super) fn notify(&mut self, io: &mut ConnIo, stream: StreamId, ev: &MediaEvent) {
         let HttpState::Streaming { player, .. } = &mut self.state else {
             return;
         };
@@ -1144,7 +1148,8 @@ impl HttpConn {
             return;
         }
         match ev {
-            MediaEvent::Frame(f) => player.deliver(&mut io.out, f, &ctx.limits, &ctx.shared.stats),
+            // Frames come through `player_of`.
+            MediaEvent::Frame(_) => {}
             MediaEvent::Published { seq } => {
                 player.publisher_changed(*seq);
             }

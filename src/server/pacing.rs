@@ -1,61 +1,73 @@
-//! The write policy: when a connection's queued media is written. Writing
-//! a loopback or NIC socket costs about the same per call whatever its size
+//! The write policy: when a stream's frames go to its players. Writing a
+//! loopback or NIC socket costs about the same per call whatever its size
 //! up to ~13 KB, so a player written every time a frame arrives (about 77
 //! times a second at 3 Mbit/s: 30 video frames and 47 AAC frames) pays for
 //! 77 small writes where 30 would carry the same bytes. The policy holds
-//! media that is not worth a write on its own until something that is
-//! comes, or until its oldest byte has waited the budget
-//! (`--max-write-delay`):
+//! frames that are not worth a write on their own until something that is
+//! comes, or until the oldest has waited the budget (`--max-write-delay`).
+//!
+//! It decides once per stream and worker, not per player: a worker holds a
+//! stream's frames for all its players there ([`StreamHold`]), and what is
+//! held goes to each player in one call when it is due, to be written in
+//! that loop iteration. Every player of a stream sees the same frames at the
+//! same times, so one decision serves them all, and a player is touched once
+//! per write instead of once per frame (at a 200 ms budget, 5 times a second
+//! instead of 77: the cost of reaching a player's state, not of the frame,
+//! is what a fan-out of thousands pays for).
 //!
 //! ```text
-//!                 media queued: worth a write?            yes (see below)
-//!   not held ──────────────────────────────────────────────────────────► in the write list
-//!     ▲    │ no                                                             (this iteration)
-//!     │    ▼                                                                      │
+//!                 a frame comes: what is held worth a write?     yes (see below)
+//!   nothing held ─────────────────────────────────────────────────────────► to the players,
+//!     ▲    │ no                                                              in the write list
+//!     │    ▼                                                                 (this iteration)
 //!     │  held (since = the loop's now; deadline = since + budget) ── worth ──────►│
 //!     │    │                                                     a write          │
 //!     │    └──── the worker's one deadline (earliest held) passes ───────────────►│
-//!     └─────────────────────────────── written ◄──────────────────────────────────┘
+//!     └─────────────────────────────── released ◄─────────────────────────────────┘
 //! ```
 //!
-//! Worth a write at once: a budget of 0; control bytes (replies, pings,
-//! acknowledgements, an HTTP head); a join's first frames and a resume after
-//! a skip ([`OutQueue::write_at_once`]); a queue holding [`WORTH_A_WRITE`]
-//! bytes (less where players' queues are small: [`WritePolicy::new`]); a
-//! closing connection; TLS records waiting; and a video frame whose
-//! successor is not due within the budget that is left (so with a budget
-//! shorter than the frame interval, every video frame goes at once and audio
-//! travels with the next one; with 200 ms, about six frames leave together).
-//! A connection whose socket is full is neither held nor scheduled: the
-//! writable edge brings it back.
+//! Worth a write at once: a budget of 0; [`WORTH_A_WRITE`] bytes held (less
+//! where players' queues are small: [`WritePolicy::new`]); a video frame
+//! whose successor is not due within the budget that is left (so with a
+//! budget shorter than the frame interval, every video frame goes at once
+//! and audio travels with the next one; with 200 ms, about six frames leave
+//! together); a start point while a player there waits for one (it joined
+//! before the publisher or without a cached GOP, the publisher changed, or
+//! it skips after its queue overflowed: a join's first frames are never
+//! held); and a frame that comes in the loop iteration that released the
+//! stream (its players are in this iteration's write list already). A
+//! publish or unpublish notice releases what is held first, then goes at
+//! once. What is not media is never held: control bytes (replies, pings,
+//! acknowledgements), HTTP responses, a joiner's cached GOP and TLS records
+//! are written in the iteration that queued them. A connection whose socket
+//! is full is not scheduled: the writable edge brings it back.
 //!
-//! Held connections wait in one FIFO per worker ([`HeldQueues`]): every
-//! entry's deadline is the loop's `now` when it was held plus the same
-//! budget, so the list is sorted by deadline as it is built, the earliest is
-//! at the front, and the worker's poll waits at most until then: one timer
-//! per worker, however many players. An entry whose connection was written
-//! early stays in the list and is skipped when it comes due (its deadline no
-//! longer matches the connection's).
+//! Held streams wait in one FIFO per worker ([`HeldQueues`]): every entry's
+//! deadline is the loop's `now` when the stream was held plus the same
+//! budget, so the list is sorted by deadline as it is built, the earliest
+//! is at the front, and the worker's poll waits at most until then: one
+//! timer per worker, however many players and streams. An entry whose
+//! stream was released early stays in the list and is skipped when it comes
+//! due (its deadline no longer matches the hold's).
 //!
 //! The budget bounds the wait until a write *begins*, and the worker's
 //! write pass takes time: at 1,000 players due together, about 10 ms from
-//! the first write to the last. So held connections are released that much
+//! the first write to the last. So held streams are released that much
 //! early ([`HeldQueues::lead`]: the longest write pass of the last second or
 //! two, plus the poll's millisecond, at most half the budget), and the last
 //! write of a pass still begins within the budget while passes stay as long
 //! as they were. What the budget cannot bound is a core taken away from the
 //! worker (another process, or a pass suddenly longer than the last ones):
-//! `sluice_write_wait_seconds` measures the actual waits.
-//!
-//! [`OutQueue::write_at_once`]: super::queue::OutQueue::write_at_once
+//! `sluice_write_wait_seconds` measures the actual waits, from when a frame
+//! was held to the write that sends it.
 
-use super::base::{ConnId, ConnKey};
 use super::stream::Frame;
 use crate::protocol::session::MediaKind;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Queued media bytes that are worth a write whatever the budget: past
+/// Held media bytes that are worth a write whatever the budget: past
 /// about this size a write's fixed cost is a small part of its cost (at
 /// 51 KB per write the kernel's per-byte work dominates), and a larger hold
 /// only adds latency and memory.
@@ -65,14 +77,14 @@ pub(super) const WORTH_A_WRITE: usize = 64 * 1024;
 /// paused, or a timestamp jump): beyond it, the next frame is not expected.
 const MAX_VIDEO_GAP_MS: u32 = 1000;
 
-/// A worker's write policy: the budget a media byte may wait for company.
+/// A worker's write policy: the budget a frame may wait for company.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct WritePolicy {
-    /// Longest a queued media byte waits for its write to be due (0: every
-    /// queue is written in the iteration that filled it).
+    /// Longest a held frame waits for its write to be due (0: every frame
+    /// goes to its players in the iteration it came).
     pub max_delay: Duration,
-    /// Queued media bytes written at once: [`WORTH_A_WRITE`], or less
-    /// where players' queues are small (see [`WritePolicy::new`]).
+    /// Held media bytes released at once: [`WORTH_A_WRITE`], or less where
+    /// players' queues are small (see [`WritePolicy::new`]).
     pub worth_a_write: usize,
 }
 
@@ -86,24 +98,20 @@ pub(super) enum Decision {
     Hold { deadline: Instant, first: bool },
 }
 
-/// What the queue holds, as the policy sees it when media was queued.
+/// What is held, as the policy sees it when a frame came.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Queued {
-    /// Unsent media bytes.
+    /// Media bytes held.
     pub media_bytes: usize,
-    /// Something queued must not wait: control bytes, a join's first
-    /// frames, TLS records, a closing connection.
-    pub urgent: bool,
-    /// The frame just queued is video, with this timestamp (ms).
+    /// The frame that came is video, with this timestamp (ms).
     pub video_ts: Option<u32>,
 }
 
 impl Queued {
-    /// What was queued when frame `f` was: see [`Queued`].
-    pub(super) fn frame(f: &Frame, media_bytes: usize, urgent: bool) -> Self {
+    /// What is held once frame `f` is: see [`Queued`].
+    pub(super) fn frame(f: &Frame, media_bytes: usize) -> Self {
         Self {
             media_bytes,
-            urgent,
             video_ts: (f.kind == MediaKind::Video).then_some(f.timestamp),
         }
     }
@@ -136,6 +144,12 @@ impl Pacing {
         self.held_until == Some(deadline)
     }
 
+    /// Media that has waited since `at` was queued: the oldest byte
+    /// waiting is the older of it and what was waiting already.
+    pub(super) fn queued_since(&mut self, at: Instant) {
+        self.since = Some(self.since.map_or(at, |s| s.min(at)));
+    }
+
     /// The queue was written (or found the socket full): nothing queued is
     /// waiting on the policy any more, and a later hold starts afresh.
     pub(super) fn written(&mut self) {
@@ -155,6 +169,58 @@ impl Pacing {
             }
         }
         self.last_video_ts = Some(ts);
+    }
+}
+
+/// A stream's frames that a worker holds for its players there, and the
+/// policy's state for them (one per stream with players on the worker).
+#[derive(Debug, Default)]
+pub(super) struct StreamHold {
+    frames: Vec<Arc<Frame>>,
+    bytes: usize,
+    pub pacing: Pacing,
+    /// The loop iteration (its `now`) that last released the stream: its
+    /// players' queues are in that iteration's write list, so a frame that
+    /// comes in the same iteration goes with them at no extra write.
+    released_in: Option<Instant>,
+    /// A player here waits for a start point (it joined before the
+    /// publisher, or skips after a queue overflow): the next one goes at
+    /// once, as a join's first frames do.
+    pub awaits_start: bool,
+}
+
+impl StreamHold {
+    /// Holds `f` and asks `policy` whether what is held goes now (at `now`,
+    /// the loop iteration's clock).
+    pub(super) fn push(&mut self, policy: &WritePolicy, f: &Arc<Frame>, now: Instant) -> Decision {
+        self.bytes += f.payload.len();
+        self.frames.push(f.clone());
+        let queued = Queued::frame(f, self.bytes);
+        let starts = f.start_point && std::mem::take(&mut self.awaits_start);
+        if starts || self.released_in == Some(now) {
+            if let Some(ts) = queued.video_ts {
+                self.pacing.saw_video(ts);
+            }
+            self.pacing.queued_since(now);
+            return Decision::WriteNow;
+        }
+        policy.decide(&mut self.pacing, queued, now)
+    }
+
+    /// Takes what is held, and since when its oldest frame waited, in the
+    /// loop iteration of `now`; the hold starts afresh (the video interval
+    /// it learnt stays).
+    pub(super) fn take(&mut self, now: Instant) -> (Vec<Arc<Frame>>, Option<Instant>) {
+        let since = self.pacing.since();
+        self.pacing.written();
+        self.bytes = 0;
+        self.released_in = Some(now);
+        (std::mem::take(&mut self.frames), since)
+    }
+
+    /// True when nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
     }
 }
 
@@ -178,7 +244,7 @@ impl WritePolicy {
             pacing.saw_video(ts);
         }
         let since = *pacing.since.get_or_insert(now);
-        if self.max_delay.is_zero() || queued.urgent || queued.media_bytes >= self.worth_a_write {
+        if self.max_delay.is_zero() || queued.media_bytes >= self.worth_a_write {
             return Decision::WriteNow;
         }
         let deadline = since + self.max_delay;
@@ -210,12 +276,12 @@ const POLL_GRANULARITY: Duration = Duration::from_millis(1);
 /// one window of this length and believed through the next.
 const PASS_WINDOW: Duration = Duration::from_secs(1);
 
-/// A worker's held connections, earliest deadline first (see the module
-/// documentation): (deadline, connection key, connection id), and how early
-/// they are released.
+/// A worker's held streams, earliest deadline first (see the module
+/// documentation): (deadline, what is held), and how early they are
+/// released.
 #[derive(Debug)]
-pub(super) struct HeldQueues {
-    entries: VecDeque<(Instant, ConnKey, ConnId)>,
+pub(super) struct HeldQueues<K> {
+    entries: VecDeque<(Instant, K)>,
     /// The most the lead may be: half the budget.
     max_lead: Duration,
     /// The longest write pass of this window, and of the one before.
@@ -224,7 +290,7 @@ pub(super) struct HeldQueues {
     window_start: Option<Instant>,
 }
 
-impl HeldQueues {
+impl<K: Copy> HeldQueues<K> {
     /// An empty list for a worker whose budget is `budget`.
     pub(super) fn new(budget: Duration) -> Self {
         Self {
@@ -247,19 +313,19 @@ impl HeldQueues {
         self.pass_now = self.pass_now.max(took);
     }
 
-    /// How long before its deadline a held connection is released: the
+    /// How long before its deadline a held stream is released: the
     /// longest recent write pass plus the poll's granularity, at most half
     /// the budget (none with no entries to release).
     pub(super) fn lead(&self) -> Duration {
         (self.pass_now.max(self.pass_before) + POLL_GRANULARITY).min(self.max_lead)
     }
 
-    /// Lists a connection held until `deadline`. Deadlines come in
+    /// Lists `key`, held until `deadline`. Deadlines come in
     /// non-decreasing order (the loop's `now` plus one budget), so this is
     /// a push at the back; one that did not would be put in its place.
-    pub(super) fn push(&mut self, deadline: Instant, key: ConnKey, id: ConnId) {
-        let at = self.entries.partition_point(|&(d, _, _)| d <= deadline);
-        self.entries.insert(at, (deadline, key, id));
+    pub(super) fn push(&mut self, deadline: Instant, key: K) {
+        let at = self.entries.partition_point(|&(d, _)| d <= deadline);
+        self.entries.insert(at, (deadline, key));
     }
 
     /// When the worker must wake for the earliest entry: its deadline less
@@ -269,15 +335,15 @@ impl HeldQueues {
         let lead = self.lead();
         self.entries
             .front()
-            .map(|&(at, _, _)| at.checked_sub(lead).unwrap_or(at))
+            .map(|&(at, _)| at.checked_sub(lead).unwrap_or(at))
     }
 
     /// The next entry to release at `now` (its deadline is within the lead
     /// of `now`), if any.
-    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnKey, ConnId)> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
         let horizon = now + self.lead();
         match self.entries.front() {
-            Some(&(at, _, _)) if at <= horizon => self.entries.pop_front(),
+            Some(&(at, _)) if at <= horizon => self.entries.pop_front(),
             _ => None,
         }
     }
@@ -301,7 +367,7 @@ mod tests {
     struct Sim {
         policy: WritePolicy,
         pacing: Pacing,
-        held: HeldQueues,
+        held: HeldQueues<u32>,
         t0: Instant,
         /// Arrival times of the frames queued and not yet written.
         waiting: Vec<u64>,
@@ -335,7 +401,7 @@ mod tests {
         /// writes the connection if the entry is current.
         fn run_until(&mut self, us: u64) {
             while let Some(wake) = self.held.next_wake().filter(|&w| w <= self.at(us)) {
-                while let Some((at, _, _)) = self.held.pop_due(wake) {
+                while let Some((at, _)) = self.held.pop_due(wake) {
                     if self.pacing.is_held_until(at) {
                         let t = self.us(wake);
                         self.write(t);
@@ -352,7 +418,6 @@ mod tests {
             self.bytes += bytes;
             let q = Queued {
                 media_bytes: self.bytes,
-                urgent: false,
                 video_ts,
             };
             let now = self.at(us);
@@ -361,7 +426,7 @@ mod tests {
                 Decision::WriteNow => self.write(us),
                 Decision::Hold { deadline, first } => {
                     if first {
-                        self.held.push(deadline, ConnKey(0), ConnId(1));
+                        self.held.push(deadline, 0);
                     }
                 }
             }
@@ -487,20 +552,12 @@ mod tests {
     }
 
     #[test]
-    fn urgent_media_and_a_full_queue_are_written_at_once() {
+    fn a_full_hold_goes_at_once() {
         let policy = WritePolicy::new(Duration::from_millis(200), 1 << 30);
         let now = Instant::now();
         let mut p = Pacing::default();
-        let urgent = Queued {
-            media_bytes: 100,
-            urgent: true,
-            video_ts: None,
-        };
-        assert_eq!(policy.decide(&mut p, urgent, now), Decision::WriteNow);
-        let mut p = Pacing::default();
         let full = Queued {
             media_bytes: WORTH_A_WRITE,
-            urgent: false,
             video_ts: None,
         };
         assert_eq!(policy.decide(&mut p, full, now), Decision::WriteNow);
@@ -510,14 +567,12 @@ mod tests {
         let mut p = Pacing::default();
         let some = Queued {
             media_bytes: 16 * 1024,
-            urgent: false,
             video_ts: None,
         };
         assert_eq!(small_queues.decide(&mut p, some, now), Decision::WriteNow);
         let mut p = Pacing::default();
         let small = Queued {
             media_bytes: 100,
-            urgent: false,
             video_ts: None,
         };
         let deadline = now + Duration::from_millis(200);
@@ -548,28 +603,28 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         // A budget of 0: no lead.
         let mut h = HeldQueues::new(Duration::ZERO);
-        h.push(ms(30), ConnKey(1), ConnId(1));
-        h.push(ms(30), ConnKey(2), ConnId(2));
-        h.push(ms(45), ConnKey(3), ConnId(3));
-        h.push(ms(40), ConnKey(4), ConnId(4)); // out of order: put in its place
+        h.push(ms(30), 1);
+        h.push(ms(30), 2);
+        h.push(ms(45), 3);
+        h.push(ms(40), 4); // out of order: put in its place
         assert_eq!(h.next_wake(), Some(ms(30)));
         assert_eq!(h.pop_due(ms(29)), None);
         let due: Vec<_> = std::iter::from_fn(|| h.pop_due(ms(40)))
             .map(|e| e.1)
             .collect();
-        assert_eq!(due, [ConnKey(1), ConnKey(2), ConnKey(4)]);
+        assert_eq!(due, [1, 2, 4]);
         assert_eq!(h.len(), 1);
         assert_eq!(h.next_wake(), Some(ms(45)));
     }
 
     #[test]
-    fn held_connections_are_released_a_write_pass_early() {
+    fn held_streams_are_released_a_write_pass_early() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut h = HeldQueues::new(Duration::from_millis(30));
         // No pass measured yet: the poll's millisecond alone.
         assert_eq!(h.lead(), Duration::from_millis(1));
-        h.push(ms(100), ConnKey(1), ConnId(1));
+        h.push(ms(100), 1);
         assert_eq!(h.next_wake(), Some(ms(99)));
         // A pass of 10 ms: released 11 ms early, so a write that begins at
         // the end of such a pass begins by the deadline.
@@ -588,6 +643,147 @@ mod tests {
         assert_eq!(h.lead(), Duration::from_millis(15));
         h.pass_took(ms(2_300), Duration::from_millis(2));
         assert_eq!(h.lead(), Duration::from_millis(3));
+    }
+
+    /// Frames of one published stream: an AAC frame (`key` false) or an
+    /// AVC keyframe (`key` true), `len` bytes.
+    struct Published {
+        stream: Arc<crate::server::stream::Stream>,
+        ts: u32,
+    }
+
+    impl Published {
+        fn new() -> (crate::server::stream::Registry, Self) {
+            use crate::server::base::ConnId;
+            use crate::server::stream::{GopLimits, PublisherInfo, PublisherKind, Registry};
+            let reg = Registry::new(
+                4096,
+                GopLimits {
+                    max_bytes: 1 << 20,
+                    max_frames: 64,
+                },
+            );
+            let info = PublisherInfo {
+                conn_id: ConnId(1),
+                worker: 0,
+                peer: "127.0.0.1:1".parse().unwrap(),
+                kind: PublisherKind::Rtmp,
+                since: std::time::SystemTime::now(),
+            };
+            let (stream, _) = reg.publish("live/x", info).unwrap();
+            (reg, Self { stream, ts: 0 })
+        }
+
+        fn frame(&mut self, key: bool, len: usize) -> Arc<Frame> {
+            let (kind, first) = if key {
+                (MediaKind::Video, [0x17, 0x01])
+            } else {
+                (MediaKind::Audio, [0xAF, 0x01])
+            };
+            let mut v = vec![0u8; len];
+            v[..2].copy_from_slice(&first);
+            self.ts += 10;
+            let id = crate::server::base::ConnId(1);
+            let pushed = self.stream.push_from(id, kind, self.ts, v.into());
+            pushed.unwrap().0
+        }
+    }
+
+    #[test]
+    fn a_stream_hold_releases_its_frames_together_with_the_oldest_wait() {
+        let policy = WritePolicy::new(Duration::from_millis(200), 1 << 30);
+        let (_reg, mut p) = Published::new();
+        let mut hold = StreamHold::default();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let deadline = ms(200);
+        let first = Decision::Hold {
+            deadline,
+            first: true,
+        };
+        assert_eq!(hold.push(&policy, &p.frame(false, 300), t0), first);
+        let again = Decision::Hold {
+            deadline,
+            first: false,
+        };
+        assert_eq!(hold.push(&policy, &p.frame(false, 300), ms(20)), again);
+        assert!(hold.pacing.is_held_until(deadline));
+        let (frames, since) = hold.take(ms(190));
+        assert_eq!(frames.len(), 2);
+        assert_eq!(since, Some(t0), "the oldest frame's wait");
+        assert!(hold.is_empty());
+        assert!(!hold.pacing.is_held_until(deadline), "released");
+        // The held bytes count toward a write's worth.
+        let small = WritePolicy::new(Duration::from_millis(200), 16 * 1024);
+        assert_eq!(hold.push(&small, &p.frame(false, 600), ms(300)), {
+            Decision::Hold {
+                deadline: ms(500),
+                first: true,
+            }
+        });
+        assert_eq!(
+            hold.push(&small, &p.frame(false, 600), ms(310)),
+            Decision::WriteNow,
+            "1,200 bytes held: over a sixteenth of a 16 KiB queue"
+        );
+    }
+
+    #[test]
+    fn a_frame_in_the_iteration_of_a_release_goes_with_it() {
+        let policy = WritePolicy::new(Duration::from_millis(200), 1 << 30);
+        let (_reg, mut p) = Published::new();
+        let mut hold = StreamHold::default();
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(5);
+        assert!(matches!(
+            hold.push(&policy, &p.frame(false, 300), t0),
+            Decision::Hold { .. }
+        ));
+        let _ = hold.take(t0);
+        // The players are in this iteration's write list: no reason to wait.
+        assert_eq!(
+            hold.push(&policy, &p.frame(false, 300), t0),
+            Decision::WriteNow
+        );
+        let (frames, since) = hold.take(t0);
+        assert_eq!((frames.len(), since), (1, Some(t0)), "its wait is counted");
+        // The next iteration holds again.
+        assert!(matches!(
+            hold.push(&policy, &p.frame(false, 300), later),
+            Decision::Hold { first: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_start_point_goes_at_once_while_a_player_waits_for_one() {
+        let policy = WritePolicy::new(Duration::from_millis(200), 1 << 30);
+        let (_reg, mut p) = Published::new();
+        let mut hold = StreamHold {
+            awaits_start: true,
+            ..StreamHold::default()
+        };
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Audio of a stream with video is no start point: held.
+        let _ = p.frame(true, 1000);
+        assert!(matches!(
+            hold.push(&policy, &p.frame(false, 300), t0),
+            Decision::Hold { .. }
+        ));
+        assert_eq!(
+            hold.push(&policy, &p.frame(true, 1000), ms(10)),
+            Decision::WriteNow
+        );
+        assert!(!hold.awaits_start, "once");
+        let (frames, since) = hold.take(ms(10));
+        assert_eq!((frames.len(), since), (2, Some(t0)));
+        // With nobody waiting, a keyframe is held like any frame (a 200 ms
+        // budget holds several video frames).
+        let _ = hold.push(&policy, &p.frame(false, 300), ms(20));
+        assert!(matches!(
+            hold.push(&policy, &p.frame(true, 1000), ms(30)),
+            Decision::Hold { .. }
+        ));
     }
 
     proptest! {

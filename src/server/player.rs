@@ -271,8 +271,6 @@ impl Player {
         for f in headers.iter().chain(gop) {
             self.enqueue(out, f, limits, stats);
         }
-        // A join's first frames are never held by the write policy.
-        out.write_at_once();
     }
 
     /// Live delivery of frame `f` (ignored when it was in the join
@@ -335,6 +333,12 @@ impl Player {
     #[cfg(test)]
     pub(super) fn is_waiting(&self) -> bool {
         !matches!(self.state, PlayState::Playing)
+    }
+
+    /// True while the player waits for a start point to begin or resume
+    /// play (not while paused).
+    pub(super) fn awaits_start(&self) -> bool {
+        matches!(self.state, PlayState::Skipping { .. })
     }
 
     /// True when this player must not get `f`: its codec is one the player
@@ -496,8 +500,6 @@ impl Player {
             self.send_headers_before(out, f.seq, true);
             self.state = PlayState::Playing;
             self.started_tracks = 0;
-            // The first frames of a (re)started play go out at once.
-            out.write_at_once();
         }
         if refused {
             return;
@@ -529,7 +531,6 @@ impl Player {
             self.send_headers_before(out, f.seq, false);
             self.started_tracks = 0;
             self.track_ready(f);
-            out.write_at_once();
         }
         self.send(out, f);
     }
@@ -662,35 +663,6 @@ mod tests {
         let next = push(&s, MediaKind::Video, 99, avc(false, 100));
         p.deliver(&mut out, &next, &LIMITS, &s.stats);
         assert_eq!(drain(&mut out), next.rtmp.len());
-    }
-
-    #[test]
-    fn starting_play_asks_for_a_write_at_once_and_live_frames_do_not() {
-        let s = setup();
-        let mut p = player(&s);
-        let mut out = OutQueue::default();
-        let config = push(&s, MediaKind::Video, 0, avc_config());
-        p.deliver(&mut out, &config, &LIMITS, &s.stats);
-        assert!(!out.is_urgent(), "a header held while skipping");
-        let key = push(&s, MediaKind::Video, 33, avc(true, 200));
-        p.deliver(&mut out, &key, &LIMITS, &s.stats);
-        assert!(out.is_urgent(), "the start point goes out at once");
-        drain(&mut out);
-        assert!(!out.is_urgent(), "a write ends it");
-        let next = push(&s, MediaKind::Video, 66, avc(false, 100));
-        p.deliver(&mut out, &next, &LIMITS, &s.stats);
-        assert!(!out.is_urgent(), "live frames follow the write policy");
-        // A joiner with a cached GOP: its snapshot goes at once too.
-        let mut joiner = player(&s);
-        let mut out = OutQueue::default();
-        joiner.start_with(
-            &mut out,
-            std::slice::from_ref(&config),
-            &[key.clone(), next.clone()],
-            &LIMITS,
-            &s.stats,
-        );
-        assert!(out.is_urgent());
     }
 
     #[test]

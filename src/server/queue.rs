@@ -123,9 +123,6 @@ pub struct OutQueue {
     /// Media items pushed so far (the write policy looks at what a delivery
     /// queued).
     media_pushed: u64,
-    /// Something queued since the last write must go at once: a join's
-    /// first frames, a resume after a skip.
-    at_once: bool,
 }
 
 impl OutQueue {
@@ -188,19 +185,6 @@ impl OutQueue {
     /// Media items pushed since the queue was made.
     pub fn media_pushed(&self) -> u64 {
         self.media_pushed
-    }
-
-    /// Asks for what is queued to be written in this loop iteration, not
-    /// held by the write policy (a player starting or resuming play).
-    pub fn write_at_once(&mut self) {
-        self.at_once = true;
-    }
-
-    /// True when something queued since the last write must not wait:
-    /// control bytes, an HTTP response, or media marked with
-    /// [`OutQueue::write_at_once`].
-    pub fn is_urgent(&self) -> bool {
-        self.at_once || self.control_bytes > 0 || self.response_bytes > 0
     }
 
     /// Drops every queued media item not yet started; returns how many.
@@ -266,7 +250,6 @@ impl OutQueue {
             return Ok(0);
         }
         let written = w.write_vectored(&iov[..n])?;
-        self.at_once = false;
         self.advance(written);
         Ok(written)
     }

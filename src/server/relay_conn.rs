@@ -420,26 +420,26 @@ impl RelayConn {
         }
     }
 
-    /// Media of `stream` for a push's player.
-    pub(super) fn deliver(
-        &mut self,
-        io: &mut ConnIo,
-        ctx: &mut WorkerCtx,
-        stream: StreamId,
-        ev: &MediaEvent,
-    ) {
-        let RelayLink::Up {
-            phase: Phase::Pushing { player, .. },
-            ..
-        } = &mut self.link
-        else {
+    /// A push's player of `stream` (frames go to it directly,
+    /// `Conn::deliver_frames`).
+    pub(super) fn player_of(&mut self, stream: StreamId) -> Option<&mut Player> {
+        match &mut self.link {
+            RelayLink::Up {
+                phase: Phase::Pushing { player, .. },
+                ..
+            } if player.stream.id == stream => Some(player),
+            _ => None,
+        }
+    }
+
+    /// A publish or unpublish notice of `stream` for a push's player.
+    pub(super) fn notify(&mut self, stream: StreamId, ev: &MediaEvent) {
+        let Some(player) = self.player_of(stream) else {
             return;
         };
-        if player.stream.id != stream {
-            return;
-        }
         match ev {
-            MediaEvent::Frame(f) => player.deliver(&mut io.out, f, &ctx.limits, &ctx.shared.stats),
+            // Frames come through `player_of`.
+            MediaEvent::Frame(_) => {}
             // A push ends with its publication (`Tasks::stop_pushes`).
             MediaEvent::Published { seq } | MediaEvent::Unpublished { seq } => {
                 player.publisher_changed(*seq);

@@ -851,8 +851,15 @@ impl RtmpConn {
         ctx.end_player(io, p, why);
     }
 
-    /// Media of `stream` for this connection's player of it.
-    pub(super) fn deliver(
+    /// This connection's player of `stream` (frames go to it directly,
+    /// `Conn::deliver_frames`).
+    pub(super) fn player_of(&mut self, stream: StreamId) -> Option<&mut Player> {
+        self.players.iter_mut().find(|p| p.stream.id == stream)
+    }
+
+    /// A publish or unpublish notice of `stream` for this connection's
+    /// player of it.
+    pub(super) fn notify(
         &mut self,
         io: &mut ConnIo,
         ctx: &mut WorkerCtx,
@@ -863,7 +870,8 @@ impl RtmpConn {
             return;
         };
         match ev {
-            MediaEvent::Frame(f) => p.deliver(&mut io.out, f, &ctx.limits, &ctx.shared.stats),
+            // Frames come through `player_of`.
+            MediaEvent::Frame(_) => {}
             MediaEvent::Published { seq } => {
                 if p.publisher_changed(*seq) {
                     self.session.notify_published(p.msid);

@@ -147,8 +147,9 @@ pub const WRITE_WAIT_BUCKETS_US: [u64; 18] = [
     100_000, 150_000, 200_000, 250_000, 350_000, 1_000_000,
 ];
 
-/// How long queued media waited in the server before its write began: from
-/// the loop iteration that queued its oldest byte to the write call, for
+/// How long media waited in the server before its write began: from the
+/// loop iteration that held its oldest frame (or queued it, when it was not
+/// held) to the write call, for
 /// every write of a connection whose socket had room (a full socket's wait
 /// is the player's, not the server's). One per worker, written by it alone.
 #[derive(Debug, Default)]

@@ -236,11 +236,6 @@ impl ConnIo {
         self.dirty = false;
     }
 
-    /// In this iteration's write list.
-    pub(super) fn is_dirty(&self) -> bool {
-        self.dirty
-    }
-
     /// Closes the connection once everything queued so far is written;
     /// nothing more should be queued after this.
     pub(super) fn close_after_flush(&mut self, close: Close) {

@@ -18,9 +18,9 @@
 //! ping, idle publisher, HTTP request, relay start, stalled socket) is
 //! armed in one heap per worker, and the poll waits until the earliest.
 //! Media the write policy holds (`pacing.rs`) has one more deadline per
-//! worker, the earliest held connection's (less the time a write pass
-//! takes): when it passes, every held connection due by then joins the
-//! write list.
+//! worker, the earliest held stream's (less the time a write pass takes):
+//! when it passes, every stream due by then goes to its players, whose
+//! connections join the write list.
 //!
 //! Every call into a connection runs under a panic backstop: a panic closes
 //! that connection alone (logged with its state and counted), never the
@@ -330,9 +330,51 @@ impl Worker {
         }
     }
 
-    /// Media of `stream` for this worker's players of it. Delivery moves no
-    /// deadline, so unlike [`Worker::with_conn`] no timer is re-armed.
+    /// Media of `stream` for this worker's players of it. A frame is held
+    /// for all of them, as the write policy says (`pacing.rs`), and what is
+    /// held goes to each player in one call when it is due; a notice goes
+    /// at once, after any frame held before it.
     fn deliver(&mut self, stream: StreamId, ev: &MediaEvent) {
+        match ev {
+            MediaEvent::Frame(f) => {
+                if self.ctx.hold_frame(stream, f) {
+                    self.release(stream);
+                }
+            }
+            MediaEvent::Published { .. } | MediaEvent::Unpublished { .. } => {
+                self.release(stream);
+                self.each_player(stream, "notifying players", |c, ctx| {
+                    c.notify(ctx, stream, ev)
+                });
+                // Players now wait for the new publisher's start point.
+                self.ctx.player_awaits_start(stream);
+            }
+        }
+    }
+
+    /// The frames held for `stream` go to its players here.
+    fn release(&mut self, stream: StreamId) {
+        let Some((frames, since)) = self.ctx.take_held(stream) else {
+            return;
+        };
+        let mut awaits_start = false;
+        self.each_player(stream, "delivering media", |c, ctx| {
+            awaits_start |= c.deliver_frames(ctx, stream, &frames, since);
+        });
+        if awaits_start {
+            self.ctx.player_awaits_start(stream);
+        }
+    }
+
+    /// Runs `f` for each of this worker's players of `stream`, under the
+    /// panic backstop. Delivery moves no deadline, so unlike
+    /// [`Worker::with_conn`] no timer is re-armed.
+    fn each_player(
+        &mut self,
+        stream: StreamId,
+        doing: &'static str,
+        mut f: impl FnMut(&mut Conn, &mut WorkerCtx),
+    ) {
         let keys = self.ctx.take_players(stream);
         let mut panicked = Vec::new();
         for &k in &keys {
@@ -340,13 +382,13 @@ impl Worker {
                 continue;
             };
             let ctx = &mut self.ctx;
-            if let Err(msg) = catch(|| conn.deliver(ctx, stream, ev)) {
+            if let Err(msg) = catch(|| f(conn, ctx)) {
                 panicked.push((k, msg));
             }
         }
         self.ctx.restore_players(stream, keys);
         for (k, msg) in panicked {
-            self.on_panic(k, "delivering media", &msg);
+            self.on_panic(k, doing, &msg);
         }
     }
 
@@ -441,6 +483,7 @@ impl Worker {
             for conn in self.ctx.relays.tick(&shared, index, now) {
                 self.goodbye(conn, "no player");
             }
+            self.ctx.forget_idle_holds();
             if index == 0 {
                 // Streams whose HLS viewers had time to read their end.
                 shared.registry.sweep(now);
@@ -665,15 +708,16 @@ impl Worker {
         self.ctx.relays.opened(&shared, index, task, id, addr);
     }
 
-    /// Held connections due by `now` (within the write pass's lead) join
-    /// the write list (those written since, or closed, are skipped).
+    /// Streams held until `now` (within the write pass's lead) go to their
+    /// players, whose queues join the write list; during a shutdown every
+    /// held frame goes.
     fn release_held(&mut self, now: Instant) {
-        while let Some((at, k, id)) = self.ctx.pop_due_held(now) {
-            let Some(conn) = self.conns.get_mut(k.0) else {
-                continue;
-            };
-            if conn.io.id == id && conn.io.pacing.is_held_until(at) {
-                self.ctx.schedule_write(&mut conn.io);
+        while let Some(stream) = self.ctx.pop_due_held(now) {
+            self.release(stream);
+        }
+        if self.ctx.shutting_down().is_some() {
+            for stream in self.ctx.held_streams() {
+                self.release(stream);
             }
         }
     }

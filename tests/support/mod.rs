@@ -375,7 +375,7 @@ pub enum Received {
 }
 
 impl Received {
-    fn parse(kind: MediaKind, timestamp: u32, p: &[u8]) -> Option<Self> {
+    pub fn parse(kind: MediaKind, timestamp: u32, p: &[u8]) -> Option<Self> {
         let index = || u32::from_be_bytes([p[5], p[6], p[7], p[8]]);
         match kind {
             MediaKind::Data => {

@@ -135,3 +135,67 @@ fn twenty_players_get_every_frame_with_latency_and_cpu_recorded() {
     assert!(r["server"]["rss_peak_bytes"].as_u64().is_some(), "{ctx}");
     assert!(r["window"]["bytes_delivered"].as_u64().unwrap() > 0);
 }
+
+/// `sluice-limit`'s record for `args` (20 sockets, 2 s measured).
+fn limit(args: &[&str]) -> Value {
+    let out = Command::new(perf_tool::sluice_limit())
+        .args([
+            "--players",
+            "20",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--json",
+            "-",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run sluice-limit");
+    assert!(
+        out.status.success(),
+        "sluice-limit {args:?}: {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).expect("sluice-limit's JSON")
+}
+
+#[test]
+fn limit_holds_audio_for_the_next_video_frame_and_batches_frames() {
+    // The generated stream: 30 video frames and about 43 AAC frames a
+    // second. One write per frame; with --merge-audio, one per video frame
+    // (audio rides with it); with --batch 15, one per 15 frames. Counts of
+    // calls, not timings: the figures are perf/'s.
+    let per_socket_second = |r: &Value| {
+        let calls = r["syscalls"].as_f64().unwrap();
+        calls / 20.0 / r["seconds"].as_f64().unwrap()
+    };
+    let each = limit(&["--mode", "sendmsg"]);
+    let merged = limit(&["--mode", "sendmsg", "--merge-audio"]);
+    let batched = limit(&["--mode", "sendmsg", "--batch", "15"]);
+    for r in [&each, &merged, &batched] {
+        assert_eq!(r["dead_sockets"], 0, "{r}");
+        assert!(r["bytes"].as_u64() > Some(0), "{r}");
+    }
+    let (e, m, b) = (
+        per_socket_second(&each),
+        per_socket_second(&merged),
+        per_socket_second(&batched),
+    );
+    assert!((65.0..85.0).contains(&e), "one write per frame: {e:.1}/s");
+    assert!(
+        (27.0..33.0).contains(&m),
+        "one write per video frame: {m:.1}/s"
+    );
+    assert!((3.5..6.5).contains(&b), "one write per 15 frames: {b:.1}/s");
+    assert_eq!(merged["merge_audio"], true);
+    // frame mode writes one buffer per call: batching it is refused.
+    let refused = Command::new(perf_tool::sluice_limit())
+        .args(["--mode", "frame", "--merge-audio"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run sluice-limit");
+    assert_eq!(refused.code(), Some(2));
+}

@@ -10,7 +10,6 @@ use super::ctx::WorkerCtx;
 use super::http_conn::HttpConn;
 use super::relay_conn::RelayConn;
 use super::rtmp_conn::RtmpConn;
-use super::shared::MediaEvent;
 use super::stats::CloseReason;
 use super::stream::Frame;
 use super::transport::{Close, ConnIo};
@@ -155,14 +154,22 @@ impl Conn {
 
     /// A publish or unpublish notice of `stream` for this connection's
     /// player of it: its replies are written at once.
-    pub(super) fn notify(&mut self, ctx: &mut WorkerCtx, stream: StreamId, ev: &MediaEvent) {
+    /// `seq` is the notice's place in the stream's sequence; `published`
+    /// tells a publish from an unpublish.
+    pub(super) fn notify(
+        &mut self,
+        ctx: &mut WorkerCtx,
+        stream: StreamId,
+        seq: u64,
+        published: bool,
+    ) {
         if self.io.is_closing() {
             return;
         }
         match &mut self.proto {
-            Proto::Rtmp(r) => r.notify(&mut self.io, ctx, stream, ev),
-            Proto::Http(h) => h.notify(&mut self.io, stream, ev),
-            Proto::Relay(r) => r.notify(stream, ev),
+            Proto::Rtmp(r) => r.notify(&mut self.io, ctx, stream, seq, published),
+            Proto::Http(h) => h.notify(&mut self.io, stream, seq, published),
+            Proto::Relay(r) => r.notify(stream, seq),
         }
         ctx.schedule_write(&mut self.io);
     }

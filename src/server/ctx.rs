@@ -196,7 +196,7 @@ impl WorkerCtx {
     /// socket is full is left as it is (its writable edge brings it back).
     pub(super) fn media_released(&mut self, io: &mut ConnIo, since: Option<Instant>) {
         if let Some(at) = since {
-            io.pacing.queued_since(at);
+            io.media_since = Some(io.media_since.map_or(at, |s| s.min(at)));
         }
         if io.blocked_since().is_none() {
             self.schedule_write(io);

@@ -26,8 +26,8 @@ use super::hls::{self, Answer};
 use super::http::{self, Parsed, Request, WsFrame};
 use super::player::{Form, Player, Role};
 use super::queue::Item;
+use super::shared::ClientState;
 use super::shared::ListenerKind;
-use super::shared::{ClientState, MediaEvent};
 use super::stats::CloseReason;
 use super::stream::{Format, Stream};
 use super::transport::{Close, ConnIo};
@@ -1140,26 +1140,14 @@ impl HttpConn {
 
     /// A publish or unpublish notice of `stream` for this connection's
     /// player.
-    pub(super) fn notify(&mut self, io: &mut ConnIo, stream: StreamId, ev: &MediaEvent) {
-        let HttpState::Streaming { player, .. } = &mut self.state else {
+    pub(super) fn notify(&mut self, io: &mut ConnIo, stream: StreamId, seq: u64, published: bool) {
+        let Some(player) = self.player_of(stream) else {
             return;
         };
-        if player.stream.id != stream {
-            return;
-        }
-        match ev {
-            // Frames come through `player_of`.
-            MediaEvent::Frame(_) => {}
-            MediaEvent::Published { seq } => {
-                player.publisher_changed(*seq);
-            }
-            MediaEvent::Unpublished { seq } => {
-                // HTTP-FLV has no in-band notice: the response ends with the
-                // stream (players reconnect).
-                if player.publisher_changed(*seq) {
-                    self.end_stream(io, "the publisher left");
-                }
-            }
+        // HTTP-FLV has no in-band notice: the response ends with the stream
+        // (players reconnect).
+        if player.publisher_changed(seq) && !published {
+            self.end_stream(io, "the publisher left");
         }
     }
 

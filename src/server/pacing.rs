@@ -117,41 +117,39 @@ impl Queued {
     }
 }
 
-/// A connection's state in the policy (one per connection, in `ConnIo`).
+/// A stream hold's state in the policy (one per [`StreamHold`]).
 #[derive(Debug, Default)]
 pub(super) struct Pacing {
-    /// When the oldest media byte queued since the last write was queued
-    /// (the loop's `now` then).
+    /// When the oldest frame held since the last release came (the loop's
+    /// `now` then).
     since: Option<Instant>,
     /// While held: the deadline its [`HeldQueues`] entry carries.
     held_until: Option<Instant>,
-    /// Timestamp of the last video frame queued (ms, the stream's timeline).
+    /// Timestamp of the last video frame held (ms, the stream's timeline).
     last_video_ts: Option<u32>,
     /// The last non-zero interval between video frames (ms).
     video_gap_ms: Option<u32>,
 }
 
 impl Pacing {
-    /// When the oldest media byte waiting for a write was queued.
+    /// When the oldest frame held came.
     pub(super) fn since(&self) -> Option<Instant> {
         self.since
     }
 
-    /// True when this connection is held until `deadline`: a held-list
-    /// entry with another deadline is stale (written early, or held again
-    /// since).
+    /// True when the stream is held until `deadline`: a held-list entry
+    /// with another deadline is stale (released early, or held again since).
     pub(super) fn is_held_until(&self, deadline: Instant) -> bool {
         self.held_until == Some(deadline)
     }
 
-    /// Media that has waited since `at` was queued: the oldest byte
-    /// waiting is the older of it and what was waiting already.
+    /// A frame that came at `at` is held: the oldest held is the older of
+    /// it and what was held already.
     pub(super) fn queued_since(&mut self, at: Instant) {
         self.since = Some(self.since.map_or(at, |s| s.min(at)));
     }
 
-    /// The queue was written (or found the socket full): nothing queued is
-    /// waiting on the policy any more, and a later hold starts afresh.
+    /// What was held was released: a later hold starts afresh.
     pub(super) fn written(&mut self) {
         self.since = None;
         self.held_until = None;

@@ -21,7 +21,7 @@ use super::ctx::{Publication, WorkerCtx};
 use super::player::{Form, Player, Role};
 use super::queue::Item;
 use super::relays::TaskState;
-use super::shared::{ClientState, MediaEvent};
+use super::shared::ClientState;
 use super::stats::CloseReason;
 use super::stream::{PublishError, PublisherInfo, PublisherKind, Stream};
 use super::transport::{Close, ConnIo};
@@ -433,17 +433,10 @@ impl RelayConn {
     }
 
     /// A publish or unpublish notice of `stream` for a push's player.
-    pub(super) fn notify(&mut self, stream: StreamId, ev: &MediaEvent) {
-        let Some(player) = self.player_of(stream) else {
-            return;
-        };
-        match ev {
-            // Frames come through `player_of`.
-            MediaEvent::Frame(_) => {}
-            // A push ends with its publication (`Tasks::stop_pushes`).
-            MediaEvent::Published { seq } | MediaEvent::Unpublished { seq } => {
-                player.publisher_changed(*seq);
-            }
+    /// (A push ends with its publication: `Tasks::stop_pushes`.)
+    pub(super) fn notify(&mut self, stream: StreamId, seq: u64) {
+        if let Some(player) = self.player_of(stream) {
+            player.publisher_changed(seq);
         }
     }
 

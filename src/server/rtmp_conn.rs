@@ -15,7 +15,7 @@ use super::access::{AwaitingHook, Reply};
 use super::base::StreamId;
 use super::ctx::{Publication, WorkerCtx};
 use super::player::{Form, Player, Role};
-use super::shared::{ClientState, MediaEvent};
+use super::shared::ClientState;
 use super::stats::CloseReason;
 use super::stream::{PublishError, PublisherInfo, PublisherKind, Stream};
 use super::transport::{Close, ConnIo};
@@ -864,27 +864,21 @@ impl RtmpConn {
         io: &mut ConnIo,
         ctx: &mut WorkerCtx,
         stream: StreamId,
-        ev: &MediaEvent,
+        seq: u64,
+        published: bool,
     ) {
         let Some(p) = self.players.iter_mut().find(|p| p.stream.id == stream) else {
             return;
         };
-        match ev {
-            // Frames come through `player_of`.
-            MediaEvent::Frame(_) => {}
-            MediaEvent::Published { seq } => {
-                if p.publisher_changed(*seq) {
-                    self.session.notify_published(p.msid);
-                    self.transmit(io, ctx);
-                }
-            }
-            MediaEvent::Unpublished { seq } => {
-                if p.publisher_changed(*seq) {
-                    self.session.notify_unpublished(p.msid);
-                    self.transmit(io, ctx);
-                }
-            }
+        if !p.publisher_changed(seq) {
+            return;
         }
+        if published {
+            self.session.notify_published(p.msid);
+        } else {
+            self.session.notify_unpublished(p.msid);
+        }
+        self.transmit(io, ctx);
     }
 
     /// The pull of `stream` failed: a player still waiting for it gets

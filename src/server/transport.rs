@@ -13,7 +13,6 @@
 //! When a write is due is the write policy's decision (`pacing.rs`).
 
 use super::base::{ConnCounters, ConnId, ConnKey};
-use super::pacing::Pacing;
 use super::proxy;
 use super::queue::{Item, OutQueue};
 use super::stats::{CloseReason, Protocol, Stats};
@@ -132,9 +131,11 @@ pub(super) struct ConnIo {
     /// allocation, while the protocol keeps up).
     pub read_buf: BytesMut,
     pub out: OutQueue,
-    /// The write policy's state: since when queued media waits, and the
-    /// connection's place in the worker's held list.
-    pub pacing: Pacing,
+    /// Since when the oldest media queued and not yet written waited (from
+    /// when the write policy held it): the start of its write wait, for
+    /// `sluice_write_wait_seconds`. The policy itself is per stream
+    /// (`pacing.rs`).
+    pub media_since: Option<Instant>,
     pub counters: Arc<ConnCounters>,
     /// In the worker's list of connections to write this iteration.
     dirty: bool,
@@ -194,7 +195,7 @@ impl ConnIo {
             }),
             read_buf: BytesMut::new(),
             out: OutQueue::default(),
-            pacing: Pacing::default(),
+            media_since: None,
             counters,
             dirty: false,
             blocked_since: None,

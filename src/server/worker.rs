@@ -341,10 +341,11 @@ impl Worker {
                     self.release(stream);
                 }
             }
-            MediaEvent::Published { .. } | MediaEvent::Unpublished { .. } => {
+            &MediaEvent::Published { seq } | &MediaEvent::Unpublished { seq } => {
+                let published = matches!(ev, MediaEvent::Published { .. });
                 self.release(stream);
                 self.each_player(stream, "notifying players", |c, ctx| {
-                    c.notify(ctx, stream, ev)
+                    c.notify(ctx, stream, seq, published)
                 });
                 // Players now wait for the new publisher's start point.
                 self.ctx.player_awaits_start(stream);
@@ -736,12 +737,13 @@ impl Worker {
             };
             conn.io.clear_dirty();
             let was_blocked = conn.io.blocked_since().is_some();
-            if let (false, Some(since)) = (was_blocked, conn.io.pacing.since()) {
+            // The wait ends with this write (or with a full socket, whose
+            // wait is the player's).
+            if let (false, Some(since)) = (was_blocked, conn.io.media_since.take()) {
                 handle
                     .write_wait
                     .record(Instant::now().saturating_duration_since(since));
             }
-            conn.io.pacing.written();
             let stats = &shared.stats;
             let written = match catch(|| conn.io.flush(now, stats)) {
                 Ok(Ok(f)) => {

@@ -149,8 +149,9 @@ impl WorkerCtx {
     /// policy says so); otherwise the frame is held until the stream's
     /// deadline (the stream is listed in the held list the first time).
     pub(super) fn hold_frame(&mut self, stream: StreamId, f: &Arc<Frame>) -> bool {
+        let lead = self.held.lead();
         let hold = self.holds.entry(stream).or_default();
-        match hold.push(&self.policy, f, self.now) {
+        match hold.push(&self.policy, f, self.now, lead) {
             Decision::WriteNow => true,
             Decision::Hold { deadline, first } => {
                 if first {

@@ -141,10 +141,10 @@ impl Stats {
 
 /// Upper bounds, in microseconds, of the buckets of [`WaitHistogram`]
 /// (`sluice_write_wait_seconds`): fine around the write budgets in use
-/// (30 ms by default, 100 to 350 ms for operators who batch harder).
-pub const WRITE_WAIT_BUCKETS_US: [u64; 18] = [
-    500, 1_000, 2_000, 5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 50_000, 75_000,
-    100_000, 150_000, 200_000, 250_000, 350_000, 1_000_000,
+/// (45 ms by default, 100 to 350 ms for operators who batch harder).
+pub const WRITE_WAIT_BUCKETS_US: [u64; 19] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 25_000, 30_000, 35_000, 40_000, 45_000, 50_000,
+    75_000, 100_000, 150_000, 200_000, 250_000, 350_000, 1_000_000,
 ];
 
 /// How long media waited in the server before its write began: from the

@@ -291,6 +291,19 @@ impl Conn {
         }
     }
 
+    /// True when [`Conn::on_drained`] has work: a video-on-demand reader
+    /// fed as its output drains, or an HTTP request whose reading paused
+    /// on its output. A live player has none, so a write pass that drains
+    /// a thousand of them does not visit them again (nor re-arm timers
+    /// that a write does not move).
+    pub(super) fn wants_drained(&self) -> bool {
+        match &self.proto {
+            Proto::Rtmp(r) => r.wants_drained(),
+            Proto::Http(h) => h.wants_drained(),
+            Proto::Relay(_) => false,
+        }
+    }
+
     /// The pull of `stream` failed: players waiting for it are told.
     pub(super) fn on_pull_failed(&mut self, ctx: &mut WorkerCtx, stream: StreamId) {
         match &mut self.proto {

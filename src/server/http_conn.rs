@@ -1011,6 +1011,12 @@ impl HttpConn {
         Ok(())
     }
 
+    /// True when [`HttpConn::on_drained`] has work: a VOD response fed as
+    /// it drains, or reading paused on its output.
+    pub(super) fn wants_drained(&self) -> bool {
+        self.paused || matches!(self.state, HttpState::Vod(_))
+    }
+
     /// The queue has drained: a file's body goes on, or the requests that
     /// waited for it are read.
     pub(super) fn on_drained(

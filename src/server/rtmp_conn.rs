@@ -599,6 +599,11 @@ impl RtmpConn {
         Ok(())
     }
 
+    /// True when [`RtmpConn::on_drained`] has work (a VOD reader here).
+    pub(super) fn wants_drained(&self) -> bool {
+        !self.vods.is_empty()
+    }
+
     /// The output queue drained: VOD players queue more.
     pub(super) fn on_drained(
         &mut self,

@@ -782,7 +782,7 @@ impl Worker {
                 ));
             } else if let Some(close) = conn.io.take_finished_close() {
                 failed.push((k, close));
-            } else if !conn.io.has_pending_output() {
+            } else if !conn.io.has_pending_output() && conn.wants_drained() {
                 drained.push(k);
             }
         }

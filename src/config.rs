@@ -99,8 +99,8 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 60_000;
 /// is longer than both: then video frames go out as they come and audio
 /// rides with the next one, about 30 writes a second per 3 Mbit/s player
 /// instead of 77. At 30 ms, two audio frames in three left alone (45 writes
-/// a second at 1,000 players). And the bound plus the delivery stays under
-/// 50 ms, at any frame rate.
+/// a second at 1,000 players). And the bound, plus delivery, stays within
+/// a 50 ms p99 latency at any frame rate, where 50 ms would not.
 pub const DEFAULT_MAX_WRITE_DELAY: Millis = Millis(Duration::from_millis(45));
 
 /// The largest write budget accepted: past a second, players' buffers (and

@@ -31,10 +31,11 @@
 //! whose successor is not due before the stream would be released (its
 //! deadline less the [lead](HeldQueues::lead)): so at the default 45 ms,
 //! every video frame of a 30 fps stream goes at once and audio travels with
-//! the next one, and with 200 ms about six frames leave together; a start point while a player there waits for one (it joined
-//! before the publisher or without a cached GOP, the publisher changed, or
-//! it skips after its queue overflowed: a join's first frames are never
-//! held); and a frame that comes in the loop iteration that released the
+//! the next one, and with 200 ms about six frames leave together; a start
+//! point while a player there waits for one (it joined before the
+//! publisher or without a cached GOP, the publisher changed, or it skips
+//! after its queue overflowed: a join's first frames are never held); and
+//! a frame that comes in the loop iteration that released the
 //! stream (its players are in this iteration's write list already). A
 //! publish or unpublish notice releases what is held first, then goes at
 //! once. What is not media is never held: control bytes (replies, pings,

@@ -199,3 +199,75 @@ fn limit_holds_audio_for_the_next_video_frame_and_batches_frames() {
         .expect("run sluice-limit");
     assert_eq!(refused.code(), Some(2));
 }
+
+/// Starts `sluice-load` with 10 players against `port` for a 2 s window,
+/// writing its record to `json`.
+fn spawn_load(port: u16, server: u32, json: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new(perf_tool::sluice_load())
+        .args([
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--players",
+            "10",
+            "--lead",
+            "0.5",
+            "--ramp",
+            "0.5",
+            "--settle",
+            "0.5",
+            "--duration",
+            "2",
+            "--drain",
+            "1",
+            "--server-pid",
+            &server.to_string(),
+            "-q",
+            "--json",
+        ])
+        .arg(json)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice-load")
+}
+
+#[test]
+fn a_generator_without_a_publisher_checks_the_shape_rate_of_another_ones_stream() {
+    // perf/multicore splits one load over several processes: the first
+    // publishes, the others only play (--no-publish) and must still tell a
+    // held run (every frame, at the publish rate) from one that is not.
+    let (server, port) = start_sluice();
+    let dir = std::env::temp_dir().join(format!("sluice-perf-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pub_json, play_json) = (dir.join("pub.json"), dir.join("play.json"));
+    let publisher = spawn_load(port, server.0.id(), &pub_json, &[]);
+    let player = spawn_load(port, server.0.id(), &play_json, &["--no-publish"]);
+    for (what, child) in [("publishing", publisher), ("playing", player)] {
+        let out = child.wait_with_output().expect("sluice-load");
+        assert!(
+            out.status.success(),
+            "{what} sluice-load failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let read = |p: &std::path::Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).expect("JSON written")).unwrap()
+    };
+    let (p, q) = (read(&pub_json), read(&play_json));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(p["held"], true, "{p}");
+    assert_eq!(
+        q["publisher"]["video_frames"], 0,
+        "it published nothing: {q}"
+    );
+    assert_eq!(q["counts"]["complete"], 10, "{q}");
+    assert_eq!(q["frames"]["missing"], 0, "{q}");
+    // Its rate is checked against the shape's 30 frames a second.
+    let ratio = q["window"]["min_rate_ratio"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no rate: {q}"));
+    assert!((0.95..1.05).contains(&ratio), "{ratio}: {q}");
+    assert_eq!(q["held"], true, "{q}");
+}

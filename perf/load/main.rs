@@ -1111,10 +1111,16 @@ impl Run {
             .iter()
             .map(|p| p.at_window_end.0 - p.at_window.0)
             .sum();
-        let pub_window = self
-            .win_end
-            .published_video
-            .saturating_sub(self.win_start.published_video);
+        // Without a publisher of its own (--no-publish: another process
+        // publishes, as when several generators share one load), the frames
+        // the window should hold are the shape's: fps x speed x seconds.
+        let pub_window = if o.publish {
+            self.win_end
+                .published_video
+                .saturating_sub(self.win_start.published_video)
+        } else {
+            (win * f64::from(o.shape.fps) * o.speed).round() as u32
+        };
         let mut join = Histogram::new();
         let mut complete = 0usize;
         let (mut missing, mut ooo, mut corrupt, mut before_key) = (0u64, 0u64, 0u64, 0u64);

@@ -270,3 +270,56 @@ fn metrics_count_write_calls_and_write_waits() {
     assert!((0.0..10.0).contains(&max), "longest wait: {max} s");
     server.stop();
 }
+
+#[test]
+fn frames_read_in_one_loop_iteration_leave_in_one_write() {
+    // With a 1 ms budget every video frame goes "now", and now is this loop
+    // iteration's write pass: frames that came in one read of the
+    // publisher's socket leave in one write to the player, not one each.
+    let server = start_server(1, |c| c.max_write_delay = Millis(Duration::from_millis(1)));
+    let addr = server.local_addr();
+    let mut player = TestClient::connect(addr, "live");
+    player.play("burst");
+    let mut publisher = TestClient::connect(addr, "live");
+    let (id, _) = publisher.publish("burst");
+    player.wait_status("NetStream.Play.PublishNotify");
+    let mut synth = Synth::new(300, 6_000);
+    for f in synth.headers() {
+        publisher.send(id, &f);
+    }
+    for _ in 0..3 {
+        for f in synth.next() {
+            publisher.send(id, &f);
+        }
+    }
+    let mut got = player.collect_media(WAIT, |g| has_video(g, 2));
+    let http = http_addr(&server);
+    let calls = || {
+        let text = api::metrics(http);
+        api::metric(&text, "sluice_write_calls_total", &[("worker", "0")]).unwrap()
+    };
+    let before = calls();
+    // Five video frames of 6 KB and their audio, about 32 KB: one write of
+    // the publisher's socket, which the server reads at once.
+    let mut burst = Vec::new();
+    for _ in 0..5 {
+        for f in synth.next() {
+            let s = publisher.session_mut();
+            s.send_media(id, f.kind, f.timestamp, f.payload.clone());
+        }
+    }
+    while let Some(b) = publisher.session_mut().poll_transmit() {
+        burst.extend_from_slice(&b);
+    }
+    std::io::Write::write_all(&mut publisher.sock, &burst).unwrap();
+    got.extend(player.collect_media(WAIT, |g| has_video(g, 7)));
+    assert_complete_from_keyframe(&got, 7);
+    let writes = calls() - before;
+    // The first /metrics answer's write, then one to the player (two if the
+    // read was split); one write a frame would make six.
+    assert!(
+        writes <= 3.0,
+        "{writes} write calls for one read of 5 frames"
+    );
+    server.stop();
+}

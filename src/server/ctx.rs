@@ -8,8 +8,10 @@
 //! loop carries them out once the handler returns.
 //!
 //! Invariants kept here, each by one method:
-//! * a connection is in the write list once, and only while its dirty flag
-//!   is set ([`WorkerCtx::schedule_write`]);
+//! * a connection is in the write list once while its dirty flag is set
+//!   ([`WorkerCtx::schedule_write`]); a release in the write pass writes
+//!   its players at once and clears their flags, and the list skips an
+//!   entry whose flag is clear;
 //! * the fan-out index holds a connection for a stream exactly while it has
 //!   a [`Player`] of that stream ([`WorkerCtx::start_player`] /
 //!   [`WorkerCtx::end_player`]);
@@ -56,6 +58,8 @@ pub(super) struct WorkerCtx {
     pub policy: WritePolicy,
     /// Connections to write at the end of this iteration.
     dirty: Vec<ConnKey>,
+    /// Streams whose frames go in this iteration's write pass.
+    release_in_pass: Vec<StreamId>,
     /// Streams whose frames this worker holds, earliest deadline first.
     held: HeldQueues<StreamId>,
     /// Stream → the frames held for this worker's players of it.
@@ -105,6 +109,7 @@ impl WorkerCtx {
             now: Instant::now(),
             policy: WritePolicy::new(c.max_write_delay.0, limits.queue_bytes),
             dirty: Vec::new(),
+            release_in_pass: Vec::new(),
             held: HeldQueues::new(c.max_write_delay.0),
             holds: HashMap::new(),
             read_scratch: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -160,6 +165,19 @@ impl WorkerCtx {
                 false
             }
         }
+    }
+
+    /// The write policy said `stream`'s frames go now: they are released
+    /// in this iteration's write pass (`take_release_in_pass`), so that
+    /// the frames of one iteration leave in one write.
+    pub(super) fn release_in_pass(&mut self, stream: StreamId) {
+        if !self.release_in_pass.contains(&stream) {
+            self.release_in_pass.push(stream);
+        }
+    }
+
+    pub(super) fn take_release_in_pass(&mut self) -> Vec<StreamId> {
+        std::mem::take(&mut self.release_in_pass)
     }
 
     /// Takes the frames held for `stream`'s players, and since when the

@@ -237,6 +237,11 @@ impl ConnIo {
         self.dirty = false;
     }
 
+    /// In the write list and not written since (see `set_dirty`).
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Closes the connection once everything queued so far is written;
     /// nothing more should be queued after this.
     pub(super) fn close_after_flush(&mut self, close: Close) {

@@ -209,8 +209,9 @@ impl Worker {
             // while this iteration worked leaves in this flush, not the next;
             // and the pass is timed (held media is released that much early).
             let pass = Instant::now();
-            self.release_held(pass);
-            self.flush_dirty(now);
+            let mut flushed = FlushPass::default();
+            self.release_held(pass, now, &mut flushed);
+            self.flush_dirty(now, flushed);
             self.ctx.write_pass_took(pass, pass.elapsed());
             self.settle(now);
             self.ctx.send_outgoing();
@@ -338,12 +339,16 @@ impl Worker {
         match ev {
             MediaEvent::Frame(f) => {
                 if self.ctx.hold_frame(stream, f) {
-                    self.release(stream);
+                    // Released in this iteration's write pass, with any
+                    // frame of the stream that comes before it.
+                    self.ctx.release_in_pass(stream);
                 }
             }
             &MediaEvent::Published { seq } | &MediaEvent::Unpublished { seq } => {
                 let published = matches!(ev, MediaEvent::Published { .. });
-                self.release(stream);
+                // What is held goes before the notice: queued now, written
+                // with the write list.
+                self.release(stream, None);
                 self.each_player(stream, "notifying players", |c, ctx| {
                     c.notify(ctx, stream, seq, published)
                 });
@@ -353,15 +358,39 @@ impl Worker {
         }
     }
 
-    /// The frames held for `stream` go to its players here.
-    fn release(&mut self, stream: StreamId) {
+    /// The frames held for `stream` go to its players here. In the write
+    /// pass (`flush`), each player is written as soon as its frames are
+    /// queued: its connection is still in the cache from the delivery,
+    /// where the write list's turn would find it evicted by the other
+    /// players' sends. Otherwise the players join the write list.
+    fn release(&mut self, stream: StreamId, mut flush: Option<(Instant, &mut FlushPass)>) {
         let Some((frames, since)) = self.ctx.take_held(stream) else {
             return;
         };
         let mut awaits_start = false;
-        self.each_player(stream, "delivering media", |c, ctx| {
-            awaits_start |= c.deliver_frames(ctx, stream, &frames, since);
-        });
+        let shared = self.ctx.shared.clone();
+        let keys = self.ctx.take_players(stream);
+        let mut panicked = Vec::new();
+        for &k in &keys {
+            let Some(conn) = self.conns.get_mut(k.0) else {
+                continue;
+            };
+            let ctx = &mut self.ctx;
+            match catch(|| conn.deliver_frames(ctx, stream, &frames, since)) {
+                Ok(awaits) => awaits_start |= awaits,
+                Err(msg) => {
+                    panicked.push((k, msg));
+                    continue;
+                }
+            }
+            if let (true, Some((now, pass))) = (conn.io.is_dirty(), flush.as_mut()) {
+                flush_conn(k, conn, &mut self.ctx, &shared, *now, pass);
+            }
+        }
+        self.ctx.restore_players(stream, keys);
+        for (k, msg) in panicked {
+            self.on_panic(k, "delivering media", &msg);
+        }
         if awaits_start {
             self.ctx.player_awaits_start(stream);
         }
@@ -712,88 +741,58 @@ impl Worker {
     /// Streams held until `now` (within the write pass's lead) go to their
     /// players, whose queues join the write list; during a shutdown every
     /// held frame goes.
-    fn release_held(&mut self, now: Instant) {
-        while let Some(stream) = self.ctx.pop_due_held(now) {
-            self.release(stream);
+    /// The write pass's releases: streams whose frames go now, then held
+    /// streams that are due at `at`. Players are written as they are
+    /// released, at the iteration's clock `now`.
+    fn release_held(&mut self, at: Instant, now: Instant, pass: &mut FlushPass) {
+        for stream in self.ctx.take_release_in_pass() {
+            self.release(stream, Some((now, pass)));
+        }
+        while let Some(stream) = self.ctx.pop_due_held(at) {
+            self.release(stream, Some((now, pass)));
         }
         if self.ctx.shutting_down().is_some() {
             for stream in self.ctx.held_streams() {
-                self.release(stream);
+                self.release(stream, Some((now, pass)));
             }
         }
     }
 
-    /// Writes every connection in this iteration's write list.
-    fn flush_dirty(&mut self, now: Instant) {
-        let mut failed = Vec::new();
-        let mut panicked = Vec::new();
-        let mut drained = Vec::new();
+    /// Writes every connection in this iteration's write list that a
+    /// release has not written already, then settles the pass: counts its
+    /// write calls, closes the connections that failed, and lets those
+    /// drained that want it read on.
+    fn flush_dirty(&mut self, now: Instant, mut pass: FlushPass) {
         let shared = self.ctx.shared.clone();
-        let handle = &shared.workers[self.ctx.index];
-        let mut calls = 0;
         for k in self.ctx.take_dirty() {
             let Some(conn) = self.conns.get_mut(k.0) else {
                 continue;
             };
-            conn.io.clear_dirty();
-            let was_blocked = conn.io.blocked_since().is_some();
-            // The wait ends with this write (or with a full socket, whose
-            // wait is the player's).
-            if let (false, Some(since)) = (was_blocked, conn.io.media_since.take()) {
-                handle
-                    .write_wait
-                    .record(Instant::now().saturating_duration_since(since));
+            // Written by its release in this pass already.
+            if !conn.io.is_dirty() {
+                continue;
             }
-            let stats = &shared.stats;
-            let written = match catch(|| conn.io.flush(now, stats)) {
-                Ok(Ok(f)) => {
-                    calls += f.calls;
-                    f.written
-                }
-                Ok(Err(close)) => {
-                    failed.push((k, close));
-                    continue;
-                }
-                Err(msg) => {
-                    panicked.push((k, msg));
-                    continue;
-                }
-            };
-            if written > 0 {
-                if let Some(stream) = conn.sole_stream() {
-                    stream.bytes_out.fetch_add(written, Ordering::Relaxed);
-                }
-            }
-            if let (false, Some(since)) = (was_blocked, conn.io.blocked_since()) {
-                let at = since + self.ctx.limits.stall;
-                self.ctx.arm(&mut conn.io, Some(at));
-            }
-            let control = conn.io.out.control_bytes();
-            if control > self.ctx.limits.control_bytes {
-                failed.push((
-                    k,
-                    Close::new(
-                        CloseReason::Overflow,
-                        format!(
-                            "{control} bytes of unread control replies (limit {})",
-                            self.ctx.limits.control_bytes
-                        ),
-                    ),
-                ));
-            } else if let Some(close) = conn.io.take_finished_close() {
-                failed.push((k, close));
-            } else if !conn.io.has_pending_output() && conn.wants_drained() {
-                drained.push(k);
-            }
+            flush_conn(k, conn, &mut self.ctx, &shared, now, &mut pass);
         }
-        handle.write_calls.fetch_add(calls, Ordering::Relaxed);
-        for k in drained {
+        shared.workers[self.ctx.index]
+            .write_calls
+            .fetch_add(pass.calls, Ordering::Relaxed);
+        // A connection released for two streams is written twice in a pass:
+        // what it left to do is done once (stable sorts: its first close
+        // reason is the one kept).
+        pass.drained.sort_unstable();
+        pass.drained.dedup();
+        pass.failed.sort_by_key(|(k, _)| *k);
+        pass.failed.dedup_by_key(|(k, _)| *k);
+        pass.panicked.sort_by_key(|(k, _)| *k);
+        pass.panicked.dedup_by_key(|(k, _)| *k);
+        for k in pass.drained {
             self.with_conn(k, "reading after a flush", |c, ctx| c.on_drained(now, ctx));
         }
-        for (k, close) in failed {
+        for (k, close) in pass.failed {
             self.close(k, close);
         }
-        for (k, msg) in panicked {
+        for (k, msg) in pass.panicked {
             self.on_panic(k, "writing", &msg);
         }
     }
@@ -1079,6 +1078,81 @@ fn expire_handover_rule(shared: &Shared) {
 /// returned) so the caller can close that connection alone. The state `f`
 /// touches belongs to the connection that is then closed, or is poison-safe
 /// shared state, hence `AssertUnwindSafe`.
+/// What one write pass leaves to do once its writes are done
+/// ([`Worker::flush_dirty`]).
+#[derive(Default)]
+struct FlushPass {
+    /// Write calls made (`sendmsg`, or TLS records' writes).
+    calls: u64,
+    /// Connections to close, and why.
+    failed: Vec<(ConnKey, Close)>,
+    /// Connections whose write panicked.
+    panicked: Vec<(ConnKey, String)>,
+    /// Connections drained that want [`Conn::on_drained`].
+    drained: Vec<ConnKey>,
+}
+
+/// Writes connection `k`'s queue (one flush: as much as the socket takes),
+/// under the panic backstop, and notes in `pass` what is left to do for it.
+fn flush_conn(
+    k: ConnKey,
+    conn: &mut Conn,
+    ctx: &mut WorkerCtx,
+    shared: &Shared,
+    now: Instant,
+    pass: &mut FlushPass,
+) {
+    conn.io.clear_dirty();
+    let was_blocked = conn.io.blocked_since().is_some();
+    // The wait ends with this write (or with a full socket, whose wait is
+    // the player's).
+    if let (false, Some(since)) = (was_blocked, conn.io.media_since.take()) {
+        shared.workers[ctx.index]
+            .write_wait
+            .record(Instant::now().saturating_duration_since(since));
+    }
+    let written = match catch(|| conn.io.flush(now, &shared.stats)) {
+        Ok(Ok(f)) => {
+            pass.calls += f.calls;
+            f.written
+        }
+        Ok(Err(close)) => {
+            pass.failed.push((k, close));
+            return;
+        }
+        Err(msg) => {
+            pass.panicked.push((k, msg));
+            return;
+        }
+    };
+    if written > 0 {
+        if let Some(stream) = conn.sole_stream() {
+            stream.bytes_out.fetch_add(written, Ordering::Relaxed);
+        }
+    }
+    if let (false, Some(since)) = (was_blocked, conn.io.blocked_since()) {
+        let at = since + ctx.limits.stall;
+        ctx.arm(&mut conn.io, Some(at));
+    }
+    let control = conn.io.out.control_bytes();
+    if control > ctx.limits.control_bytes {
+        pass.failed.push((
+            k,
+            Close::new(
+                CloseReason::Overflow,
+                format!(
+                    "{control} bytes of unread control replies (limit {})",
+                    ctx.limits.control_bytes
+                ),
+            ),
+        ));
+    } else if let Some(close) = conn.io.take_finished_close() {
+        pass.failed.push((k, close));
+    } else if !conn.io.has_pending_output() && conn.wants_drained() {
+        pass.drained.push(k);
+    }
+}
+
 fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
         p.downcast_ref::<&str>()

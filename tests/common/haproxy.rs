@@ -67,8 +67,31 @@ fn config(routes: &[(u16, Route)]) -> String {
 
 impl Haproxy {
     /// Starts HAProxy with one frontend per route and waits (≤ 10 s) until
-    /// each accepts a TCP connection.
+    /// each accepts a TCP connection. The frontends' ports are picked free
+    /// and then bound by HAProxy, so another test can take one in between:
+    /// HAProxy then fails to bind and exits, while the connection check
+    /// reaches the other listener. A start whose HAProxy is gone shortly
+    /// after is tried again on fresh ports (three tries).
     pub fn start(routes: &[Route]) -> Haproxy {
+        for _ in 0..2 {
+            let mut h = Self::start_once(routes);
+            thread::sleep(Duration::from_millis(300));
+            let exited = h.wrapper.as_mut().and_then(|w| w.try_wait().ok().flatten());
+            let Some(status) = exited else {
+                return h;
+            };
+            // Reaped: nothing for Drop to stop.
+            h.wrapper = None;
+            eprintln!(
+                "haproxy exited after its start ({status}), ports {:?} taken? trying again; log:\n{}",
+                h.ports,
+                tail(&h.log(), 10)
+            );
+        }
+        Self::start_once(routes)
+    }
+
+    fn start_once(routes: &[Route]) -> Haproxy {
         let binary = require_tool("haproxy");
         require_tool("timeout");
         let dir = TestDir::new();

@@ -738,11 +738,9 @@ impl Worker {
         self.ctx.relays.opened(&shared, index, task, id, addr);
     }
 
-    /// Streams held until `now` (within the write pass's lead) go to their
-    /// players, whose queues join the write list; during a shutdown every
-    /// held frame goes.
     /// The write pass's releases: streams whose frames go now, then held
-    /// streams that are due at `at`. Players are written as they are
+    /// streams due at `at` (within the write pass's lead); during a
+    /// shutdown every held frame goes. Players are written as they are
     /// released, at the iteration's clock `now`.
     fn release_held(&mut self, at: Instant, now: Instant, pass: &mut FlushPass) {
         for stream in self.ctx.take_release_in_pass() {

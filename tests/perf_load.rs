@@ -65,32 +65,15 @@ fn twenty_players_get_every_frame_with_latency_and_cpu_recorded() {
     let dir = std::env::temp_dir().join(format!("sluice-perf-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("run.json");
-    let out = Command::new(perf_tool::sluice_load())
-        .args([
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--players",
-            "20",
-            "--lead",
-            "0.5",
-            "--ramp",
-            "0.5",
-            "--settle",
-            "0.5",
-            "--duration",
-            "2",
-            "--drain",
-            "1",
-            "--server-pid",
-            &server.0.id().to_string(),
-            "--label",
-            "sluice",
-            "--per-player",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("run sluice-load");
+    let out = spawn_load(
+        port,
+        server.0.id(),
+        20,
+        &json,
+        &["--label", "sluice", "--per-player"],
+    )
+    .wait_with_output()
+    .expect("run sluice-load");
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sluice-load failed:\n{summary}");
     let text = std::fs::read_to_string(&json).expect("JSON written");
@@ -200,15 +183,21 @@ fn limit_holds_audio_for_the_next_video_frame_and_batches_frames() {
     assert_eq!(refused.code(), Some(2));
 }
 
-/// Starts `sluice-load` with 10 players against `port` for a 2 s window,
-/// writing its record to `json`.
-fn spawn_load(port: u16, server: u32, json: &std::path::Path, extra: &[&str]) -> Child {
+/// Starts `sluice-load` with `players` players against `port` for a 2 s
+/// window, writing its record to `json`.
+fn spawn_load(
+    port: u16,
+    server: u32,
+    players: usize,
+    json: &std::path::Path,
+    extra: &[&str],
+) -> Child {
     Command::new(perf_tool::sluice_load())
         .args([
             "--addr",
             &format!("127.0.0.1:{port}"),
             "--players",
-            "10",
+            &players.to_string(),
             "--lead",
             "0.5",
             "--ramp",
@@ -221,7 +210,6 @@ fn spawn_load(port: u16, server: u32, json: &std::path::Path, extra: &[&str]) ->
             "1",
             "--server-pid",
             &server.to_string(),
-            "-q",
             "--json",
         ])
         .arg(json)
@@ -242,8 +230,8 @@ fn a_generator_without_a_publisher_checks_the_shape_rate_of_another_ones_stream(
     let dir = std::env::temp_dir().join(format!("sluice-perf-split-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (pub_json, play_json) = (dir.join("pub.json"), dir.join("play.json"));
-    let publisher = spawn_load(port, server.0.id(), &pub_json, &[]);
-    let player = spawn_load(port, server.0.id(), &play_json, &["--no-publish"]);
+    let publisher = spawn_load(port, server.0.id(), 10, &pub_json, &["-q"]);
+    let player = spawn_load(port, server.0.id(), 10, &play_json, &["-q", "--no-publish"]);
     for (what, child) in [("publishing", publisher), ("playing", player)] {
         let out = child.wait_with_output().expect("sluice-load");
         assert!(

@@ -349,7 +349,7 @@ impl Worker {
                 // What is held goes before the notice: queued now, written
                 // with the write list.
                 self.release(stream, None);
-                self.each_player(stream, "notifying players", |c, ctx| {
+                self.each_player(stream, "notifying players", |_, c, ctx| {
                     c.notify(ctx, stream, seq, published)
                 });
                 // Players now wait for the new publisher's start point.
@@ -369,28 +369,12 @@ impl Worker {
         };
         let mut awaits_start = false;
         let shared = self.ctx.shared.clone();
-        let keys = self.ctx.take_players(stream);
-        let mut panicked = Vec::new();
-        for &k in &keys {
-            let Some(conn) = self.conns.get_mut(k.0) else {
-                continue;
-            };
-            let ctx = &mut self.ctx;
-            match catch(|| conn.deliver_frames(ctx, stream, &frames, since)) {
-                Ok(awaits) => awaits_start |= awaits,
-                Err(msg) => {
-                    panicked.push((k, msg));
-                    continue;
-                }
+        self.each_player(stream, "delivering media", |k, c, ctx| {
+            awaits_start |= c.deliver_frames(ctx, stream, &frames, since);
+            if let (true, Some((now, pass))) = (c.io.is_dirty(), flush.as_mut()) {
+                flush_conn(k, c, ctx, &shared, *now, pass);
             }
-            if let (true, Some((now, pass))) = (conn.io.is_dirty(), flush.as_mut()) {
-                flush_conn(k, conn, &mut self.ctx, &shared, *now, pass);
-            }
-        }
-        self.ctx.restore_players(stream, keys);
-        for (k, msg) in panicked {
-            self.on_panic(k, "delivering media", &msg);
-        }
+        });
         if awaits_start {
             self.ctx.player_awaits_start(stream);
         }
@@ -398,12 +382,13 @@ impl Worker {
 
     /// Runs `f` for each of this worker's players of `stream`, under the
     /// panic backstop. Delivery moves no deadline, so unlike
-    /// [`Worker::with_conn`] no timer is re-armed.
+    /// [`Worker::with_conn`] no timer is re-armed here (a write that
+    /// leaves the socket full arms its stall timer itself, `flush_conn`).
     fn each_player(
         &mut self,
         stream: StreamId,
         doing: &'static str,
-        mut f: impl FnMut(&mut Conn, &mut WorkerCtx),
+        mut f: impl FnMut(ConnKey, &mut Conn, &mut WorkerCtx),
     ) {
         let keys = self.ctx.take_players(stream);
         let mut panicked = Vec::new();
@@ -412,7 +397,7 @@ impl Worker {
                 continue;
             };
             let ctx = &mut self.ctx;
-            if let Err(msg) = catch(|| f(conn, ctx)) {
+            if let Err(msg) = catch(|| f(k, conn, ctx)) {
                 panicked.push((k, msg));
             }
         }

@@ -169,11 +169,10 @@ impl WorkerCtx {
 
     /// The write policy said `stream`'s frames go now: they are released
     /// in this iteration's write pass (`take_release_in_pass`), so that
-    /// the frames of one iteration leave in one write.
+    /// the frames of one iteration leave in one write. A stream listed
+    /// twice is released once: the second finds nothing held.
     pub(super) fn release_in_pass(&mut self, stream: StreamId) {
-        if !self.release_in_pass.contains(&stream) {
-            self.release_in_pass.push(stream);
-        }
+        self.release_in_pass.push(stream);
     }
 
     pub(super) fn take_release_in_pass(&mut self) -> Vec<StreamId> {

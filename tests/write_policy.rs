@@ -43,6 +43,27 @@ fn audio_indices(got: &[Received]) -> Vec<u32> {
         .collect()
 }
 
+/// A player of `live/NAME`, then its publisher: the player, the publisher
+/// and its message stream id, once the player heard of the publish.
+fn player_then_publisher(addr: std::net::SocketAddr, name: &str) -> (TestClient, TestClient, u32) {
+    let mut player = TestClient::connect(addr, "live");
+    player.play(name);
+    let mut publisher = TestClient::connect(addr, "live");
+    let (id, code) = publisher.publish(name);
+    assert_eq!(code, "NetStream.Publish.Start");
+    player.wait_status("NetStream.Play.PublishNotify");
+    (player, publisher, id)
+}
+
+/// Sends `synth`'s next `n` video frames and the audio between them.
+fn send_next(publisher: &mut TestClient, id: u32, synth: &mut Synth, n: usize) {
+    for _ in 0..n {
+        for f in synth.next() {
+            publisher.send(id, &f);
+        }
+    }
+}
+
 #[test]
 fn held_audio_leaves_at_its_deadline_when_nothing_follows_it() {
     // A budget long enough that the frames after the first are held; the
@@ -51,13 +72,7 @@ fn held_audio_leaves_at_its_deadline_when_nothing_follows_it() {
     let server = start_server(1, |c| {
         c.max_write_delay = Millis(Duration::from_millis(300))
     });
-    let addr = server.local_addr();
-    let mut player = TestClient::connect(addr, "live");
-    player.play("radio");
-    let mut publisher = TestClient::connect(addr, "live");
-    let (id, code) = publisher.publish("radio");
-    assert_eq!(code, "NetStream.Publish.Start");
-    player.wait_status("NetStream.Play.PublishNotify");
+    let (mut player, mut publisher, id) = player_then_publisher(server.local_addr(), "radio");
     let frames = audio_frames(5);
     // The config and the first frame start play (written at once)...
     for f in &frames[..2] {
@@ -89,19 +104,11 @@ fn a_late_joiner_gets_the_cached_gop_and_live_frames_under_a_long_budget() {
     for f in synth.headers() {
         publisher.send(id, &f);
     }
-    for _ in 0..10 {
-        for f in synth.next() {
-            publisher.send(id, &f);
-        }
-    }
+    send_next(&mut publisher, id, &mut synth, 10);
     wait_cached(&server, "live/cam", 10);
     let mut player = TestClient::connect(addr, "live");
     player.play("cam");
-    for _ in 0..20 {
-        for f in synth.next() {
-            publisher.send(id, &f);
-        }
-    }
+    send_next(&mut publisher, id, &mut synth, 20);
     let got = player.collect_media(WAIT, |g| has_video(g, 29));
     assert_complete_from_keyframe(&got, 29);
     server.stop();
@@ -199,20 +206,11 @@ fn a_player_waiting_for_a_keyframe_gets_it_at_once_under_a_long_budget() {
 #[test]
 fn frames_held_when_the_publisher_leaves_reach_players_before_the_notice() {
     let server = start_server(1, |c| c.max_write_delay = Millis(LONG_BUDGET));
-    let addr = server.local_addr();
-    let mut player = TestClient::connect(addr, "live");
-    player.play("cam");
-    let mut publisher = TestClient::connect(addr, "live");
-    let (id, _) = publisher.publish("cam");
-    player.wait_status("NetStream.Play.PublishNotify");
+    let (mut player, mut publisher, id) = player_then_publisher(server.local_addr(), "cam");
     let mut synth = Synth::new(30, 2_000);
     start_stream(&mut publisher, id, &mut synth, &mut player);
     // Small frames 33 ms apart under a one-second budget: held.
-    for _ in 0..4 {
-        for f in synth.next() {
-            publisher.send(id, &f);
-        }
-    }
+    send_next(&mut publisher, id, &mut synth, 4);
     std::thread::sleep(Duration::from_millis(50));
     let start = std::time::Instant::now();
     publisher.delete_stream(id);
@@ -242,21 +240,12 @@ fn wait_cached(server: &sluice::server::RunningServer, key: &str, frames: u64) {
 #[test]
 fn metrics_count_write_calls_and_write_waits() {
     let server = start_server(1, |_| {});
-    let addr = server.local_addr();
-    let mut player = TestClient::connect(addr, "live");
-    player.play("cam");
-    let mut publisher = TestClient::connect(addr, "live");
-    let (id, _) = publisher.publish("cam");
-    player.wait_status("NetStream.Play.PublishNotify");
+    let (mut player, mut publisher, id) = player_then_publisher(server.local_addr(), "cam");
     let mut synth = Synth::new(30, 12_000);
     for f in synth.headers() {
         publisher.send(id, &f);
     }
-    for _ in 0..30 {
-        for f in synth.next() {
-            publisher.send(id, &f);
-        }
-    }
+    send_next(&mut publisher, id, &mut synth, 30);
     let got = player.collect_media(WAIT, |g| has_video(g, 29));
     assert_complete_from_keyframe(&got, 29);
     let text = api::metrics(http_addr(&server));
@@ -277,21 +266,12 @@ fn frames_read_in_one_loop_iteration_leave_in_one_write() {
     // iteration's write pass: frames that came in one read of the
     // publisher's socket leave in one write to the player, not one each.
     let server = start_server(1, |c| c.max_write_delay = Millis(Duration::from_millis(1)));
-    let addr = server.local_addr();
-    let mut player = TestClient::connect(addr, "live");
-    player.play("burst");
-    let mut publisher = TestClient::connect(addr, "live");
-    let (id, _) = publisher.publish("burst");
-    player.wait_status("NetStream.Play.PublishNotify");
+    let (mut player, mut publisher, id) = player_then_publisher(server.local_addr(), "burst");
     let mut synth = Synth::new(300, 6_000);
     for f in synth.headers() {
         publisher.send(id, &f);
     }
-    for _ in 0..3 {
-        for f in synth.next() {
-            publisher.send(id, &f);
-        }
-    }
+    send_next(&mut publisher, id, &mut synth, 3);
     let mut got = player.collect_media(WAIT, |g| has_video(g, 2));
     let http = http_addr(&server);
     let calls = || {

@@ -114,6 +114,14 @@ fn twenty_players_get_every_frame_with_latency_and_cpu_recorded() {
     assert!(r["latency_ms"]["p99"].is_number());
     // CPU was recorded for the server and for the generator itself.
     assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{ctx}");
+    let (user, cpu) = (
+        r["server"]["user_seconds"].as_f64(),
+        r["server"]["cpu_seconds"].as_f64(),
+    );
+    assert!(
+        matches!((user, cpu), (Some(u), Some(c)) if u <= c),
+        "the server's own-code time is part of its CPU time: {ctx}"
+    );
     assert!(r["generator"]["cpu_seconds"].as_f64().is_some(), "{ctx}");
     assert!(r["server"]["rss_peak_bytes"].as_u64().is_some(), "{ctx}");
     assert!(r["window"]["bytes_delivered"].as_u64().unwrap() > 0);

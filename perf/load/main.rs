@@ -558,6 +558,8 @@ enum Phase {
 struct Sample {
     at: Option<Instant>,
     server_ticks: Option<u64>,
+    /// The part of `server_ticks` in the server's own code (utime).
+    server_user_ticks: Option<u64>,
     /// The server's time on CPU, nanoseconds (schedstat).
     server_sched_ns: Option<u64>,
     self_ticks: Option<u64>,
@@ -576,10 +578,12 @@ impl Sample {
         published_video: u32,
         published_bytes: u64,
     ) -> Self {
+        let server_times = pid.and_then(|p| stats::cpu_times(Some(p)));
         Self {
             metrics: metrics.and_then(stats::ServerMetrics::fetch),
             at: Some(Instant::now()),
-            server_ticks: pid.and_then(|p| stats::cpu_ticks(Some(p))),
+            server_ticks: server_times.map(|(user, system)| user + system),
+            server_user_ticks: server_times.map(|(user, _)| user),
             server_sched_ns: pid.and_then(stats::sched_ns),
             self_ticks: stats::cpu_ticks(None),
             server_writes: pid.and_then(stats::write_calls),
@@ -1088,6 +1092,10 @@ impl Run {
             _ => None,
         };
         let server_cpu = delta(self.win_start.server_ticks, self.win_end.server_ticks);
+        let server_user = delta(
+            self.win_start.server_user_ticks,
+            self.win_end.server_user_ticks,
+        );
         let server_cpu_sched = match (self.win_start.server_sched_ns, self.win_end.server_sched_ns)
         {
             (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9),
@@ -1326,6 +1334,12 @@ impl Run {
                 "cpu_seconds": server_cpu,
                 "cpu_util": server_cpu.map(|c| if win > 0.0 { c / win } else { 0.0 }),
                 "cpu_s_per_gb": server_cpu.and_then(|c| (gb > 0.0).then(|| c / gb)),
+                // Of cpu_seconds, the time in the server's own code (utime).
+                "user_seconds": server_user,
+                "user_share": match (server_user, server_cpu) {
+                    (Some(u), Some(c)) if c > 0.0 => Some(u / c),
+                    _ => None,
+                },
                 // The same from schedstat: nanoseconds, not 10 ms ticks.
                 "cpu_seconds_sched": server_cpu_sched,
                 "cpu_util_sched": server_cpu_sched.map(|c| if win > 0.0 { c / win } else { 0.0 }),
@@ -1415,9 +1429,10 @@ fn summary(r: &Value) -> String {
         f(&r["window"]["max_lag_frames"])
     );
     s += &format!(
-        "  server: {} CPU-s ({} of a core), {} CPU-s/GB, {} bytes per write syscall, RSS peak {} (before {}, {} per player)\n",
+        "  server: {} CPU-s ({} of a core, {} in its own code), {} CPU-s/GB, {} bytes per write syscall, RSS peak {} (before {}, {} per player)\n",
         f(&r["server"]["cpu_seconds"]),
         f(&r["server"]["cpu_util"]),
+        f(&r["server"]["user_share"]),
         f(&r["server"]["cpu_s_per_gb"]),
         f(&r["server"]["bytes_per_write_syscall"]),
         f(&r["server"]["rss_peak_bytes"]),

@@ -8,6 +8,7 @@ use super::access::{AwaitingHook, Reply};
 use super::base::StreamId;
 use super::ctx::WorkerCtx;
 use super::http_conn::HttpConn;
+use super::player::Player;
 use super::relay_conn::RelayConn;
 use super::rtmp_conn::RtmpConn;
 use super::stats::CloseReason;
@@ -131,12 +132,7 @@ impl Conn {
             // the end of a response).
             return false;
         }
-        let player = match &mut self.proto {
-            Proto::Rtmp(r) => r.player_of(stream),
-            Proto::Http(h) => h.player_of(stream),
-            Proto::Relay(r) => r.player_of(stream),
-        };
-        let Some(player) = player else {
+        let Some(player) = player_of(&mut self.proto, stream) else {
             return false;
         };
         let pushed = self.io.out.media_pushed();
@@ -150,6 +146,18 @@ impl Conn {
             ctx.schedule_write(&mut self.io);
         }
         awaits_start
+    }
+
+    /// Touches, changing nothing, what delivering `stream`'s frames to this
+    /// connection and writing them touch first: its state, its player, its
+    /// queue and its counters. A caller that warms a few connections before
+    /// working on any of them has their cache misses overlap, where the
+    /// work alone meets them one after another
+    /// ([`WARM_AHEAD`](super::worker::WARM_AHEAD)). The value only keeps the
+    /// reads from being optimised away.
+    pub(super) fn warm(&mut self, stream: StreamId) -> u64 {
+        let player = player_of(&mut self.proto, stream).map_or(0, |p| p.warm());
+        player ^ u64::from(self.wants_drained()) ^ self.io.warm()
     }
 
     /// A publish or unpublish notice of `stream` for this connection's
@@ -441,5 +449,14 @@ impl Conn {
             io.out.media_bytes(),
             io.out.control_bytes(),
         )
+    }
+}
+
+/// The connection's player of `stream`, whatever its protocol.
+fn player_of(proto: &mut Proto, stream: StreamId) -> Option<&mut Player> {
+    match proto {
+        Proto::Rtmp(r) => r.player_of(stream),
+        Proto::Http(h) => h.player_of(stream),
+        Proto::Relay(r) => r.player_of(stream),
     }
 }

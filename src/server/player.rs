@@ -215,6 +215,16 @@ pub(super) struct Player {
 }
 
 impl Player {
+    /// Reads the fields a delivery reads first ([`Conn::warm`](super::conn::Conn::warm)).
+    pub(super) fn warm(&self) -> u64 {
+        let paused = matches!(self.state, PlayState::Paused { .. });
+        self.next_seq
+            ^ self.started_tracks
+            ^ self.dropped
+            ^ u64::from(self.msid)
+            ^ u64::from(paused)
+    }
+
     /// A player that starts by skipping to a start point; `next_seq` is the
     /// first sequence number it takes from live delivery.
     pub(super) fn new(

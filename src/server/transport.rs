@@ -237,6 +237,17 @@ impl ConnIo {
         self.dirty = false;
     }
 
+    /// Touches what a delivery and a write touch first
+    /// ([`Conn::warm`](super::conn::Conn::warm)).
+    pub(super) fn warm(&mut self) -> u64 {
+        let flags = u64::from(self.dirty)
+            ^ u64::from(self.closing.is_some())
+            ^ u64::from(self.blocked_since.is_some())
+            ^ u64::from(self.media_since.is_some())
+            ^ u64::from(self.tls.is_some());
+        flags ^ self.out.warm() ^ self.counters.bytes_out.load(Ordering::Relaxed)
+    }
+
     /// In the write list and not written since (see `set_dirty`).
     pub(super) fn is_dirty(&self) -> bool {
         self.dirty

@@ -224,6 +224,9 @@ fn summarize(runs: &[&LoadRun]) -> Value {
                 .collect(),
         ),
         "server_cpu_util": m(&["server", "cpu_util"]),
+        // Of the server's CPU, the share in its own code (utime): what a
+        // change to it moves, where the kernel's share moves between runs.
+        "server_user_share": m(&["server", "user_share"]),
         "gbit_per_s": m(&["window", "gbit_per_s"]),
         "min_rate_ratio": m(&["window", "min_rate_ratio"]),
         "latency_ms_p50": m(&["latency_ms", "p50"]),
@@ -574,7 +577,7 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
         let _ = writeln!(s, " – |");
     }
     let _ = writeln!(s, "\n### Details per run (medians over repeats)\n");
-    let _ = writeln!(s, "| server | players | held | server CPU (cores) | Gbit/s | CPU-s/GB | server + generator CPU-s/GB | bytes/write syscall | latency p50 / p99 / max (ms) | Sluice's write wait p99 / max (ms, ≤) | join p50 / p99 (ms) | RSS peak (MiB) | RSS per player (KiB) | generator CPU (cores) |");
+    let _ = writeln!(s, "| server | players | held | server CPU (cores; in its own code) | Gbit/s | CPU-s/GB | server + generator CPU-s/GB | bytes/write syscall | latency p50 / p99 / max (ms) | Sluice's write wait p99 / max (ms, ≤) | join p50 / p99 (ms) | RSS peak (MiB) | RSS per player (KiB) | generator CPU (cores) |");
     let _ = writeln!(
         s,
         "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -588,9 +591,13 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
             let held = if v["held"] == true { "yes" } else { "no" };
             let _ = writeln!(
                 s,
-                "| {} | {n} | {held} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} / {} | {} | {} | {}{} |",
+                "| {} | {n} | {held} | {}{} | {} | {} | {} | {} | {} / {} / {} | {} | {} / {} | {} | {} | {}{} |",
                 display_name(srv),
                 fmt_opt(&v["server_cpu_util"], 2),
+                v["server_user_share"]
+                    .as_f64()
+                    .map(|u| format!("; {:.0} %", u * 100.0))
+                    .unwrap_or_default(),
                 fmt_opt(&v["gbit_per_s"], 2),
                 fmt_opt(&v["cpu_s_per_gb"], 2),
                 fmt_opt(&v["system_cpu_s_per_gb"], 2),

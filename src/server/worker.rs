@@ -405,22 +405,22 @@ impl Worker {
     ) {
         let keys = self.ctx.take_players(stream);
         let mut panicked = Vec::new();
-        for (i, &k) in keys.iter().enumerate() {
-            if i % WARM_AHEAD == 0 {
-                let mut warmed = 0;
-                for n in &keys[i..keys.len().min(i + WARM_AHEAD)] {
-                    if let Some(c) = self.conns.get_mut(n.0) {
-                        warmed ^= c.warm(stream);
-                    }
+        for group in keys.chunks(WARM_AHEAD) {
+            let mut warmed = 0;
+            for k in group {
+                if let Some(conn) = self.conns.get_mut(k.0) {
+                    warmed ^= conn.warm(stream);
                 }
-                std::hint::black_box(warmed);
             }
-            let Some(conn) = self.conns.get_mut(k.0) else {
-                continue;
-            };
-            let ctx = &mut self.ctx;
-            if let Err(msg) = catch(|| f(k, conn, ctx)) {
-                panicked.push((k, msg));
+            std::hint::black_box(warmed);
+            for &k in group {
+                let Some(conn) = self.conns.get_mut(k.0) else {
+                    continue;
+                };
+                let ctx = &mut self.ctx;
+                if let Err(msg) = catch(|| f(k, conn, ctx)) {
+                    panicked.push((k, msg));
+                }
             }
         }
         self.ctx.restore_players(stream, keys);

@@ -1079,10 +1079,6 @@ fn expire_handover_rule(shared: &Shared) {
     }
 }
 
-/// Runs one connection's share of the work, catching a panic (the message is
-/// returned) so the caller can close that connection alone. The state `f`
-/// touches belongs to the connection that is then closed, or is poison-safe
-/// shared state, hence `AssertUnwindSafe`.
 /// What one write pass leaves to do once its writes are done
 /// ([`Worker::flush_dirty`]).
 #[derive(Default)]
@@ -1158,6 +1154,10 @@ fn flush_conn(
     }
 }
 
+/// Runs one connection's share of the work, catching a panic (the message is
+/// returned) so the caller can close that connection alone. The state `f`
+/// touches belongs to the connection that is then closed, or is poison-safe
+/// shared state, hence `AssertUnwindSafe`.
 fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
         p.downcast_ref::<&str>()

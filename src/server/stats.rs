@@ -1,6 +1,7 @@
 //! Counters the HTTP API and `/metrics` read: process-wide atomics, updated
 //! by workers where the event happens (no locks on the data path).
 
+use super::base::{add_owned, max_owned};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -151,7 +152,9 @@ pub const WRITE_WAIT_BUCKETS_US: [u64; 19] = [
 /// loop iteration that held its oldest frame (or queued it, when it was not
 /// held) to the write call, for
 /// every write of a connection whose socket had room (a full socket's wait
-/// is the player's, not the server's). One per worker, written by it alone.
+/// is the player's, not the server's). One per worker, written by it alone
+/// (so [`WaitHistogram::record`] adds with plain loads and stores: it runs
+/// once per write call).
 #[derive(Debug, Default)]
 pub struct WaitHistogram {
     /// Non-cumulative counts per bucket of [`WRITE_WAIT_BUCKETS_US`], then
@@ -174,9 +177,10 @@ impl WaitHistogram {
     pub fn record(&self, wait: Duration) {
         let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
         let i = WRITE_WAIT_BUCKETS_US.partition_point(|&b| b < us);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.max_us.fetch_max(us, Ordering::Relaxed);
+        // Its worker alone writes it: no locked read-modify-writes.
+        add_owned(&self.buckets[i], 1);
+        add_owned(&self.sum_us, us);
+        max_owned(&self.max_us, us);
     }
 
     /// Adds this histogram's counts to `into`.

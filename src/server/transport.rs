@@ -300,9 +300,7 @@ impl ConnIo {
             self.read_plain(scratch)
         }?;
         if let Some(r) = read {
-            self.counters
-                .bytes_in
-                .fetch_add(r.raw as u64, Ordering::Relaxed);
+            self.counters.add_in(r.raw as u64);
             stats.bytes_in.fetch_add(r.raw as u64, Ordering::Relaxed);
         }
         Ok(read)
@@ -522,9 +520,10 @@ impl ConnIo {
 
     /// Writes the queue until the socket blocks or the queue empties.
     /// Returns the bytes written (TLS records for TLS), counted on the
-    /// connection and in `stats`, and the write calls made; updates the
+    /// connection (the caller counts them for the server and the stream,
+    /// once per write pass), and the write calls made; updates the
     /// stalled-since clock.
-    pub(super) fn flush(&mut self, now: Instant, stats: &Stats) -> Result<Flushed, Close> {
+    pub(super) fn flush(&mut self, now: Instant) -> Result<Flushed, Close> {
         let mut calls = 0;
         let mut socket = SendMsg {
             socket: &self.socket,
@@ -538,10 +537,7 @@ impl ConnIo {
             result.map_err(|e| Close::new(CloseReason::Peer, format!("write error: {e}")))?;
         if written > 0 {
             self.blocked_since = None;
-            self.counters
-                .bytes_out
-                .fetch_add(written, Ordering::Relaxed);
-            stats.bytes_out.fetch_add(written, Ordering::Relaxed);
+            self.counters.add_out(written);
         }
         if blocked {
             self.blocked_since.get_or_insert(now);

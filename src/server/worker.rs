@@ -37,6 +37,7 @@ use super::shared::{
     ClientInfo, ClientState, Command, ListenerKind, MediaEvent, Message, RelayCommand, Shared,
 };
 use super::stats::CloseReason;
+use super::stream::Stream;
 use super::tasks::Outbound;
 use super::transport::{Close, ConnIo, ProxyStage};
 use crate::config::SHUTDOWN_FLUSH_TIMEOUT;
@@ -779,9 +780,7 @@ impl Worker {
             }
             flush_conn(k, conn, &mut self.ctx, &shared, now, &mut pass);
         }
-        shared.workers[self.ctx.index]
-            .write_calls
-            .fetch_add(pass.calls, Ordering::Relaxed);
+        pass.publish(&shared, self.ctx.index);
         // A connection released for two streams is written twice in a pass:
         // what it left to do is done once (stable sorts: its first close
         // reason is the one kept).
@@ -1085,12 +1084,56 @@ fn expire_handover_rule(shared: &Shared) {
 struct FlushPass {
     /// Write calls made (`sendmsg`, or TLS records' writes).
     calls: u64,
+    /// Bytes written, all connections together.
+    written: u64,
+    /// Bytes written for each stream, by run of consecutive writes for the
+    /// same stream (a release writes its players one after another).
+    /// Counted here and added to the server's and the streams' shared
+    /// counters once at the end of the pass ([`FlushPass::publish`]): those
+    /// counters are shared by every worker, and an atomic addition per write
+    /// call on each of them would have the workers take turns at their
+    /// cache lines thousands of times a second.
+    stream_written: Vec<(Arc<Stream>, u64)>,
     /// Connections to close, and why.
     failed: Vec<(ConnKey, Close)>,
     /// Connections whose write panicked.
     panicked: Vec<(ConnKey, String)>,
     /// Connections drained that want [`Conn::on_drained`].
     drained: Vec<ConnKey>,
+}
+
+impl FlushPass {
+    /// `n` bytes were written to a connection of `stream` (None: of no
+    /// single stream).
+    fn count(&mut self, n: u64, stream: Option<&Arc<Stream>>) {
+        self.written += n;
+        let Some(stream) = stream else {
+            return;
+        };
+        match self.stream_written.last_mut() {
+            Some((s, sum)) if Arc::ptr_eq(s, stream) => *sum += n,
+            _ => self.stream_written.push((stream.clone(), n)),
+        }
+    }
+
+    /// Adds what the pass wrote to the shared counters: the worker's write
+    /// calls, the server's bytes out and each stream's.
+    fn publish(&mut self, shared: &Shared, worker: usize) {
+        if self.calls > 0 {
+            shared.workers[worker]
+                .write_calls
+                .fetch_add(self.calls, Ordering::Relaxed);
+        }
+        if self.written > 0 {
+            shared
+                .stats
+                .bytes_out
+                .fetch_add(self.written, Ordering::Relaxed);
+        }
+        for (stream, n) in self.stream_written.drain(..) {
+            stream.bytes_out.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Writes connection `k`'s queue (one flush: as much as the socket takes),
@@ -1112,7 +1155,7 @@ fn flush_conn(
             .write_wait
             .record(Instant::now().saturating_duration_since(since));
     }
-    let written = match catch(|| conn.io.flush(now, &shared.stats)) {
+    let written = match catch(|| conn.io.flush(now)) {
         Ok(Ok(f)) => {
             pass.calls += f.calls;
             f.written
@@ -1127,9 +1170,7 @@ fn flush_conn(
         }
     };
     if written > 0 {
-        if let Some(stream) = conn.sole_stream() {
-            stream.bytes_out.fetch_add(written, Ordering::Relaxed);
-        }
+        pass.count(written, conn.sole_stream());
     }
     if let (false, Some(since)) = (was_blocked, conn.io.blocked_since()) {
         let at = since + ctx.limits.stall;

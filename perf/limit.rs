@@ -20,6 +20,12 @@
 //! policy's write sizes. `--batch K` writes K frames per wakeup, a larger
 //! budget's shape. Both need a vectored mode (`writev` or `sendmsg`), which
 //! writes everything queued in one call.
+//!
+//! `--touch-lines N` updates one word in each of N cache lines of memory
+//! that belongs to the socket before each write: with a thousand sockets,
+//! none of it is cached when its turn comes, as a server's per-player state
+//! is not. It prices a server's own state around the same writes, its misses
+//! and what they evict of the kernel's (perf/README.md).
 
 #[allow(dead_code)]
 #[path = "load/stats.rs"]
@@ -102,7 +108,23 @@ struct Peer {
     offset: usize,
     dead: bool,
     error: Option<String>,
+    /// `--touch-lines`: this socket's own memory, one word per cache line
+    /// updated before each write.
+    state: Vec<u64>,
 }
+
+impl Peer {
+    /// Updates one word in each cache line of this socket's state: what a
+    /// server's per-player state costs around the same write.
+    fn touch(&mut self) {
+        for w in self.state.iter_mut().step_by(WORDS_PER_LINE) {
+            *w = w.wrapping_add(1);
+        }
+    }
+}
+
+/// 64-byte cache lines of `u64` words.
+const WORDS_PER_LINE: usize = 8;
 
 impl Peer {
     /// One write (or one per chunk in `chunk` mode) for what is queued.
@@ -267,6 +289,8 @@ struct Opts {
     batch: usize,
     /// Audio waits for the next video frame (Sluice's default budget).
     merge_audio: bool,
+    /// Cache lines of its own state touched per socket per write.
+    touch_lines: usize,
 }
 
 fn main() -> ExitCode {
@@ -312,6 +336,12 @@ fn main() -> ExitCode {
         "merge-audio",
         "hold audio until the next video frame (writev or sendmsg)",
     );
+    o.optopt(
+        "",
+        "touch-lines",
+        "cache lines of per-socket state updated before each write, as a server's per-player state is [0]",
+        "N",
+    );
     o.optflag("h", "help", "print this help");
     let m = match o.parse(&args[1..]) {
         Ok(m) => m,
@@ -346,6 +376,7 @@ fn main() -> ExitCode {
         json: m.opt_str("json"),
         batch: get("batch", "1").parse::<usize>().expect("--batch").max(1),
         merge_audio: m.opt_present("merge-audio"),
+        touch_lines: get("touch-lines", "0").parse().expect("--touch-lines"),
     };
     let vectored = matches!(opts.mode, Mode::Writev | Mode::SendMsg);
     if (opts.batch > 1 || opts.merge_audio) && !vectored {
@@ -440,6 +471,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
             offset: 0,
             dead: false,
             error: None,
+            state: vec![0; o.touch_lines * WORDS_PER_LINE],
         });
     }
     let shape = stream::Shape {
@@ -451,7 +483,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
     let win_start = Duration::from_secs_f64(o.warmup);
     let win_end = win_start + Duration::from_secs_f64(o.duration);
     let mut measuring = false;
-    let (mut t0_ticks, mut t0_at) = (0u64, start);
+    let (mut t0, mut t0_at) = ((0u64, 0u64), start);
     let (mut bytes, mut syscalls, mut wakeups) = (0u64, 0u64, 0u64);
     let mut max_backlog = 0usize;
     // Pre-build one GOP's frames and reuse them: the writer only writes.
@@ -481,7 +513,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         let now = start.elapsed();
         if !measuring && now >= win_start {
             measuring = true;
-            t0_ticks = stats::cpu_ticks(None).unwrap_or(0);
+            t0 = stats::cpu_times(None).unwrap_or_default();
             t0_at = Instant::now();
             bytes = 0;
             syscalls = 0;
@@ -506,15 +538,17 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
             for k in first..i + o.batch {
                 p.queue.push_back(frames[k % frames.len()].1.clone());
             }
+            p.touch();
             bytes += p.write(o.mode, &mut syscalls) as u64;
             let backlog: usize = p.queue.iter().map(|w| w.len).sum::<usize>() - p.offset;
             max_backlog = max_backlog.max(backlog);
         }
         i += o.batch;
     }
-    let ticks = stats::cpu_ticks(None).unwrap_or(0) - t0_ticks;
+    let (user, system) = stats::cpu_times(None).unwrap_or_default();
+    let (user, system) = (user - t0.0, system - t0.1);
     let secs = t0_at.elapsed().as_secs_f64();
-    let cpu = ticks as f64 / stats::clock_ticks();
+    let cpu = (user + system) as f64 / stats::clock_ticks();
     let dead = peers.iter().filter(|p| p.dead).count();
     let first_error = peers.iter().find_map(|p| p.error.clone());
     drop(peers);
@@ -525,6 +559,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "mode": o.mode.name(),
         "batch": o.batch,
         "merge_audio": o.merge_audio,
+        "touch_lines": o.touch_lines,
         "players": o.players,
         "chunk_size": o.chunk_size,
         "bitrate_bps": o.bitrate,
@@ -536,6 +571,8 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "bytes_per_syscall": if syscalls > 0 { bytes as f64 / syscalls as f64 } else { 0.0 },
         "cpu_seconds": cpu,
         "cpu_util": cpu / secs,
+        // Its time in its own code, out of all of it (the rest is the kernel's).
+        "user_share": if user + system > 0 { Some(user as f64 / (user + system) as f64) } else { None },
         "cpu_s_per_gb": if gb > 0.0 { Some(cpu / gb) } else { None },
         "max_backlog_bytes": max_backlog,
         "dead_sockets": dead,

@@ -182,6 +182,22 @@ fn limit_holds_audio_for_the_next_video_frame_and_batches_frames() {
     );
     assert!((3.5..6.5).contains(&b), "one write per 15 frames: {b:.1}/s");
     assert_eq!(merged["merge_audio"], true);
+    // Per-socket state touched around the same writes: the same calls.
+    let touched = limit(&["--mode", "sendmsg", "--merge-audio", "--touch-lines", "16"]);
+    assert_eq!(touched["touch_lines"], 16, "{touched}");
+    assert_eq!(touched["dead_sockets"], 0, "{touched}");
+    let t = per_socket_second(&touched);
+    assert!((27.0..33.0).contains(&t), "touched: {t:.1}/s");
+    // Its time in its own code is a share of its time (none when 2 s of
+    // 20 sockets took less than a clock tick).
+    for r in [&each, &touched] {
+        let share = r["user_share"].as_f64();
+        if r["cpu_seconds"].as_f64() > Some(0.0) {
+            assert!(share.is_some_and(|s| (0.0..=1.0).contains(&s)), "{r}");
+        } else {
+            assert!(share.is_none(), "{r}");
+        }
+    }
     // frame mode writes one buffer per call: batching it is refused.
     let refused = Command::new(perf_tool::sluice_limit())
         .args(["--mode", "frame", "--merge-audio"])

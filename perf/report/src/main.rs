@@ -386,6 +386,7 @@ fn run(a: &Args) -> Result<(), String> {
             "bytes_per_syscall": m("bytes_per_syscall"),
             "gbit_per_s": m("gbit_per_s"),
             "cpu_util": m("cpu_util"),
+            "user_share": m("user_share"),
             "repeats": rs.len(),
         });
     }
@@ -550,7 +551,13 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
             } else {
                 String::new()
             };
-            let _ = write!(s, " {}{} |", fmt_opt(&v["cpu_s_per_gb"], 2), mark);
+            let _ = write!(
+                s,
+                " {}{}{} |",
+                fmt_opt(&v["cpu_s_per_gb"], 2),
+                own_code(&v["server_user_share"]),
+                mark
+            );
         }
         let mh = &rec["most_held_per_core"][srv];
         let n = mh["players"].as_u64().unwrap_or(0);
@@ -572,7 +579,12 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
                 .as_f64()
                 .map(|b| format!(" ({:.1} KB a write)", b / 1000.0))
                 .unwrap_or_default();
-            let _ = write!(s, " {}{per_write} |", fmt_opt(&v["cpu_s_per_gb"], 2));
+            let _ = write!(
+                s,
+                " {}{}{per_write} |",
+                fmt_opt(&v["cpu_s_per_gb"], 2),
+                own_code(&v["user_share"])
+            );
         }
         let _ = writeln!(s, " – |");
     }
@@ -682,6 +694,15 @@ const COLORS: [RGBColor; 5] = [
 ];
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+/// ", N % own code" for a share of CPU time in a program's own code (the
+/// rest is the kernel's), nothing where the record has none.
+fn own_code(share: &Value) -> String {
+    share
+        .as_f64()
+        .map(|u| format!(", {:.0} % own code", u * 100.0))
+        .unwrap_or_default()
+}
 
 /// A physical-limit run's row name: `MODE[+merge][+bK]` as `perf/run
 /// --limit-modes` names it (`sluice-limit` writes the same bytes to N

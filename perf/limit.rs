@@ -26,6 +26,17 @@
 //! none of it is cached when its turn comes, as a server's per-player state
 //! is not. It prices a server's own state around the same writes, its misses
 //! and what they evict of the kernel's (perf/README.md).
+//!
+//! `--player-replies`: the writer sends a few bytes on each socket first and
+//! the reader answers them at once, as an RTMP player answers the server's
+//! handshake and commands. A socket that has received and then sent within
+//! the delayed-acknowledgement time is in the kernel's interactive mode,
+//! where reading does not send the acknowledgement; it goes later, from the
+//! softirq that delivers the next segment or from the delayed-ACK timer,
+//! both on the writer's core. A silent reader's acknowledgements are sent
+//! by its reads, on its own core. `sluice-load`'s RTMP players are of the
+//! first kind, so without this flag the limit leaves about a third of the
+//! loopback packets (the acknowledgements) to the reader's core.
 
 #[allow(dead_code)]
 #[path = "load/stats.rs"]
@@ -214,7 +225,7 @@ fn send(sock: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
+fn sink(addr: SocketAddr, n: usize, secs: f64, replies: bool) -> ExitCode {
     let mut poll = Poll::new().expect("poll");
     let mut socks = Vec::with_capacity(n);
     for i in 0..n {
@@ -223,7 +234,7 @@ fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
                 poll.registry()
                     .register(&mut s, Token(i), Interest::READABLE)
                     .expect("register");
-                socks.push(Some(s));
+                socks.push(Some((s, !replies)));
             }
             Err(e) => {
                 eprintln!("sluice-limit sink: connect {i}: {e}");
@@ -242,7 +253,9 @@ fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
             let Some(slot) = socks.get_mut(ev.token().0) else {
                 continue;
             };
-            let Some(s) = slot.as_mut() else { continue };
+            let Some((s, replied)) = slot.as_mut() else {
+                continue;
+            };
             if ev.is_error() {
                 if let Ok(Some(e)) | Err(e) = s.take_error() {
                     eprintln!("sluice-limit sink: socket {}: {e}", ev.token().0);
@@ -255,7 +268,14 @@ fn sink(addr: SocketAddr, n: usize, secs: f64) -> ExitCode {
                         open -= 1;
                         break;
                     }
-                    Ok(k) if k < buf.len() => break,
+                    Ok(k) if k < buf.len() => {
+                        if !*replied {
+                            // As a player answers the server's first bytes.
+                            *replied = true;
+                            let _ = s.write(b"reply");
+                        }
+                        break;
+                    }
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -291,6 +311,8 @@ struct Opts {
     merge_audio: bool,
     /// Cache lines of its own state touched per socket per write.
     touch_lines: usize,
+    /// The reader answers the writer's first bytes, as a player does.
+    player_replies: bool,
 }
 
 fn main() -> ExitCode {
@@ -299,7 +321,8 @@ fn main() -> ExitCode {
         let addr = args[2].parse().expect("sink ADDR N SECS");
         let n = args[3].parse().expect("sink ADDR N SECS");
         let secs = args[4].parse().expect("sink ADDR N SECS");
-        return sink(addr, n, secs);
+        let replies = args.get(5).map(String::as_str) == Some("replies");
+        return sink(addr, n, secs, replies);
     }
     let mut o = getopts::Options::new();
     o.optopt("n", "players", "sockets [100]", "N");
@@ -342,6 +365,11 @@ fn main() -> ExitCode {
         "cache lines of per-socket state updated before each write, as a server's per-player state is [0]",
         "N",
     );
+    o.optflag(
+        "",
+        "player-replies",
+        "each socket first carries a message and its immediate reply, as an RTMP session's handshake and commands do",
+    );
     o.optflag("h", "help", "print this help");
     let m = match o.parse(&args[1..]) {
         Ok(m) => m,
@@ -377,6 +405,7 @@ fn main() -> ExitCode {
         batch: get("batch", "1").parse::<usize>().expect("--batch").max(1),
         merge_audio: m.opt_present("merge-audio"),
         touch_lines: get("touch-lines", "0").parse().expect("--touch-lines"),
+        player_replies: m.opt_present("player-replies"),
     };
     let vectored = matches!(opts.mode, Mode::Writev | Mode::SendMsg);
     if (opts.batch > 1 || opts.merge_audio) && !vectored {
@@ -447,6 +476,11 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         .arg(addr.to_string())
         .arg(o.players.to_string())
         .arg(total.to_string())
+        .arg(if o.player_replies {
+            "replies"
+        } else {
+            "silent"
+        })
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("sink: {e}"))?;
@@ -465,6 +499,10 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
         let _ = s.set_nodelay(true);
+        if o.player_replies {
+            // The sink answers this at once (its first read).
+            let _ = (&s).write(b"hello");
+        }
         peers.push(Peer {
             sock: s,
             queue: VecDeque::new(),
@@ -560,6 +598,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "batch": o.batch,
         "merge_audio": o.merge_audio,
         "touch_lines": o.touch_lines,
+        "player_replies": o.player_replies,
         "players": o.players,
         "chunk_size": o.chunk_size,
         "bitrate_bps": o.bitrate,

@@ -188,6 +188,13 @@ fn limit_holds_audio_for_the_next_video_frame_and_batches_frames() {
     assert_eq!(touched["dead_sockets"], 0, "{touched}");
     let t = per_socket_second(&touched);
     assert!((27.0..33.0).contains(&t), "touched: {t:.1}/s");
+    // Readers that answer the first bytes, as RTMP players do: the same
+    // calls.
+    let replying = limit(&["--mode", "sendmsg", "--merge-audio", "--player-replies"]);
+    assert_eq!(replying["player_replies"], true, "{replying}");
+    assert_eq!(replying["dead_sockets"], 0, "{replying}");
+    let r = per_socket_second(&replying);
+    assert!((27.0..33.0).contains(&r), "replying: {r:.1}/s");
     // Its time in its own code is a share of its time (none when 2 s of
     // 20 sockets took less than a clock tick).
     for r in [&each, &touched] {

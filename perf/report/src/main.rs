@@ -704,7 +704,7 @@ fn own_code(share: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// A physical-limit run's row name: `MODE[+merge][+bK]` as `perf/run
+/// A physical-limit run's row name: `MODE[+merge][+bK][+replies]` as `perf/run
 /// --limit-modes` names it (`sluice-limit` writes the same bytes to N
 /// loopback sockets and does nothing else).
 fn limit_label(mode: &str) -> String {
@@ -723,6 +723,8 @@ fn limit_label(mode: &str) -> String {
             label.push_str(", audio with the next video frame (Sluice's default budget)");
         } else if let Some(k) = p.strip_prefix('b') {
             let _ = write!(label, ", {k} frames a write");
+        } else if p == "replies" {
+            label.push_str(", readers that reply as RTMP players do");
         }
     }
     label

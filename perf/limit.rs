@@ -35,8 +35,8 @@
 //! softirq that delivers the next segment or from the delayed-ACK timer,
 //! both on the writer's core. A silent reader's acknowledgements are sent
 //! by its reads, on its own core. `sluice-load`'s RTMP players are of the
-//! first kind, so without this flag the limit leaves about a third of the
-//! loopback packets (the acknowledgements) to the reader's core.
+//! first kind; without this flag the limit leaves the acknowledgements,
+//! about 40 % of the loopback packets, to the reader's core.
 
 #[allow(dead_code)]
 #[path = "load/stats.rs"]

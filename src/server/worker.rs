@@ -1105,11 +1105,11 @@ struct FlushPass {
     drained: Vec<ConnKey>,
 }
 
-/// Writes a write pass times with one reading of the clock: a write's wait
-/// is measured to when the clock was last read, at most this many writes
-/// before it began (about 0.1 ms at 1,000 players, where a pass is ~10 ms
-/// and reading the clock for every write was half a percent of the
-/// server's time).
+/// How many writes of a pass share one reading of the clock for their
+/// waits: a write's wait is measured to when the clock was last read, at
+/// most this many writes before it began (about 0.1 ms at 1,000 players,
+/// where a pass is ~10 ms; reading the clock for every write was half a
+/// percent of the server's time).
 const WRITES_PER_CLOCK_READ: u32 = 8;
 
 impl FlushPass {

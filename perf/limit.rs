@@ -124,6 +124,9 @@ struct Peer {
     state: Vec<u64>,
 }
 
+/// 64-byte cache lines of `u64` words.
+const WORDS_PER_LINE: usize = 8;
+
 impl Peer {
     /// Updates one word in each cache line of this socket's state: what a
     /// server's per-player state costs around the same write.
@@ -132,12 +135,7 @@ impl Peer {
             *w = w.wrapping_add(1);
         }
     }
-}
 
-/// 64-byte cache lines of `u64` words.
-const WORDS_PER_LINE: usize = 8;
-
-impl Peer {
     /// One write (or one per chunk in `chunk` mode) for what is queued.
     fn write(&mut self, mode: Mode, syscalls: &mut u64) -> usize {
         let mut total = 0;

@@ -586,6 +586,14 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
     let secs = t0_at.elapsed().as_secs_f64();
     let cpu = (user + system) as f64 / stats::clock_ticks();
     let dead = peers.iter().filter(|p| p.dead).count();
+    // With --player-replies, each reader's answer waits unread on its socket.
+    let replies = peers
+        .iter()
+        .filter(|p| {
+            let mut got = [0u8; 8];
+            matches!((&p.sock).read(&mut got), Ok(n) if got[..n].starts_with(b"reply"))
+        })
+        .count();
     let first_error = peers.iter().find_map(|p| p.error.clone());
     drop(peers);
     let sink_status = child.wait().map(|s| s.to_string()).unwrap_or_default();
@@ -597,6 +605,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "merge_audio": o.merge_audio,
         "touch_lines": o.touch_lines,
         "player_replies": o.player_replies,
+        "replies_received": replies,
         "players": o.players,
         "chunk_size": o.chunk_size,
         "bitrate_bps": o.bitrate,

@@ -192,6 +192,8 @@ fn limit_holds_audio_for_the_next_video_frame_and_batches_frames() {
     // calls.
     let replying = limit(&["--mode", "sendmsg", "--merge-audio", "--player-replies"]);
     assert_eq!(replying["player_replies"], true, "{replying}");
+    assert_eq!(replying["replies_received"], 20, "{replying}");
+    assert_eq!(merged["replies_received"], 0, "{merged}");
     assert_eq!(replying["dead_sockets"], 0, "{replying}");
     let r = per_socket_second(&replying);
     assert!((27.0..33.0).contains(&r), "replying: {r:.1}/s");

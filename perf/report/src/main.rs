@@ -606,9 +606,8 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
                 "| {} | {n} | {held} | {}{} | {} | {} | {} | {} | {} / {} / {} | {} | {} / {} | {} | {} | {}{} |",
                 display_name(srv),
                 fmt_opt(&v["server_cpu_util"], 2),
-                v["server_user_share"]
-                    .as_f64()
-                    .map(|u| format!("; {:.0} %", u * 100.0))
+                percent(&v["server_user_share"])
+                    .map(|p| format!("; {p}"))
                     .unwrap_or_default(),
                 fmt_opt(&v["gbit_per_s"], 2),
                 fmt_opt(&v["cpu_s_per_gb"], 2),
@@ -695,12 +694,16 @@ const COLORS: [RGBColor; 5] = [
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
+/// "N %" for a share (0 to 1), None where the record has none.
+fn percent(share: &Value) -> Option<String> {
+    share.as_f64().map(|u| format!("{:.0} %", u * 100.0))
+}
+
 /// ", N % own code" for a share of CPU time in a program's own code (the
 /// rest is the kernel's), nothing where the record has none.
 fn own_code(share: &Value) -> String {
-    share
-        .as_f64()
-        .map(|u| format!(", {:.0} % own code", u * 100.0))
+    percent(share)
+        .map(|p| format!(", {p} own code"))
         .unwrap_or_default()
 }
 

@@ -8,14 +8,12 @@ use super::access::{AwaitingHook, Reply};
 use super::base::StreamId;
 use super::ctx::WorkerCtx;
 use super::http_conn::HttpConn;
-use super::player::Player;
+use super::player::{Player, Release};
 use super::relay_conn::RelayConn;
 use super::rtmp_conn::RtmpConn;
 use super::stats::CloseReason;
-use super::stream::Frame;
 use super::transport::{Close, ConnIo};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Bytes read from one connection per wakeup before the others get a turn.
@@ -124,7 +122,7 @@ impl Conn {
         &mut self,
         ctx: &mut WorkerCtx,
         stream: StreamId,
-        frames: &[Arc<Frame>],
+        release: &Release,
         since: Option<Instant>,
     ) -> bool {
         if self.io.is_closing() {
@@ -136,9 +134,7 @@ impl Conn {
             return false;
         };
         let pushed = self.io.out.media_pushed();
-        for f in frames {
-            player.deliver(&mut self.io.out, f, &ctx.limits, &ctx.shared.stats);
-        }
+        player.deliver_release(&mut self.io.out, release, &ctx.limits, &ctx.shared.stats);
         let awaits_start = player.awaits_start();
         if self.io.out.media_pushed() != pushed {
             ctx.media_released(&mut self.io, since);

@@ -24,7 +24,7 @@
 //!   a video track starts on its own keyframe.
 
 use super::base::ConnId;
-use super::queue::{Item, OutQueue, MEDIA_ITEM_OVERHEAD};
+use super::queue::{Batch, Item, OutQueue, MEDIA_ITEM_OVERHEAD};
 use super::stats::Stats;
 use super::stream::{Format, Frame, Stream, MAX_STREAM_HEADERS, SHARED_MESSAGE_STREAM_ID};
 use crate::media::{self, FourCcSet, FrameClass};
@@ -32,6 +32,7 @@ use crate::protocol::amf::{self, Amf0Value};
 use crate::protocol::chunk::{self, Message};
 use crate::protocol::session::{caps_ex, is_metadata, ClientCaps, MediaKind};
 use bytes::BytesMut;
+use std::cell::OnceCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,74 @@ impl Form {
     }
 }
 
+/// The frames a worker releases at once to its players of a stream (what
+/// the write policy held, `pacing.rs`), with what a player needs to know
+/// to take them all in one queue item ([`Item::Batch`]), worked out once
+/// for every player instead of per player and frame.
+///
+/// A player takes the batch when taking the frames one by one would queue
+/// every one of them unchanged: it is playing both tracks in a shared
+/// form, no frame is a header, none is one it already had, none is
+/// refused by its codec or track filter, every video track with an inter
+/// frame before its keyframe has started, and the whole batch fits its
+/// queue. Anything else (a joiner, a skip, a pause, a header, an overflow)
+/// takes the frames one by one, the one path that decides such cases.
+#[derive(Debug)]
+pub(super) struct Release {
+    frames: Vec<Arc<Frame>>,
+    /// One of the frames is a header.
+    has_header: bool,
+    /// Every frame is one any player takes: track 0, no Enhanced RTMP
+    /// codec (the codec and track filters pass them all).
+    plain: bool,
+    /// Video tracks (below 64) whose first frame here is an inter frame:
+    /// the player must have started them already.
+    needs_started: u64,
+    /// Video tracks (below 64) with a keyframe here.
+    keyframes: u64,
+    /// The batch in each format ([`Format::ALL`]'s order), built by the
+    /// first player that takes it.
+    batches: [OnceCell<Arc<Batch>>; 3],
+}
+
+impl Release {
+    pub(super) fn new(frames: Vec<Arc<Frame>>) -> Self {
+        let (mut needs_started, mut keyframes) = (0u64, 0u64);
+        let mut plain = true;
+        for f in &frames {
+            if f.kind == MediaKind::Data {
+                continue;
+            }
+            plain &=
+                f.info.track == 0 && !media::is_enhanced(f.kind == MediaKind::Video, &f.payload);
+            if f.kind != MediaKind::Video || f.info.track >= 64 {
+                continue;
+            }
+            let bit = 1u64 << f.info.track;
+            match f.info.class {
+                FrameClass::Keyframe => keyframes |= bit,
+                FrameClass::Frame if keyframes & bit == 0 => needs_started |= bit,
+                _ => {}
+            }
+        }
+        Self {
+            has_header: frames.iter().any(|f| f.header.is_some()),
+            plain,
+            needs_started,
+            keyframes,
+            frames,
+            batches: Default::default(),
+        }
+    }
+
+    /// The frames' shared forms in `format`, one after another.
+    fn batch(&self, format: Format) -> &Arc<Batch> {
+        let index = Format::ALL.iter().position(|&f| f == format).unwrap_or(0);
+        self.batches[index]
+            .get_or_init(|| Arc::new(Batch::new(self.frames.iter().map(|f| f.form(format)))))
+    }
+}
+
 /// Who receives: a viewer, or a relay pushing the stream elsewhere (not
 /// counted as a viewer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +229,13 @@ struct CodecFilter {
     accepts: Option<FourCcSet>,
     /// The player announced `capsEx` without Multitrack: only track 0.
     default_track_only: bool,
+}
+
+impl CodecFilter {
+    /// True when no frame is refused.
+    fn passes_all(&self) -> bool {
+        self.accepts.is_none() && !self.default_track_only
+    }
 }
 
 /// The sequence numbers of the header frames queued to a player, newest
@@ -299,6 +375,54 @@ impl Player {
         self.enqueue(out, f, limits, stats);
     }
 
+    /// Live delivery of the frames of `release`: in one queue item when
+    /// this player takes them all unchanged (see [`Release`]), otherwise
+    /// one by one.
+    pub(super) fn deliver_release(
+        &mut self,
+        out: &mut OutQueue,
+        release: &Release,
+        limits: &PlayerLimits,
+        stats: &Stats,
+    ) {
+        if let Some(format) = self.takes_whole(release) {
+            let batch = release.batch(format);
+            let frames = batch.frames();
+            if out.media_cost() + batch.wire_len() + frames * MEDIA_ITEM_OVERHEAD
+                <= limits.queue_bytes
+            {
+                #[cfg(feature = "fault-injection")]
+                self.injected_fault(&release.frames[0]);
+                out.push(Item::Batch(batch.clone()));
+                self.next_seq = release.frames[frames - 1].seq + 1;
+                self.started_tracks |= release.keyframes;
+                return;
+            }
+        }
+        for f in &release.frames {
+            self.deliver(out, f, limits, stats);
+        }
+    }
+
+    /// The format this player takes all of `release` in, unchanged and in
+    /// one item; None when some frame needs the one-by-one path (a
+    /// release of one frame too: a batch would only add an allocation).
+    fn takes_whole(&self, release: &Release) -> Option<Format> {
+        let Form::Shared(format) = self.form else {
+            return None;
+        };
+        let first = release.frames.first()?;
+        let whole = release.frames.len() >= 2
+            && matches!(self.state, PlayState::Playing)
+            && self.audio
+            && self.video
+            && !release.has_header
+            && first.seq >= self.next_seq
+            && (release.plain || self.codecs.passes_all())
+            && release.needs_started & !self.started_tracks == 0;
+        whole.then_some(format)
+    }
+
     /// A publish or unpublish notice with sequence number `seq`: true when
     /// it is new to this player, which then forgets the headers it was sent
     /// and waits for the new publisher's start point.
@@ -430,6 +554,19 @@ impl Player {
         }
     }
 
+    /// The fault the tests inject: a panic delivering to a stream whose
+    /// key says so.
+    #[cfg(feature = "fault-injection")]
+    fn injected_fault(&self, f: &Frame) {
+        if self
+            .stream
+            .key
+            .ends_with(super::fault::FAULT_PANIC_ON_DELIVERY)
+        {
+            panic!("injected fault: frame {} to conn={}", f.seq, self.conn);
+        }
+    }
+
     /// Queues one frame, applying the filters, the skip-to-keyframe policy
     /// and the queue bound.
     fn enqueue(
@@ -440,13 +577,7 @@ impl Player {
         stats: &Stats,
     ) {
         #[cfg(feature = "fault-injection")]
-        if self
-            .stream
-            .key
-            .ends_with(super::fault::FAULT_PANIC_ON_DELIVERY)
-        {
-            panic!("injected fault: frame {} to conn={}", f.seq, self.conn);
-        }
+        self.injected_fault(f);
         if matches!(self.state, PlayState::Paused { .. })
             || (f.kind == MediaKind::Audio && !self.audio)
             || (f.kind == MediaKind::Video && !self.video)
@@ -549,6 +680,7 @@ impl Player {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::FourCcSet;
     use crate::server::stream::{GopLimits, PublisherInfo, PublisherKind, Registry};
     use bytes::Bytes;
 
@@ -848,5 +980,198 @@ mod tests {
         // and the message stream id little-endian: 3.
         assert_eq!(&sink[8..12], &3u32.to_le_bytes());
         assert!(sink.ends_with(&key.payload[key.payload.len() - 10..]));
+    }
+
+    /// A writer that takes at most `cap` bytes in all, then would block.
+    struct Capped {
+        cap: usize,
+        got: Vec<u8>,
+    }
+
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.cap);
+            self.got.extend_from_slice(&buf[..n]);
+            self.cap -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Writes up to `cap` bytes of `out` (all of it for `usize::MAX`).
+    fn write_some(out: &mut OutQueue, cap: usize, sink: &mut Vec<u8>) {
+        let mut w = Capped {
+            cap,
+            got: Vec::new(),
+        };
+        while w.cap > 0 && out.write_to(&mut w).unwrap() > 0 {}
+        sink.extend_from_slice(&w.got);
+    }
+
+    /// An Enhanced RTMP multitrack (one track) AVC frame of `track`.
+    fn multitrack(track: u8, key: bool, len: usize) -> Bytes {
+        let mut v = vec![0u8; len.max(8)];
+        v[..7].copy_from_slice(&[
+            if key { 0x96 } else { 0xA6 },
+            0x01,
+            b'a',
+            b'v',
+            b'c',
+            b'1',
+            track,
+        ]);
+        Bytes::from(v)
+    }
+
+    /// An Enhanced RTMP HEVC frame (track 0).
+    fn hevc(key: bool, len: usize) -> Bytes {
+        let mut v = vec![0u8; len.max(6)];
+        v[..5].copy_from_slice(&[if key { 0x93 } else { 0xA3 }, b'h', b'v', b'c', b'1']);
+        Bytes::from(v)
+    }
+
+    /// A small deterministic generator (the tests use no random crate).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// A release taken whole ([`Player::deliver_release`]) queues, writes,
+    /// drops and skips exactly as its frames delivered one by one do,
+    /// whatever the player's state, filters and queue: two players of one
+    /// stream, one fed each way, through random releases (headers, tracks
+    /// not started, codecs a filter refuses, overflows), partial writes,
+    /// pauses and tracks turned off and on.
+    #[test]
+    fn a_release_taken_whole_matches_its_frames_one_by_one() {
+        let limits = PlayerLimits {
+            queue_bytes: 24 * 1024,
+            ..LIMITS
+        };
+        let mut rng = Lcg(7);
+        let (mut whole, mut dropping_trials) = (0, 0);
+        for trial in 0..60 {
+            let s = setup();
+            let (mut a, mut b) = (player(&s), player(&s));
+            let filter = match trial % 4 {
+                0 => CodecFilter::default(),
+                1 => CodecFilter {
+                    accepts: Some({
+                        let mut set = FourCcSet::default();
+                        set.insert("avc1");
+                        set
+                    }),
+                    default_track_only: false,
+                },
+                2 => CodecFilter {
+                    accepts: None,
+                    default_track_only: true,
+                },
+                _ => CodecFilter::default(),
+            };
+            a.codecs = filter.clone();
+            b.codecs = filter;
+            let (mut qa, mut qb) = (OutQueue::default(), OutQueue::default());
+            let (mut wa, mut wb) = (Vec::new(), Vec::new());
+            let mut ts = 0;
+            for step in 0..120 {
+                match rng.below(12) {
+                    0..=6 => {
+                        let mut frames = Vec::new();
+                        for _ in 0..=rng.below(6) {
+                            ts += 10;
+                            let len = 50 + rng.below(4000) as usize;
+                            let (kind, payload) = match rng.below(30) {
+                                0 => (MediaKind::Video, avc_config()),
+                                1 => (
+                                    MediaKind::Audio,
+                                    Bytes::from_static(&[0xAF, 0x00, 0x12, 0x10]),
+                                ),
+                                2..=3 => (MediaKind::Video, avc(true, len)),
+                                4..=9 => (MediaKind::Video, avc(false, len)),
+                                10 if trial % 4 != 3 => (
+                                    MediaKind::Video,
+                                    multitrack(1 + rng.below(2) as u8, true, len),
+                                ),
+                                11 if trial % 4 != 3 => (
+                                    MediaKind::Video,
+                                    multitrack(1 + rng.below(2) as u8, false, len),
+                                ),
+                                12 if trial % 4 != 3 => {
+                                    (MediaKind::Video, hevc(rng.below(3) == 0, len))
+                                }
+                                _ => (MediaKind::Audio, aac(len / 20)),
+                            };
+                            frames.push(push(&s, kind, ts, payload));
+                        }
+                        let (pa, pb) = (qa.media_pushed(), qb.media_pushed());
+                        a.deliver_release(
+                            &mut qa,
+                            &Release::new(frames.clone()),
+                            &limits,
+                            &s.stats,
+                        );
+                        for f in &frames {
+                            b.deliver(&mut qb, f, &limits, &s.stats);
+                        }
+                        if qa.media_pushed() - pa == 1 && qb.media_pushed() - pb > 1 {
+                            whole += 1;
+                        }
+                    }
+                    7..=8 => {
+                        let cap = 1 + rng.below(20_000) as usize;
+                        write_some(&mut qa, cap, &mut wa);
+                        write_some(&mut qb, cap, &mut wb);
+                    }
+                    9 => {
+                        write_some(&mut qa, usize::MAX, &mut wa);
+                        write_some(&mut qb, usize::MAX, &mut wb);
+                    }
+                    10 => {
+                        let paused = rng.below(2) == 0;
+                        a.set_paused(paused);
+                        b.set_paused(paused);
+                    }
+                    _ => {
+                        let kind = [MediaKind::Audio, MediaKind::Video][rng.below(2) as usize];
+                        let on = rng.below(3) != 0;
+                        a.set_receive(kind, on);
+                        b.set_receive(kind, on);
+                    }
+                }
+                let at = format!("trial {trial} step {step}");
+                assert_eq!(wa, wb, "{at}: the bytes written");
+                assert_eq!((a.dropped, b.dropped), (b.dropped, a.dropped), "{at}");
+                assert_eq!(a.next_seq, b.next_seq, "{at}");
+                assert_eq!(a.started_tracks, b.started_tracks, "{at}");
+                assert_eq!(a.is_waiting(), b.is_waiting(), "{at}");
+                assert_eq!(a.awaits_start(), b.awaits_start(), "{at}");
+                assert_eq!(
+                    qa.media_cost(),
+                    qb.media_cost(),
+                    "{at}: what the queues hold"
+                );
+                assert_eq!(qa.media_bytes(), qb.media_bytes(), "{at}");
+            }
+            write_some(&mut qa, usize::MAX, &mut wa);
+            write_some(&mut qb, usize::MAX, &mut wb);
+            assert_eq!(wa, wb, "trial {trial}: the rest");
+            dropping_trials += usize::from(b.dropped > 0);
+        }
+        // Both ways were taken often: whole releases, and frames dropped.
+        assert!(whole > 150, "{whole} releases taken whole");
+        assert!(
+            dropping_trials > 30,
+            "{dropping_trials} trials dropped frames"
+        );
     }
 }

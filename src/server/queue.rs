@@ -28,10 +28,13 @@ const SMALL_IOVECS: usize = 16;
 /// Enough for a 100 KB keyframe at 4 KiB chunks (50 pieces).
 const MEDIUM_IOVECS: usize = 64;
 
-/// What a queued media item costs beyond its unsent bytes: its place in
+/// What a queued media frame costs beyond its unsent bytes: its place in
 /// the queue and the frame it keeps alive ([`FRAME_OVERHEAD`]; counted in
 /// every queue holding the frame, which over-counts a frame shared by
-/// several players: the bound errs on the safe side).
+/// several players: the bound errs on the safe side). A batch of frames
+/// ([`Item::Batch`]) is charged this per frame it carries, so that a
+/// player's bound, and when it skips, do not depend on how its frames were
+/// queued.
 pub const MEDIA_ITEM_OVERHEAD: usize = std::mem::size_of::<Item>() + FRAME_OVERHEAD;
 /// A queue that drains after holding more items than this gives the room
 /// back, down to [`KEPT_ITEMS`]. A joining player's queue takes the cached
@@ -55,6 +58,12 @@ pub enum Item {
     Frame(Arc<Frame>, Format),
     /// A frame's form built for this connection alone (another stream id).
     OwnFrame(WireForm),
+    /// Several frames released together, in one format, built once per
+    /// release and shared by every player that takes all of them
+    /// (`player::Release`): one queue slot and one reference count per
+    /// player, where the frames one by one would take one each. The queue
+    /// counts and drops its frames as it would the frames one by one.
+    Batch(Arc<Batch>),
     /// This connection's own bytes: handshake, control messages, replies.
     Control(Bytes),
     /// A connection's own bytes in several pieces (an HTTP response, a
@@ -70,6 +79,7 @@ impl Item {
         match self {
             Item::Frame(f, format) => f.form(*format).pieces(),
             Item::OwnFrame(w) => w.pieces(),
+            Item::Batch(b) => b.form.pieces(),
             Item::Control(b) => std::slice::from_ref(b),
             Item::OwnControl(w) | Item::Response(w) => w.pieces(),
         }
@@ -79,21 +89,73 @@ impl Item {
         match self {
             Item::Frame(f, format) => f.form(*format).len(),
             Item::OwnFrame(w) => w.len(),
+            Item::Batch(b) => b.form.len(),
             Item::Control(b) => b.len(),
             Item::OwnControl(w) | Item::Response(w) => w.len(),
         }
     }
 
-    fn is_media(&self) -> bool {
-        matches!(self, Item::Frame(..) | Item::OwnFrame(_))
+    /// Media frames the item carries (0 for anything else).
+    fn frames(&self) -> usize {
+        match self {
+            Item::Frame(..) | Item::OwnFrame(_) => 1,
+            Item::Batch(b) => b.ends.len(),
+            Item::Control(_) | Item::OwnControl(_) | Item::Response(_) => 0,
+        }
+    }
+
+    /// The piece index where the item's frame `k` ends (one past its last
+    /// piece); None past its last frame.
+    fn frame_end(&self, k: usize) -> Option<usize> {
+        match self {
+            Item::Batch(b) => b.ends.get(k).copied(),
+            _ => (k < self.frames()).then(|| self.pieces().len()),
+        }
     }
 
     fn kind(&self) -> Kind {
         match self {
-            Item::Frame(..) | Item::OwnFrame(_) => Kind::Media,
+            Item::Frame(..) | Item::OwnFrame(_) | Item::Batch(..) => Kind::Media,
             Item::Response(_) => Kind::Response,
             Item::Control(_) | Item::OwnControl(_) => Kind::Control,
         }
+    }
+}
+
+/// The wire forms of several frames in one format, one after another
+/// ([`Item::Batch`]).
+#[derive(Debug)]
+pub struct Batch {
+    form: WireForm,
+    /// Where each frame's pieces end in `form`'s pieces (one past the last).
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    /// The frames' `forms`, in order.
+    pub fn new<'a>(forms: impl IntoIterator<Item = &'a WireForm>) -> Self {
+        let mut pieces = Vec::new();
+        let mut ends = Vec::new();
+        for form in forms {
+            // A form's pieces are never empty, so none is dropped below
+            // and the ends stay true.
+            pieces.extend(form.pieces().iter().cloned());
+            ends.push(pieces.len());
+        }
+        Self {
+            form: WireForm::new(pieces),
+            ends,
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.form.len()
+    }
+
+    /// Frames it carries.
+    pub fn frames(&self) -> usize {
+        self.ends.len()
     }
 }
 
@@ -111,14 +173,17 @@ enum Kind {
 #[derive(Debug, Default)]
 pub struct OutQueue {
     items: VecDeque<Item>,
-    /// Progress into the front item: piece index and offset in that piece.
+    /// Progress into the front item: piece index and offset in that piece,
+    /// and the frame that piece belongs to (a batch holds several).
     piece: usize,
     offset: usize,
+    frame: usize,
     media_bytes: usize,
     control_bytes: usize,
     response_bytes: usize,
-    /// Queued items of each kind (their overhead counts in the bounds).
-    media_items: usize,
+    /// Queued media frames and control items (their overhead counts in
+    /// the bounds).
+    media_frames: usize,
     control_items: usize,
     /// Media items pushed so far (the write policy looks at what a delivery
     /// queued).
@@ -137,7 +202,7 @@ impl OutQueue {
             self.items.push_back(Item::Control(Bytes::new()));
             self.items.pop_back();
         }
-        (self.items.len() ^ self.piece ^ self.media_bytes ^ self.control_items) as u64
+        (self.items.len() ^ self.piece ^ self.media_bytes ^ self.media_frames) as u64
             ^ self.media_pushed
     }
 
@@ -151,9 +216,9 @@ impl OutQueue {
     }
 
     /// What queued media holds: its unsent bytes plus
-    /// [`MEDIA_ITEM_OVERHEAD`] per item. The player queue's bound.
+    /// [`MEDIA_ITEM_OVERHEAD`] per frame. The player queue's bound.
     pub fn media_cost(&self) -> usize {
-        self.media_bytes + self.media_items * MEDIA_ITEM_OVERHEAD
+        self.media_bytes + self.media_frames * MEDIA_ITEM_OVERHEAD
     }
 
     /// What queued control messages hold: their unsent bytes plus
@@ -176,7 +241,7 @@ impl OutQueue {
         match item.kind() {
             Kind::Media => {
                 self.media_bytes += len;
-                self.media_items += 1;
+                self.media_frames += item.frames();
                 self.media_pushed += 1;
             }
             Kind::Response => self.response_bytes += len,
@@ -188,39 +253,63 @@ impl OutQueue {
         self.items.push_back(item);
     }
 
-    /// Forgets the counts of an item leaving the queue.
-    fn count_out(&mut self, kind: Kind) {
-        match kind {
-            Kind::Media => self.media_items -= 1,
-            Kind::Response => {}
-            Kind::Control => self.control_items -= 1,
-        }
-    }
-
-    /// Media items pushed since the queue was made.
+    /// Media items (frames or batches) pushed since the queue was made.
     pub fn media_pushed(&self) -> u64 {
         self.media_pushed
     }
 
-    /// Drops every queued media item not yet started; returns how many.
+    /// Drops every queued media frame not yet started; returns how many.
+    /// Of a batch partly written, the frame being written stays and the
+    /// frames after it go, as if they had been queued one by one.
     pub fn drop_unstarted_media(&mut self) -> usize {
+        let (mut freed, mut dropped) = (0, 0);
+        self.truncate_front_batch(&mut freed, &mut dropped);
         let started = self.piece > 0 || self.offset > 0;
         let keep_front = usize::from(started);
-        let before = self.items.len();
         let mut index = 0;
-        let mut freed = 0;
         self.items.retain(|item| {
-            let keep = index < keep_front || !item.is_media();
+            let keep = index < keep_front || item.kind() != Kind::Media;
             if !keep {
                 freed += item.len();
+                dropped += item.frames();
             }
             index += 1;
             keep
         });
         self.media_bytes -= freed;
-        let dropped = before - self.items.len();
-        self.media_items -= dropped;
+        self.media_frames -= dropped;
         dropped
+    }
+
+    /// A batch at the front that is partly written keeps only the rest of
+    /// the frame being written (none when the write stopped between two
+    /// frames); adds what leaves to `freed` bytes and `dropped` frames.
+    fn truncate_front_batch(&mut self, freed: &mut usize, dropped: &mut usize) {
+        let Some(Item::Batch(b)) = self.items.front() else {
+            return;
+        };
+        if self.piece == 0 && self.offset == 0 {
+            return; // not started: it goes whole with the others
+        }
+        let pieces = b.form.pieces();
+        let begin = self.frame.checked_sub(1).map_or(0, |k| b.ends[k]);
+        let in_frame = self.offset > 0 || self.piece > begin;
+        let (end, kept) = if in_frame {
+            (b.ends[self.frame], self.frame + 1)
+        } else {
+            (begin, self.frame)
+        };
+        if end == pieces.len() {
+            return;
+        }
+        *freed += pieces[end..].iter().map(Bytes::len).sum::<usize>();
+        *dropped += b.ends.len() - kept;
+        if in_frame {
+            self.items[0] = Item::OwnFrame(WireForm::new(pieces[self.piece..end].to_vec()));
+        } else {
+            self.items.pop_front();
+        }
+        (self.piece, self.frame) = (0, 0);
     }
 
     /// Writes as much as `w` takes in one vectored call. Returns the bytes
@@ -288,10 +377,18 @@ impl OutQueue {
             if self.offset == pieces[self.piece].len() {
                 self.offset = 0;
                 self.piece += 1;
+                // A frame's overhead leaves with its last byte, whether it
+                // was queued alone or in a batch.
+                if kind == Kind::Media && front.frame_end(self.frame) == Some(self.piece) {
+                    self.frame += 1;
+                    self.media_frames -= 1;
+                }
                 if self.piece == pieces.len() {
-                    self.piece = 0;
+                    (self.piece, self.frame) = (0, 0);
                     self.items.pop_front();
-                    self.count_out(kind);
+                    if kind == Kind::Control {
+                        self.control_items -= 1;
+                    }
                 }
             }
         }
@@ -413,6 +510,67 @@ mod tests {
         while q.write_to(&mut w).unwrap() > 0 {}
         assert_eq!(w.got, b"frame-oneping");
         assert_eq!(q.media_bytes(), 0);
+    }
+
+    fn batch(frames: &[&[&'static [u8]]]) -> Item {
+        let forms: Vec<WireForm> = frames
+            .iter()
+            .map(|f| WireForm::new(f.iter().map(|p| Bytes::from_static(p)).collect()))
+            .collect();
+        Item::Batch(Arc::new(Batch::new(&forms)))
+    }
+
+    /// A batch costs what its frames queued one by one cost, each frame's
+    /// overhead leaving with its last byte; a drop keeps the rest of the
+    /// frame being written and nothing after it.
+    #[test]
+    fn a_batch_counts_and_drops_its_frames_as_if_queued_one_by_one() {
+        let frames: &[&[&[u8]]] = &[&[b"ab", b"cde"], &[b"fgh"], &[b"ij", b"kl"]];
+        let mut q = OutQueue::default();
+        q.push(batch(frames));
+        q.push(Item::Control(Bytes::from_static(b"-ping")));
+        q.push(own(&[b"mn"]));
+        assert_eq!(q.media_cost(), 14 + 4 * MEDIA_ITEM_OVERHEAD);
+        let mut w = Trickle {
+            cap: 7,
+            got: Vec::new(),
+        };
+        q.write_to(&mut w).unwrap(); // the first frame and "fg"
+        assert_eq!(q.media_cost(), 7 + 3 * MEDIA_ITEM_OVERHEAD);
+        assert_eq!(q.drop_unstarted_media(), 2, "the third frame and \"mn\"");
+        assert_eq!(q.media_cost(), 1 + MEDIA_ITEM_OVERHEAD);
+        while q.write_to(&mut w).unwrap() > 0 {}
+        assert_eq!(w.got, b"abcdefgh-ping");
+        assert_eq!((q.media_cost(), q.control_bytes()), (0, 0));
+    }
+
+    /// A write that stopped between two frames of a batch leaves the next
+    /// one unstarted: a drop takes it with the rest.
+    #[test]
+    fn a_batch_written_to_a_frame_boundary_drops_every_frame_after_it() {
+        let frames: &[&[&[u8]]] = &[&[b"ab", b"cde"], &[b"fgh"], &[b"ij", b"kl"]];
+        for (cap, dropped, kept) in [(5, 2, &b"abcde"[..]), (8, 1, b"abcdefgh")] {
+            let mut q = OutQueue::default();
+            q.push(batch(frames));
+            let mut w = Trickle {
+                cap,
+                got: Vec::new(),
+            };
+            q.write_to(&mut w).unwrap();
+            assert_eq!(q.drop_unstarted_media(), dropped, "after {cap} bytes");
+            if dropped == 2 {
+                assert!(q.is_empty(), "nothing of the batch is left to write");
+            }
+            assert_eq!(q.media_cost(), 0);
+            while q.write_to(&mut w).unwrap() > 0 {}
+            assert_eq!(w.got, kept);
+        }
+        // Not started at all: it goes whole.
+        let mut q = OutQueue::default();
+        q.push(batch(frames));
+        assert_eq!(q.drop_unstarted_media(), 3);
+        assert!(q.is_empty());
+        assert_eq!(q.media_cost(), 0);
     }
 
     #[test]

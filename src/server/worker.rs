@@ -31,6 +31,7 @@ use super::base::{ConnCounters, ConnId, StreamId};
 use super::conn::{Conn, Proto};
 use super::ctx::WorkerCtx;
 use super::http_conn::HttpConn;
+use super::player::Release;
 use super::relay_conn::RelayConn;
 use super::rtmp_conn::RtmpConn;
 use super::shared::{
@@ -381,10 +382,11 @@ impl Worker {
         let Some((frames, since)) = self.ctx.take_held(stream) else {
             return;
         };
+        let release = Release::new(frames);
         let mut awaits_start = false;
         let shared = self.ctx.shared.clone();
         self.each_player(stream, "delivering media", |k, c, ctx| {
-            awaits_start |= c.deliver_frames(ctx, stream, &frames, since);
+            awaits_start |= c.deliver_frames(ctx, stream, &release, since);
             if let (true, Some((now, pass))) = (c.io.is_dirty(), flush.as_mut()) {
                 flush_conn(k, c, ctx, &shared, *now, pass);
             }

@@ -143,7 +143,8 @@ impl Format {
         }
     }
 
-    fn index(self) -> usize {
+    /// Its place in [`Format::ALL`] (for tables indexed by format).
+    pub(super) fn index(self) -> usize {
         self as usize
     }
 }

@@ -11,15 +11,17 @@
 //! `send` does the same with send(2), which skips the VFS layer: the floor;
 //! `writev` writes the server's wire form (chunk headers interleaved with
 //! payload slices, as iovecs); `sendmsg` writes the same iovecs with
-//! sendmsg(2), as Sluice does; `chunk` makes one `write` per RTMP chunk, as
-//! nginx-rtmp does.
+//! sendmsg(2); `sendfile` appends each wakeup's frames once to an in-memory
+//! file and sends each socket its range with sendfile(2), which references
+//! the file's pages instead of copying the bytes, as Sluice does with its
+//! batch files; `chunk` makes one `write` per RTMP chunk, as nginx-rtmp does.
 //!
 //! `--merge-audio` holds each audio frame until the next video frame and
 //! writes them together, which is what Sluice's default write budget does
 //! (video at once, audio with the next video frame): the floor for that
 //! policy's write sizes. `--batch K` writes K frames per wakeup, a larger
-//! budget's shape. Both need a vectored mode (`writev` or `sendmsg`), which
-//! writes everything queued in one call.
+//! budget's shape. Both need a mode that writes everything queued in one
+//! call (`writev`, `sendmsg` or `sendfile`).
 //!
 //! `--touch-lines N` updates one word in each of N cache lines of memory
 //! that belongs to the socket before each write: with a thousand sockets,
@@ -51,7 +53,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 use sluice::protocol::chunk::{wire_form, Message};
 use std::collections::VecDeque;
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Seek, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
@@ -64,6 +66,7 @@ enum Mode {
     Writev,
     SendMsg,
     Chunk,
+    SendFile,
 }
 
 impl Mode {
@@ -74,6 +77,7 @@ impl Mode {
             Mode::Writev => "writev",
             Mode::SendMsg => "sendmsg",
             Mode::Chunk => "chunk",
+            Mode::SendFile => "sendfile",
         }
     }
 }
@@ -97,7 +101,7 @@ fn build(mode: Mode, chunk_size: u32, f: &stream::Frame) -> Wire {
     };
     let form = wire_form(chunk_size, &msg).expect("a frame fits");
     let pieces = match mode {
-        Mode::Writev | Mode::SendMsg => form.pieces().to_vec(),
+        Mode::Writev | Mode::SendMsg | Mode::SendFile => form.pieces().to_vec(),
         Mode::Frame | Mode::Send => vec![Bytes::from(form.to_vec())],
         Mode::Chunk => form
             .pieces()
@@ -122,6 +126,8 @@ struct Peer {
     /// `--touch-lines`: this socket's own memory, one word per cache line
     /// updated before each write.
     state: Vec<u64>,
+    /// `sendfile`: how far into the shared file this socket has been sent.
+    file_pos: i64,
 }
 
 /// 64-byte cache lines of `u64` words.
@@ -200,6 +206,38 @@ impl Peer {
                 }
             }
         }
+    }
+}
+
+impl Peer {
+    /// `sendfile`: one sendfile(2) of what this socket has not been sent of
+    /// the shared file, up to `end`.
+    fn send_file(&mut self, file: &std::fs::File, end: i64, syscalls: &mut u64) -> usize {
+        use std::os::fd::AsRawFd;
+        if self.file_pos >= end {
+            return 0;
+        }
+        *syscalls += 1;
+        let mut off: libc::off_t = self.file_pos;
+        // SAFETY: `off` is a valid off_t for the call; both descriptors are open.
+        let n = unsafe {
+            libc::sendfile(
+                self.sock.as_raw_fd(),
+                file.as_raw_fd(),
+                &mut off,
+                (end - self.file_pos) as usize,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::WouldBlock {
+                self.error = Some(e.to_string());
+                self.dead = true;
+            }
+            return 0;
+        }
+        self.file_pos = off;
+        n as usize
     }
 }
 
@@ -327,7 +365,7 @@ fn main() -> ExitCode {
     o.optopt(
         "",
         "mode",
-        "frame | send | writev | sendmsg | chunk [frame]",
+        "frame | send | writev | sendmsg | sendfile | chunk [frame]",
         "MODE",
     );
     o.optopt("", "chunk-size", "RTMP chunk size [4096]", "BYTES");
@@ -389,8 +427,9 @@ fn main() -> ExitCode {
             "writev" => Mode::Writev,
             "sendmsg" => Mode::SendMsg,
             "chunk" => Mode::Chunk,
+            "sendfile" => Mode::SendFile,
             other => {
-                eprintln!("sluice-limit: --mode {other:?}: frame, send, writev, sendmsg or chunk");
+                eprintln!("sluice-limit: --mode {other:?}: frame, send, writev, sendmsg, sendfile or chunk");
                 return ExitCode::from(2);
             }
         },
@@ -405,11 +444,13 @@ fn main() -> ExitCode {
         touch_lines: get("touch-lines", "0").parse().expect("--touch-lines"),
         player_replies: m.opt_present("player-replies"),
     };
-    let vectored = matches!(opts.mode, Mode::Writev | Mode::SendMsg);
+    let vectored = matches!(opts.mode, Mode::Writev | Mode::SendMsg | Mode::SendFile);
     if (opts.batch > 1 || opts.merge_audio) && !vectored {
         // frame and send write one buffer per call: several queued frames
         // would go one per wakeup and the backlog would grow without end.
-        eprintln!("sluice-limit: --batch and --merge-audio need --mode writev or sendmsg");
+        eprintln!(
+            "sluice-limit: --batch and --merge-audio need --mode writev, sendmsg or sendfile"
+        );
         return ExitCode::from(2);
     }
     let report = match run(&opts) {
@@ -508,6 +549,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
             dead: false,
             error: None,
             state: vec![0; o.touch_lines * WORDS_PER_LINE],
+            file_pos: 0,
         });
     }
     let shape = stream::Shape {
@@ -537,6 +579,21 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
     };
     let mut i = 0usize;
     let mut held: Option<usize> = None;
+    // `sendfile`: every batch is appended once to a file in memory (tmpfs,
+    // unlinked) and each socket is sent its range from there.
+    let mut shared = if o.mode == Mode::SendFile {
+        let path = format!("/dev/shm/sluice-limit-{}", std::process::id());
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        let _ = std::fs::remove_file(&path);
+        Some(f)
+    } else {
+        None
+    };
     loop {
         // The wakeup comes when the last frame of this batch is due.
         let last = i + o.batch - 1;
@@ -567,6 +624,26 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         }
         let first = held.take().unwrap_or(i);
         wakeups += 1;
+        if o.mode == Mode::SendFile {
+            let file = shared.as_mut().expect("sendfile's file");
+            for k in first..i + o.batch {
+                for piece in &frames[k % frames.len()].1.pieces {
+                    file.write_all(piece)
+                        .map_err(|e| format!("shared file: {e}"))?;
+                }
+            }
+            let end = file.stream_position().map_err(|e| e.to_string())? as i64;
+            for p in &mut peers {
+                if p.dead {
+                    continue;
+                }
+                p.touch();
+                bytes += p.send_file(file, end, &mut syscalls) as u64;
+                max_backlog = max_backlog.max((end - p.file_pos) as usize);
+            }
+            i += o.batch;
+            continue;
+        }
         for p in &mut peers {
             if p.dead {
                 continue;

@@ -614,6 +614,14 @@ settings! {
                 )),
             },
         }
+        /// Plain TCP players are sent released media from in-memory files
+        /// with `sendfile` (no copy per player; src/server/batch_file.rs).
+        sendfile: bool {
+            key: sendfile,
+            hint: "BOOL",
+            default: true,
+            help: "send released media to plain TCP players from in-memory files with sendfile(2), without a copy per player (true or false)",
+        }
         /// Chunk size the server announces and writes with.
         chunk_size: u32 {
             key: chunk_size,
@@ -1519,6 +1527,7 @@ mod tests {
         ("http_request_timeout", "2.5", "7"),
         ("workers", "37", "41"),
         ("max_write_delay", "0", "200"),
+        ("sendfile", "false", "true"),
         ("chunk_size", "8192", "65536"),
         ("max_message_len", "1048576", "2097152"),
         ("max_chunk_streams", "9", "10"),

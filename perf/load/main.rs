@@ -617,6 +617,10 @@ struct Run {
     rss_peak: u64,
     hwm: u64,
     next_rss: Instant,
+    /// The server's in-memory files' bytes (`stats::memfd_bytes`), and
+    /// when to look again.
+    memfd: u64,
+    next_memfd: Instant,
     connect_errors: u64,
     errors: Vec<String>,
     hls: Option<hls::Viewers>,
@@ -662,6 +666,8 @@ impl Run {
             rss_peak: 0,
             hwm: 0,
             next_rss: Instant::now(),
+            memfd: 0,
+            next_memfd: Instant::now(),
             connect_errors: 0,
             errors: Vec::new(),
             next_vod_sample: None,
@@ -847,9 +853,16 @@ impl Run {
             return;
         }
         self.next_rss = Instant::now() + Duration::from_millis(200);
+        // A server's in-memory files (Sluice's batch files) are its memory
+        // too, though not in its RSS: added to every sample. Looking them
+        // up reads every descriptor's link, so once a second.
+        if Instant::now() >= self.next_memfd {
+            self.next_memfd = Instant::now() + Duration::from_secs(1);
+            self.memfd = stats::memfd_bytes(pid);
+        }
         if let Some((rss, hwm)) = stats::rss_bytes(pid) {
-            self.rss_peak = self.rss_peak.max(rss);
-            self.hwm = hwm;
+            self.rss_peak = self.rss_peak.max(rss + self.memfd);
+            self.hwm = hwm + self.memfd;
         }
     }
 

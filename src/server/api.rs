@@ -714,6 +714,18 @@ pub fn metrics(shared: &Shared) -> String {
             )
         }),
     );
+    family(
+        &mut o,
+        "sluice_batch_file_bytes",
+        "gauge",
+        "Bytes of released media in each worker's in-memory batch files, which plain TCP players are sent from with sendfile (shared memory, not in the process's RSS).",
+        shared.workers.iter().enumerate().map(|(w, h)| {
+            (
+                format!("worker=\"{w}\""),
+                h.batch_file_bytes.load(Ordering::Relaxed),
+            )
+        }),
+    );
     let mut wait = WaitSnapshot::default();
     for h in &shared.workers {
         h.write_wait.add_to(&mut wait);

@@ -9,6 +9,7 @@
 mod access;
 pub mod api;
 pub mod base;
+pub mod batch_file;
 mod conn;
 mod console;
 mod ctx;

@@ -24,6 +24,7 @@
 //!   a video track starts on its own keyframe.
 
 use super::base::ConnId;
+use super::batch_file::BatchFiles;
 use super::queue::{Batch, Item, OutQueue, MEDIA_ITEM_OVERHEAD};
 use super::stats::Stats;
 use super::stream::{Format, Frame, Stream, MAX_STREAM_HEADERS, SHARED_MESSAGE_STREAM_ID};
@@ -32,7 +33,7 @@ use crate::protocol::amf::{self, Amf0Value};
 use crate::protocol::chunk::{self, Message};
 use crate::protocol::session::{caps_ex, is_metadata, ClientCaps, MediaKind};
 use bytes::BytesMut;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,11 @@ pub(super) struct Release {
     /// The batch in each format (by [`Format::index`]), built by the
     /// first player that takes it.
     batches: [OnceCell<Arc<Batch>>; Format::ALL.len()],
+    /// The worker's batch files, lent for this release: each batch built
+    /// is appended there too, and plain sockets send it from there.
+    files: RefCell<Option<BatchFiles>>,
+    /// `files` was lent: a release of one frame is worth a batch.
+    has_files: bool,
 }
 
 impl Release {
@@ -185,13 +191,35 @@ impl Release {
             keyframes,
             frames,
             batches: Default::default(),
+            files: RefCell::new(None),
+            has_files: false,
         }
     }
 
-    /// The frames' shared forms in `format`, one after another.
+    /// The release with the worker's batch files (None: its batches are
+    /// written from memory).
+    pub(super) fn with_files(mut self, files: Option<BatchFiles>) -> Self {
+        self.has_files = files.is_some();
+        self.files = RefCell::new(files);
+        self
+    }
+
+    /// The worker's batch files back.
+    pub(super) fn into_files(self) -> Option<BatchFiles> {
+        self.files.into_inner()
+    }
+
+    /// The frames' shared forms in `format`, one after another, also in
+    /// the batch files when the worker has them.
     fn batch(&self, format: Format) -> &Arc<Batch> {
-        self.batches[format.index()]
-            .get_or_init(|| Arc::new(Batch::new(self.frames.iter().map(|f| f.form(format)))))
+        self.batches[format.index()].get_or_init(|| {
+            let batch = Batch::new(self.frames.iter().map(|f| f.form(format)));
+            let span = match self.files.borrow_mut().as_mut() {
+                Some(files) => files.append(batch.pieces(), batch.wire_len()),
+                None => None,
+            };
+            Arc::new(batch.with_file(span))
+        })
     }
 }
 
@@ -405,13 +433,15 @@ impl Player {
 
     /// The format this player takes all of `release` in, unchanged and in
     /// one item; None when some frame needs the one-by-one path (a
-    /// release of one frame too: a batch would only add an allocation).
+    /// release of one frame too, unless the worker has batch files: a
+    /// batch would only add an allocation, where with a file it saves the
+    /// copy of its bytes into each player's socket).
     fn takes_whole(&self, release: &Release) -> Option<Format> {
         let Form::Shared(format) = self.form else {
             return None;
         };
         let first = release.frames.first()?;
-        let whole = release.frames.len() >= 2
+        let whole = (release.frames.len() >= 2 || release.has_files)
             && matches!(self.state, PlayState::Playing)
             && self.audio
             && self.video
@@ -999,13 +1029,36 @@ mod tests {
         }
     }
 
-    /// Writes up to `cap` bytes of `out` (all of it for `usize::MAX`).
-    fn write_some(out: &mut OutQueue, cap: usize, sink: &mut Vec<u8>) {
+    impl crate::server::queue::SendFile for Capped {
+        fn send_file(
+            &mut self,
+            file: &std::fs::File,
+            offset: u64,
+            len: usize,
+        ) -> std::io::Result<usize> {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; len.min(self.cap)];
+            file.read_exact_at(&mut buf, offset)?;
+            self.got.extend_from_slice(&buf);
+            self.cap -= buf.len();
+            Ok(buf.len())
+        }
+    }
+
+    /// Writes up to `cap` bytes of `out` (all of it for `usize::MAX`);
+    /// `files`: batches with a file are sent from it, as to a plain socket.
+    fn write_some(out: &mut OutQueue, cap: usize, sink: &mut Vec<u8>, files: bool) {
         let mut w = Capped {
             cap,
             got: Vec::new(),
         };
-        while w.cap > 0 && out.write_to(&mut w).unwrap() > 0 {}
+        while w.cap > 0
+            && if files {
+                out.write_to_sink(&mut w).unwrap()
+            } else {
+                out.write_to(&mut w).unwrap()
+            } > 0
+        {}
         sink.extend_from_slice(&w.got);
     }
 
@@ -1049,7 +1102,9 @@ mod tests {
     /// whatever the player's state, filters and queue: two players of one
     /// stream, one fed each way, through random releases (headers, tracks
     /// not started, codecs a filter refuses, overflows), partial writes,
-    /// pauses and tracks turned off and on.
+    /// pauses and tracks turned off and on. In every other trial the
+    /// releases have batch files and the whole player's queue is written
+    /// as to a plain socket, its batches sent from their file.
     #[test]
     fn a_release_taken_whole_matches_its_frames_one_by_one() {
         let limits = PlayerLimits {
@@ -1057,8 +1112,11 @@ mod tests {
             ..LIMITS
         };
         let mut rng = Lcg(7);
-        let (mut whole, mut dropping_trials) = (0, 0);
+        let (mut whole, mut dropping_trials, mut from_files) = (0, 0, 0);
         for trial in 0..60 {
+            let files = trial % 2 == 1;
+            let gauge = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut batch_files = files.then(|| BatchFiles::new(gauge.clone()));
             let s = setup();
             let (mut a, mut b) = (player(&s), player(&s));
             let filter = match trial % 4 {
@@ -1113,27 +1171,25 @@ mod tests {
                             frames.push(push(&s, kind, ts, payload));
                         }
                         let (pa, pb) = (qa.media_pushed(), qb.media_pushed());
-                        a.deliver_release(
-                            &mut qa,
-                            &Release::new(frames.clone()),
-                            &limits,
-                            &s.stats,
-                        );
+                        let release = Release::new(frames.clone()).with_files(batch_files.take());
+                        a.deliver_release(&mut qa, &release, &limits, &s.stats);
+                        batch_files = release.into_files();
                         for f in &frames {
                             b.deliver(&mut qb, f, &limits, &s.stats);
                         }
                         if qa.media_pushed() - pa == 1 && qb.media_pushed() - pb > 1 {
                             whole += 1;
+                            from_files += usize::from(files);
                         }
                     }
                     7..=8 => {
                         let cap = 1 + rng.below(20_000) as usize;
-                        write_some(&mut qa, cap, &mut wa);
-                        write_some(&mut qb, cap, &mut wb);
+                        write_some(&mut qa, cap, &mut wa, files);
+                        write_some(&mut qb, cap, &mut wb, false);
                     }
                     9 => {
-                        write_some(&mut qa, usize::MAX, &mut wa);
-                        write_some(&mut qb, usize::MAX, &mut wb);
+                        write_some(&mut qa, usize::MAX, &mut wa, files);
+                        write_some(&mut qb, usize::MAX, &mut wb, false);
                     }
                     10 => {
                         let paused = rng.below(2) == 0;
@@ -1161,13 +1217,17 @@ mod tests {
                 );
                 assert_eq!(qa.media_bytes(), qb.media_bytes(), "{at}");
             }
-            write_some(&mut qa, usize::MAX, &mut wa);
-            write_some(&mut qb, usize::MAX, &mut wb);
+            write_some(&mut qa, usize::MAX, &mut wa, files);
+            write_some(&mut qb, usize::MAX, &mut wb, false);
             assert_eq!(wa, wb, "trial {trial}: the rest");
             dropping_trials += usize::from(b.dropped > 0);
+            drop((qa, batch_files));
+            let left = gauge.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(left, 0, "trial {trial}: batch file bytes left");
         }
         // Both ways were taken often: whole releases, and frames dropped.
         assert!(whole > 150, "{whole} releases taken whole");
+        assert!(from_files > 75, "{from_files} of them with batch files");
         assert!(
             dropping_trials > 30,
             "{dropping_trials} trials dropped frames"

@@ -12,10 +12,12 @@
 //! ([`OutQueue::control_bytes`]): a peer that never reads its replies is
 //! closed.
 
+use super::batch_file::FileSpan;
 use super::stream::{Format, Frame, FRAME_OVERHEAD};
 use crate::wire::WireForm;
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
@@ -129,6 +131,9 @@ pub struct Batch {
     form: WireForm,
     /// Where each frame's pieces end in `form`'s pieces (one past the last).
     ends: Vec<usize>,
+    /// The same bytes in a worker's batch file, where a plain socket sends
+    /// them from (`batch_file.rs`); None: written from `form` only.
+    file: Option<FileSpan>,
 }
 
 impl Batch {
@@ -145,7 +150,20 @@ impl Batch {
         Self {
             form: WireForm::new(pieces),
             ends,
+            file: None,
         }
+    }
+
+    /// The same batch, its bytes also at `span` (they must be exactly
+    /// `form`'s bytes).
+    pub fn with_file(mut self, span: Option<FileSpan>) -> Self {
+        self.file = span;
+        self
+    }
+
+    /// Its pieces, for writing them elsewhere (a batch file).
+    pub fn pieces(&self) -> &[Bytes] {
+        self.form.pieces()
     }
 
     /// Bytes on the wire.
@@ -157,6 +175,15 @@ impl Batch {
     pub fn frames(&self) -> usize {
         self.ends.len()
     }
+}
+
+/// A writer that can also send a range of a file without copying it (a
+/// plain socket: `sendfile(2)`). A queue written to one sends each batch
+/// that has a file ([`Batch::with_file`]) from there.
+pub trait SendFile: Write {
+    /// Sends up to `len` bytes of `file` from `offset`; returns how many
+    /// the writer took.
+    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize>;
 }
 
 /// What an item counts as, for the queue's bounds.
@@ -315,26 +342,82 @@ impl OutQueue {
     /// Writes as much as `w` takes in one vectored call. Returns the bytes
     /// written (0 only when the queue is empty).
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+        self.write_vectored(w, false)
+    }
+
+    /// Writes as much as `w` takes in one call: a `send_file` of the batch
+    /// files' bytes when the front item is a batch with a file (and of the
+    /// batches after it that follow it in the same file), else one
+    /// vectored write of the items up to the next such batch. Returns the
+    /// bytes written (0 only when the queue is empty).
+    pub fn write_to_sink<S: SendFile>(&mut self, w: &mut S) -> io::Result<usize> {
+        let Some(Item::Batch(front)) = self.items.front() else {
+            return self.write_vectored(w, true);
+        };
+        let Some(span) = &front.file else {
+            return self.write_vectored(w, true);
+        };
+        let pieces = front.form.pieces();
+        let done: usize = pieces[..self.piece].iter().map(Bytes::len).sum::<usize>() + self.offset;
+        let offset = span.offset + done as u64;
+        let mut len = front.form.len() - done;
+        // Batches appended one after another to the same file go in one call.
+        let mut end = span.offset + front.form.len() as u64;
+        for item in self.items.iter().skip(1) {
+            match item {
+                Item::Batch(b) => match &b.file {
+                    Some(s) if Arc::ptr_eq(&s.file, &span.file) && s.offset == end => {
+                        len += b.form.len();
+                        end += b.form.len() as u64;
+                    }
+                    _ => break,
+                },
+                _ => break,
+            }
+        }
+        let file = span.file.clone();
+        let written = w.send_file(file.file(), offset, len)?;
+        if written == 0 {
+            // Only a file shorter than its spans says: never loop on it.
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "batch file ended before its batch",
+            ));
+        }
+        self.advance(written);
+        Ok(written)
+    }
+
+    /// `stop_at_file`: the vectored write ends before a batch with a file
+    /// (which [`OutQueue::write_to_sink`] sends from its file next).
+    fn write_vectored<W: Write>(&mut self, w: &mut W, stop_at_file: bool) -> io::Result<usize> {
         // A player between frames has a piece or two queued: don't pay for
         // initialising a large iovec array on every write.
         let mut needed = 0;
         for item in &self.items {
             needed += item.pieces().len();
             if needed > MEDIUM_IOVECS {
-                return self.write_with::<MAX_IOVECS, W>(w);
+                return self.write_with::<MAX_IOVECS, W>(w, stop_at_file);
             }
         }
         if needed > SMALL_IOVECS {
-            self.write_with::<MEDIUM_IOVECS, W>(w)
+            self.write_with::<MEDIUM_IOVECS, W>(w, stop_at_file)
         } else {
-            self.write_with::<SMALL_IOVECS, W>(w)
+            self.write_with::<SMALL_IOVECS, W>(w, stop_at_file)
         }
     }
 
-    fn write_with<const N: usize, W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
+    fn write_with<const N: usize, W: Write>(
+        &mut self,
+        w: &mut W,
+        stop_at_file: bool,
+    ) -> io::Result<usize> {
         let mut iov = [IoSlice::new(&[]); N];
         let mut n = 0;
         'fill: for (i, item) in self.items.iter().enumerate() {
+            if stop_at_file && i > 0 && matches!(item, Item::Batch(b) if b.file.is_some()) {
+                break;
+            }
             let pieces = item.pieces();
             let (first, skip) = if i == 0 {
                 (self.piece, self.offset)
@@ -673,5 +756,121 @@ mod tests {
         };
         assert_eq!(q.write_to(&mut w).unwrap(), MAX_IOVECS);
         assert_eq!(q.write_to(&mut w).unwrap(), 10);
+    }
+
+    /// A [`Trickle`] that sends files too, recording each `send_file`
+    /// (offset, length) and each vectored call's piece count.
+    struct FileTrickle {
+        inner: Trickle,
+        files: Vec<(u64, usize)>,
+        vectored: usize,
+    }
+
+    impl Write for FileTrickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.inner.write(buf)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.vectored += 1;
+            self.inner.write_vectored(bufs)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SendFile for FileTrickle {
+        fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+            use std::os::unix::fs::FileExt;
+            self.files.push((offset, len));
+            let mut buf = vec![0; len.min(self.inner.cap)];
+            file.read_exact_at(&mut buf, offset)?;
+            self.inner.got.extend_from_slice(&buf);
+            Ok(buf.len())
+        }
+    }
+
+    fn file_batch(
+        files: &mut super::super::batch_file::BatchFiles,
+        frames: &[&[&'static [u8]]],
+    ) -> Item {
+        let forms: Vec<WireForm> = frames
+            .iter()
+            .map(|f| WireForm::new(f.iter().map(|p| Bytes::from_static(p)).collect()))
+            .collect();
+        let b = Batch::new(&forms);
+        let span = files.append(b.pieces(), b.wire_len());
+        assert!(span.is_some(), "memfd_create works here");
+        Item::Batch(Arc::new(b.with_file(span)))
+    }
+
+    /// Batches with a file go with `send_file`, those appended one after
+    /// another in one call, resuming mid-piece after a partial write; the
+    /// rest goes vectored around them; the bytes and the counts are what
+    /// the same items written from memory give, drops included.
+    #[test]
+    fn batches_with_a_file_are_sent_from_it_in_order() {
+        use super::super::batch_file::BatchFiles;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let gauge = Arc::new(AtomicU64::new(0));
+        let mut files = BatchFiles::new(gauge.clone());
+        let a: &[&[&[u8]]] = &[&[b"ab", b"cde"], &[b"fgh"]];
+        let b: &[&[&[u8]]] = &[&[b"ij"], &[b"klm", b"n"]];
+        let c: &[&[&[u8]]] = &[&[b"op"], &[b"qr"]];
+        let mut q = OutQueue::default();
+        q.push(Item::Control(Bytes::from_static(b"<")));
+        q.push(file_batch(&mut files, a));
+        q.push(file_batch(&mut files, b));
+        q.push(batch(c)); // no file: vectored
+        q.push(Item::Control(Bytes::from_static(b">")));
+        let d: &[&[&[u8]]] = &[&[b"st"], &[b"uv"]];
+        q.push(file_batch(&mut files, d));
+        assert_eq!(
+            gauge.load(Ordering::Relaxed),
+            18,
+            "a, b and d are in the file"
+        );
+        let mut w = FileTrickle {
+            inner: Trickle {
+                cap: 4,
+                got: Vec::new(),
+            },
+            files: Vec::new(),
+            vectored: 0,
+        };
+        // "<" alone (the vectored write stops before a), then a and b from
+        // the file, in calls of at most 4 bytes.
+        while q.write_to_sink(&mut w).unwrap() > 0 {}
+        assert_eq!(w.inner.got, b"<abcdefghijklmnopqr>stuv");
+        assert_eq!(
+            w.files,
+            [(0, 14), (4, 10), (8, 6), (12, 2), (14, 4)],
+            "a and b in one run resuming where each call stopped, d after"
+        );
+        assert_eq!(
+            w.vectored, 3,
+            "\"<\", then c and \">\" in one call of 4 and one of 1"
+        );
+        assert_eq!((q.media_cost(), q.control_bytes()), (0, 0));
+        assert!(q.is_empty());
+
+        // A drop mid-batch keeps the rest of the frame being written, from
+        // memory, and nothing after it.
+        let mut q = OutQueue::default();
+        q.push(file_batch(&mut files, a));
+        q.push(file_batch(&mut files, b));
+        w.inner.got.clear();
+        q.write_to_sink(&mut w).unwrap(); // "abcd"
+        assert_eq!(q.drop_unstarted_media(), 3, "fgh, and b's two frames");
+        while q.write_to_sink(&mut w).unwrap() > 0 {}
+        assert_eq!(w.inner.got, b"abcde");
+        assert_eq!(q.media_cost(), 0);
+        drop(q);
+        drop(files);
+        assert_eq!(
+            gauge.load(Ordering::Relaxed),
+            0,
+            "closed segments leave the gauge"
+        );
     }
 }

@@ -158,6 +158,9 @@ pub struct WorkerHandle {
     pub write_calls: AtomicU64,
     /// How long queued media waited for its write.
     pub write_wait: WaitHistogram,
+    /// Bytes in this worker's live batch files (batch_file.rs): shared
+    /// memory its players' queues send from, not in the process's RSS.
+    pub batch_file_bytes: Arc<AtomicU64>,
     /// The worker runs with its listeners registered (`/readyz`).
     pub listening: AtomicBool,
     /// The API's view of this worker's connections, updated when one opens,
@@ -174,6 +177,7 @@ impl WorkerHandle {
             iterations: AtomicU64::new(0),
             write_calls: AtomicU64::new(0),
             write_wait: WaitHistogram::default(),
+            batch_file_bytes: Arc::new(AtomicU64::new(0)),
             listening: AtomicBool::new(false),
             clients: Mutex::new(HashMap::new()),
         }

@@ -14,7 +14,7 @@
 
 use super::base::{ConnCounters, ConnId, ConnKey};
 use super::proxy;
-use super::queue::{Item, OutQueue};
+use super::queue::{Item, OutQueue, SendFile};
 use super::stats::{CloseReason, Protocol, Stats};
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
@@ -645,12 +645,30 @@ impl Write for SendMsg<'_> {
     }
 }
 
+impl SendFile for SendMsg<'_> {
+    /// `sendfile(2)`: the socket takes references to the file's pages
+    /// (batch_file.rs). Counted as a write call. It has no MSG_NOSIGNAL:
+    /// a closed peer is an `EPIPE` error because Rust's runtime ignores
+    /// SIGPIPE, as for `writev` above.
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<usize> {
+        *self.calls += 1;
+        let mut offset = offset;
+        Ok(rustix::fs::sendfile(
+            self.socket,
+            file,
+            Some(&mut offset),
+            len,
+        )?)
+    }
+}
+
 /// Writes queued bytes to a plain socket until it blocks or the queue
-/// empties: (bytes written, blocked).
+/// empties: (bytes written, blocked). Batches with a file go with
+/// `sendfile`, the rest with `sendmsg`.
 fn write_plain(out: &mut OutQueue, socket: &mut SendMsg<'_>) -> io::Result<(u64, bool)> {
     let mut written = 0u64;
     while !out.is_empty() {
-        match out.write_to(socket) {
+        match out.write_to_sink(socket) {
             Ok(n) => written += n as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((written, true)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -28,6 +28,7 @@
 
 use super::base::ConnKey;
 use super::base::{ConnCounters, ConnId, StreamId};
+use super::batch_file::BatchFiles;
 use super::conn::{Conn, Proto};
 use super::ctx::WorkerCtx;
 use super::http_conn::HttpConn;
@@ -110,6 +111,9 @@ pub struct Worker {
     /// Since a handover to a successor began: until when what is here is
     /// served at most.
     handover_deadline: Option<Instant>,
+    /// Where released batches are kept for `sendfile` (`--sendfile`);
+    /// lent to each [`Release`] while its players take it.
+    batch_files: Option<BatchFiles>,
 }
 
 impl Worker {
@@ -126,6 +130,10 @@ impl Worker {
                 Interest::READABLE,
             )?;
         }
+        let batch_files = shared
+            .config
+            .sendfile
+            .then(|| BatchFiles::new(shared.workers[index].batch_file_bytes.clone()));
         Ok(Self {
             poll,
             listeners,
@@ -136,6 +144,7 @@ impl Worker {
             drain_deadline: None,
             refused: (0, None),
             handover_deadline: None,
+            batch_files,
         })
     }
 
@@ -382,7 +391,7 @@ impl Worker {
         let Some((frames, since)) = self.ctx.take_held(stream) else {
             return;
         };
-        let release = Release::new(frames);
+        let release = Release::new(frames).with_files(self.batch_files.take());
         let mut awaits_start = false;
         let shared = self.ctx.shared.clone();
         self.each_player(stream, "delivering media", |k, c, ctx| {
@@ -391,6 +400,7 @@ impl Worker {
                 flush_conn(k, c, ctx, &shared, *now, pass);
             }
         });
+        self.batch_files = release.into_files();
         if awaits_start {
             self.ctx.player_awaits_start(stream);
         }
@@ -511,8 +521,11 @@ impl Worker {
         }
     }
 
-    /// The worker's own upkeep: relay tasks.
+    /// The worker's own upkeep: relay tasks, an idle batch file.
     fn tick(&mut self, now: Instant) {
+        if let Some(files) = self.batch_files.as_mut() {
+            files.close_idle();
+        }
         let result = catch(|| {
             let (shared, index) = (self.ctx.shared.clone(), self.ctx.index);
             if self.ctx.shutting_down().is_some() {

@@ -634,7 +634,7 @@ fn markdown(a: &Args, rec: &Value, servers: &[String], sizes: &[u64]) -> String 
             );
         }
     }
-    let _ = writeln!(s, "\n\"held\": every player got every frame from its first keyframe, in order and intact, and within 1% of the publish rate over the window (one frame of slack at each edge). bytes/write syscall: Sluice's own count of its sendmsg calls (`sluice_write_calls_total`); for the others /proc/PID/io, which counts only write/writev (nginx-rtmp uses send(), node uses writev through libuv). Sluice's write wait: from queueing media to the write that sends it (`sluice_write_wait_seconds`, the bucket bounds that hold the 99th percentile and the longest wait of the window; a median over repeats); latency: the publisher's stamp to the player's receipt, generator included. Server + generator: both processes' CPU per GB; on loopback each side's kernel does part of the other's TCP work, so a server's send pattern shows in the generator's CPU too.");
+    let _ = writeln!(s, "\n\"held\": every player got every frame from its first keyframe, in order and intact, and within 1% of the publish rate over the window (one frame of slack at each edge). bytes/write syscall: Sluice's own count of its sendfile and sendmsg calls (`sluice_write_calls_total`); for the others /proc/PID/io, which counts only write/writev (nginx-rtmp uses send(), node uses writev through libuv). Sluice's write wait: from queueing media to the write that sends it (`sluice_write_wait_seconds`, the bucket bounds that hold the 99th percentile and the longest wait of the window; a median over repeats); latency: the publisher's stamp to the player's receipt, generator included. Server + generator: both processes' CPU per GB; on loopback each side's kernel does part of the other's TCP work, so a server's send pattern shows in the generator's CPU too.");
     if let Some(idle) = rec["idle_memory"].as_object().filter(|m| !m.is_empty()) {
         let _ = writeln!(s, "\n### Memory per idle connection (handshake + connect, no play)\n\n| server | connections | RSS per connection (KiB) |\n|---|---:|---:|");
         for srv in servers {
@@ -717,6 +717,7 @@ fn limit_label(mode: &str) -> String {
         "send" => "physical limit (one send(2) per frame)",
         "writev" => "physical limit (writev of the server's chunked form)",
         "sendmsg" => "physical limit (sendmsg of the server's chunked form)",
+        "sendfile" => "physical limit (sendfile of the server's chunked form from a memory file)",
         "chunk" => "one write per 4 KiB chunk",
         other => other,
     };

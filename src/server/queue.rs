@@ -375,8 +375,7 @@ impl OutQueue {
                 _ => break,
             }
         }
-        let file = span.file.clone();
-        let written = w.send_file(file.file(), offset, len)?;
+        let written = w.send_file(span.file.file(), offset, len)?;
         if written == 0 {
             // Only a file shorter than its spans says: never loop on it.
             return Err(io::Error::new(

@@ -617,10 +617,6 @@ struct Run {
     rss_peak: u64,
     hwm: u64,
     next_rss: Instant,
-    /// The server's in-memory files' bytes (`stats::memfd_bytes`), and
-    /// when to look again.
-    memfd: u64,
-    next_memfd: Instant,
     connect_errors: u64,
     errors: Vec<String>,
     hls: Option<hls::Viewers>,
@@ -666,8 +662,6 @@ impl Run {
             rss_peak: 0,
             hwm: 0,
             next_rss: Instant::now(),
-            memfd: 0,
-            next_memfd: Instant::now(),
             connect_errors: 0,
             errors: Vec::new(),
             next_vod_sample: None,
@@ -853,16 +847,9 @@ impl Run {
             return;
         }
         self.next_rss = Instant::now() + Duration::from_millis(200);
-        // A server's in-memory files (Sluice's batch files) are its memory
-        // too, though not in its RSS: added to every sample. Looking them
-        // up reads every descriptor's link, so once a second.
-        if Instant::now() >= self.next_memfd {
-            self.next_memfd = Instant::now() + Duration::from_secs(1);
-            self.memfd = stats::memfd_bytes(pid);
-        }
         if let Some((rss, hwm)) = stats::rss_bytes(pid) {
-            self.rss_peak = self.rss_peak.max(rss + self.memfd);
-            self.hwm = hwm + self.memfd;
+            self.rss_peak = self.rss_peak.max(rss);
+            self.hwm = hwm;
         }
     }
 
@@ -952,6 +939,14 @@ impl Run {
                         self.pub_bytes,
                     );
                     self.sample_rss();
+                    // Sluice's batch files are its memory too, though not
+                    // in its RSS (in-memory files it does not map): their
+                    // bytes at the window's end (`--metrics`), about what
+                    // the players' queues hold, steady over a run.
+                    if let Some(m) = &self.win_end.metrics {
+                        self.rss_peak += m.batch_file_bytes;
+                        self.hwm += m.batch_file_bytes;
+                    }
                     for p in &mut self.players {
                         p.at_window_end = (p.bytes_in, p.check.video.frames);
                     }

@@ -184,23 +184,6 @@ pub fn rss_bytes(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Bytes held by a process's in-memory files (`memfd_create`, as Sluice's
-/// batch files): shared memory its RSS does not count unless mapped,
-/// found through its descriptors.
-pub fn memfd_bytes(pid: u32) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"))
-        })
-        .filter_map(|e| fs::metadata(e.path()).ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +252,10 @@ pub struct ServerMetrics {
     pub wait_max_s: f64,
     /// `sluice_worker_loop_iterations_total`, all workers: the loops' wake-ups.
     pub iterations: u64,
+    /// `sluice_batch_file_bytes`, all workers: released media in the
+    /// workers' in-memory batch files, memory the server's RSS does not
+    /// count.
+    pub batch_file_bytes: u64,
 }
 
 impl ServerMetrics {
@@ -291,6 +278,7 @@ impl ServerMetrics {
                     m.iterations += value.parse::<u64>().ok()?
                 }
                 "sluice_write_wait_max_seconds" => m.wait_max_s = value.parse().ok()?,
+                "sluice_batch_file_bytes" => m.batch_file_bytes += value.parse::<u64>().ok()?,
                 "sluice_write_wait_seconds_bucket" => {
                     let le = name.split("le=\"").nth(1)?.split('"').next()?;
                     let le = if le == "+Inf" {
@@ -360,7 +348,9 @@ mod metrics_tests {
         sluice_write_wait_seconds_bucket{le=\"0.03\"} 9\n\
         sluice_write_wait_seconds_bucket{le=\"+Inf\"} 10\n\
         sluice_write_wait_max_seconds 0.25\n\
-        sluice_worker_loop_iterations_total{worker=\"0\"} 40\n";
+        sluice_worker_loop_iterations_total{worker=\"0\"} 40\n\
+        sluice_batch_file_bytes{worker=\"0\"} 4096\n\
+        sluice_batch_file_bytes{worker=\"1\"} 100\n";
 
     #[test]
     fn reads_write_calls_and_waits() {
@@ -371,6 +361,7 @@ mod metrics_tests {
         assert_eq!(m.wait_buckets[2].0, f64::INFINITY);
         assert_eq!(m.wait_max_s, 0.25);
         assert_eq!(m.iterations, 40);
+        assert_eq!(m.batch_file_bytes, 4196);
         let before = ServerMetrics {
             wait_buckets: vec![(0.001, 2), (0.03, 2), (f64::INFINITY, 2)],
             ..m.clone()

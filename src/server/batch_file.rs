@@ -19,13 +19,16 @@
 //! hold references to the file's pages until the peer has acknowledged
 //! them, so a rewrite would change bytes already "sent". Files are
 //! append-only segments of [`SEGMENT_BYTES`]; a batch holds its segment
-//! with an `Arc`, and a segment no queued batch holds is closed, its pages
-//! freed once the sockets have let go of them. So the memory is what the
-//! players' queues hold, rounded up to whole segments, plus what the
-//! sockets still have in flight: the same bound as the queues' (their
-//! batches are charged their bytes), counted apart in
-//! `sluice_batch_file_bytes` because it is shared memory, not in the
-//! process's RSS.
+//! with an `Arc`, and when no queue holds the batch any more its whole
+//! pages are punched out of the file (`fallocate`), so that one slow
+//! player's old batch keeps its own pages, not the segment's. A segment
+//! no batch holds is closed. Pages the sockets still send stay alive, with
+//! their bytes, until the sockets let go of them. So the memory is what
+//! the players' queues hold, plus a page at each end of a batch, plus what
+//! the sockets have in flight: the same bound as the queues' (their
+//! batches are charged their bytes). `sluice_batch_file_bytes` counts the
+//! bytes in live segments less the pages punched out, apart from RSS
+//! because it is shared memory.
 //!
 //! Writing a memory file does not wait on a disk (the loop never blocks),
 //! but under memory pressure with swap its pages could be swapped out
@@ -44,8 +47,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A new segment begins when the current one would pass this size. A
-/// segment lives while any queued batch in it does: a larger one pins more
-/// memory for a slow player, a smaller one costs more descriptors and
+/// segment lives while any queued batch in it does (its memory does not:
+/// released batches' pages are punched out); a larger one keeps a
+/// descriptor open longer for a slow player, a smaller one costs more
 /// `memfd_create` calls (a 3 Mbit/s stream fills one in about 2.7 s).
 pub const SEGMENT_BYTES: u64 = 1 << 20;
 
@@ -53,7 +57,8 @@ pub const SEGMENT_BYTES: u64 = 1 << 20;
 #[derive(Debug)]
 pub struct BatchFile {
     file: File,
-    /// Bytes written to it (the worker that appends is the only writer).
+    /// Bytes it holds: appended, less whole pages punched out (what its
+    /// drop takes back from the gauge).
     len: AtomicU64,
     /// The server-wide gauge of bytes in live segments.
     gauge: Arc<AtomicU64>,
@@ -72,11 +77,38 @@ impl Drop for BatchFile {
     }
 }
 
-/// Where a batch's bytes are: `len` bytes from `offset` in `file`.
-#[derive(Debug, Clone)]
+/// Where a batch's bytes are: `len` bytes from `offset` in `file`. Its
+/// batch's only reference to them: dropped with the batch, when no queue
+/// holds it any more, it frees the pages only it covered (below).
+#[derive(Debug)]
 pub struct FileSpan {
     pub file: Arc<BatchFile>,
     pub offset: u64,
+    pub len: u64,
+}
+
+impl Drop for FileSpan {
+    /// Punches the whole pages of this span out of the file (a segment
+    /// lives while any batch in it does; without this a slow player's one
+    /// old batch would keep the whole segment's memory). Pages the span
+    /// shares with its neighbours stay until the segment closes. Sockets
+    /// still sending these pages hold their own references: the pages
+    /// leave the file, their bytes stay as they were until the sockets
+    /// let go (only a partial page would be zeroed, and none is punched).
+    fn drop(&mut self) {
+        let page = rustix::param::page_size() as u64;
+        let start = self.offset.div_ceil(page) * page;
+        let end = (self.offset + self.len) / page * page;
+        if end > start {
+            let mode =
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+            // A failure only keeps the pages until the segment closes.
+            if rustix::fs::fallocate(self.file.file(), mode, start, end - start).is_ok() {
+                self.file.len.fetch_sub(end - start, Ordering::Relaxed);
+                self.file.gauge.fetch_sub(end - start, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// A worker's writer of batch segments.
@@ -85,8 +117,11 @@ pub struct BatchFiles {
     /// The segment being appended to, and its length.
     current: Option<(Arc<BatchFile>, u64)>,
     gauge: Arc<AtomicU64>,
-    /// `memfd_create` or a write failed: this worker writes from memory.
+    /// `memfd_create` or a write failed (the descriptor limit, memory):
+    /// this worker writes from memory until its next tick tries again.
     failed: bool,
+    /// A failure was logged (once per worker).
+    logged: bool,
 }
 
 impl BatchFiles {
@@ -95,6 +130,7 @@ impl BatchFiles {
             current: None,
             gauge,
             failed: false,
+            logged: false,
         }
     }
 
@@ -108,7 +144,12 @@ impl BatchFiles {
         match self.try_append(pieces, len as u64) {
             Ok(span) => Some(span),
             Err(e) => {
-                log::warn!("batch files: {e}; this worker writes its players from memory");
+                if !self.logged {
+                    self.logged = true;
+                    log::warn!(
+                        "batch files: {e}; this worker writes its players from memory until it can open one again"
+                    );
+                }
                 self.failed = true;
                 self.current = None;
                 None
@@ -117,9 +158,11 @@ impl BatchFiles {
     }
 
     /// Closes the segment being appended to if no batch holds it (the
-    /// worker's players left, or are between writes): called on the
-    /// worker's tick, so that an idle worker holds no file and no memory.
+    /// worker's players left, or are between writes), and lets a worker
+    /// whose files failed try again: called on the worker's tick, so that
+    /// an idle worker holds no file and no memory.
     pub fn close_idle(&mut self) {
+        self.failed = false;
         if self
             .current
             .as_ref()
@@ -166,6 +209,7 @@ impl BatchFiles {
         Ok(FileSpan {
             file: segment.clone(),
             offset,
+            len,
         })
     }
 
@@ -202,24 +246,47 @@ mod tests {
         assert_eq!(gauge.load(Ordering::Relaxed), 7);
 
         // Past SEGMENT_BYTES: a new segment, from offset 0.
-        let big = Bytes::from(vec![7u8; SEGMENT_BYTES as usize]);
+        let big = Bytes::from(vec![7u8; SEGMENT_BYTES as usize - 4]);
         let c = files.append(std::slice::from_ref(&big), big.len()).unwrap();
         assert!(!Arc::ptr_eq(&c.file, &a.file));
         assert_eq!(c.offset, 0);
+        let small = Bytes::from_static(b"tail");
+        let d = files.append(std::slice::from_ref(&small), 4).unwrap();
+        assert!(Arc::ptr_eq(&c.file, &d.file));
         assert_eq!(gauge.load(Ordering::Relaxed), 7 + SEGMENT_BYTES);
 
         // The first segment goes when its spans do.
         drop((a, b));
         assert_eq!(gauge.load(Ordering::Relaxed), SEGMENT_BYTES);
-        // The current one stays while a span holds it, then an idle tick
-        // closes it.
-        files.close_idle();
-        assert_eq!(gauge.load(Ordering::Relaxed), SEGMENT_BYTES);
+        // A released span's whole pages leave the file (its last, shared
+        // with `d`, stays), and what is left reads as it was.
+        let page = rustix::param::page_size() as u64;
+        let kept = page - 4; // c's last page, shared with d
+        let on_disk = |f: &BatchFile| {
+            use std::os::unix::fs::MetadataExt;
+            f.file().metadata().unwrap().blocks() * 512
+        };
+        let file = c.file.clone();
         drop(c);
+        assert_eq!(gauge.load(Ordering::Relaxed), kept + 4);
+        assert!(
+            on_disk(&file) <= page,
+            "{} bytes still held",
+            on_disk(&file)
+        );
+        let mut tail = [0u8; 4];
+        file.file().read_exact_at(&mut tail, d.offset).unwrap();
+        assert_eq!(&tail, b"tail");
+        drop(file);
+        // The current segment stays while a span holds it, then an idle
+        // tick closes it.
+        files.close_idle();
+        assert_eq!(gauge.load(Ordering::Relaxed), kept + 4);
+        drop(d);
         files.close_idle();
         assert_eq!(gauge.load(Ordering::Relaxed), 0);
         // And the next append opens a new one.
-        let d = files.append(&[Bytes::from_static(b"h")], 1).unwrap();
-        assert_eq!(d.offset, 0);
+        let e = files.append(&[Bytes::from_static(b"h")], 1).unwrap();
+        assert_eq!(e.offset, 0);
     }
 }

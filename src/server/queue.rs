@@ -1,6 +1,7 @@
 //! A connection's output queue: references to shared frames and the
 //! connection's own control bytes, written with one `write_vectored` over as
-//! many queued items as the socket takes.
+//! many queued items as the socket takes, or, for batches kept in a batch
+//! file, one `send_file` from there (plain sockets: `write_to_sink`).
 //!
 //! Media is bounded by what it holds in memory: the caller asks
 //! [`OutQueue::media_cost`] (unsent bytes plus a per-item overhead, so that
@@ -95,6 +96,11 @@ impl Item {
             Item::Control(b) => b.len(),
             Item::OwnControl(w) | Item::Response(w) => w.len(),
         }
+    }
+
+    /// A batch whose bytes are also in a batch file.
+    fn has_file(&self) -> bool {
+        matches!(self, Item::Batch(b) if b.file.is_some())
     }
 
     /// Media frames the item carries (0 for anything else).
@@ -393,7 +399,10 @@ impl OutQueue {
         // A player between frames has a piece or two queued: don't pay for
         // initialising a large iovec array on every write.
         let mut needed = 0;
-        for item in &self.items {
+        for (i, item) in self.items.iter().enumerate() {
+            if stop_at_file && i > 0 && item.has_file() {
+                break;
+            }
             needed += item.pieces().len();
             if needed > MEDIUM_IOVECS {
                 return self.write_with::<MAX_IOVECS, W>(w, stop_at_file);
@@ -414,7 +423,7 @@ impl OutQueue {
         let mut iov = [IoSlice::new(&[]); N];
         let mut n = 0;
         'fill: for (i, item) in self.items.iter().enumerate() {
-            if stop_at_file && i > 0 && matches!(item, Item::Batch(b) if b.file.is_some()) {
+            if stop_at_file && i > 0 && item.has_file() {
                 break;
             }
             let pieces = item.pieces();

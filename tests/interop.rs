@@ -41,16 +41,19 @@ fn ffmpeg_rtmpdump_gstreamer_play_what_ffmpeg_publishes() {
     ];
     let tail_slack = [0, 0, GST_TAIL_SLACK];
     // Plain TCP players are sent released media from the workers' batch
-    // files (sendfile, on by default): their bytes show while the players
-    // play, and the comparison below checks every packet they got.
+    // files (sendfile, on by default): the files hold bytes and sendfile
+    // calls are made while the players play, and the comparison below
+    // checks every packet they got.
     let http = server.http_addr();
-    api::wait_until(Duration::from_secs(10), "bytes in batch files", || {
+    api::wait_until(Duration::from_secs(10), "sendfile from batch files", || {
         let text = api::metrics(http);
-        let bytes: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|w| api::metric(&text, "sluice_batch_file_bytes", &[("worker", w)]))
-            .sum();
-        bytes > 0.0
+        let sum = |name: &str| -> f64 {
+            ["0", "1"]
+                .iter()
+                .filter_map(|w| api::metric(&text, name, &[("worker", w)]))
+                .sum()
+        };
+        sum("sluice_batch_file_bytes") > 0.0 && sum("sluice_sendfile_calls_total") > 0.0
     });
     let published_end = wait_publisher(&mut publisher);
     let ends = wait_all_or_stop(&mut players, PLAYER_END_GRACE);

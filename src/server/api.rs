@@ -706,11 +706,23 @@ pub fn metrics(shared: &Shared) -> String {
         &mut o,
         "sluice_write_calls_total",
         "counter",
-        "Write system calls per worker (sendmsg, and TLS record writes).",
+        "Write system calls per worker (sendmsg, sendfile, and TLS record writes).",
         shared.workers.iter().enumerate().map(|(w, h)| {
             (
                 format!("worker=\"{w}\""),
                 h.write_calls.load(Ordering::Relaxed),
+            )
+        }),
+    );
+    family(
+        &mut o,
+        "sluice_sendfile_calls_total",
+        "counter",
+        "Of the write calls, sendfile calls per worker: released media sent to plain TCP players from batch files.",
+        shared.workers.iter().enumerate().map(|(w, h)| {
+            (
+                format!("worker=\"{w}\""),
+                h.sendfile_calls.load(Ordering::Relaxed),
             )
         }),
     );

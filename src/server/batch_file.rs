@@ -42,7 +42,7 @@
 
 use bytes::Bytes;
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -182,25 +182,8 @@ impl BatchFiles {
         }
         let (segment, used) = self.current.as_mut().expect("a segment");
         let offset = *used;
-        // The segment's `File` is shared (`&File` writes at the file's
-        // position, the end here): one writev, the rest piece by piece if
-        // the kernel took less.
-        let mut file = segment.file();
-        let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
-        let mut done = file.write_vectored(&slices)? as u64;
-        if done < len {
-            let mut skip = done;
-            for p in pieces {
-                let plen = p.len() as u64;
-                if skip >= plen {
-                    skip -= plen;
-                    continue;
-                }
-                file.write_all(&p[skip as usize..])?;
-                done += plen - skip;
-                skip = 0;
-            }
-        }
+        // At the file's position, its end: the worker is its only writer.
+        let done = super::disk::append(segment.file(), pieces)?;
         debug_assert_eq!(done, len);
         *used += len;
         // The segment's drop takes back from the gauge what it added.

@@ -482,7 +482,7 @@ fn create(path: &Path) -> io::Result<(File, PathBuf)> {
 }
 
 /// Writes every piece, looping over partial writes.
-fn append(mut f: &File, pieces: &[Bytes]) -> io::Result<u64> {
+pub(super) fn append(mut f: &File, pieces: &[Bytes]) -> io::Result<u64> {
     let total: usize = pieces.iter().map(Bytes::len).sum();
     let (mut i, mut off) = (0usize, 0usize);
     let mut written = 0usize;

@@ -154,8 +154,11 @@ pub struct WorkerHandle {
     pub connections: AtomicUsize,
     /// Event loop iterations.
     pub iterations: AtomicU64,
-    /// Write system calls made (`sendmsg`, and TLS record writes).
+    /// Write system calls made (`sendmsg`, `sendfile`, and TLS record
+    /// writes).
     pub write_calls: AtomicU64,
+    /// Of them, `sendfile` calls: batches sent from batch files.
+    pub sendfile_calls: AtomicU64,
     /// How long queued media waited for its write.
     pub write_wait: WaitHistogram,
     /// Bytes in this worker's live batch files (batch_file.rs): shared
@@ -176,6 +179,7 @@ impl WorkerHandle {
             connections: AtomicUsize::new(0),
             iterations: AtomicU64::new(0),
             write_calls: AtomicU64::new(0),
+            sendfile_calls: AtomicU64::new(0),
             write_wait: WaitHistogram::default(),
             batch_file_bytes: Arc::new(AtomicU64::new(0)),
             listening: AtomicBool::new(false),

@@ -524,11 +524,7 @@ impl ConnIo {
     /// once per write pass), and the write calls made; updates the
     /// stalled-since clock.
     pub(super) fn flush(&mut self, now: Instant) -> Result<Flushed, Close> {
-        let mut calls = 0;
-        let mut socket = SendMsg {
-            socket: &self.socket,
-            calls: &mut calls,
-        };
+        let mut socket = SendMsg::new(&self.socket);
         let result = match self.tls.as_mut() {
             None => write_plain(&mut self.out, &mut socket),
             Some(tls) => write_tls(&mut self.out, &mut tls.conn, &mut socket),
@@ -542,7 +538,11 @@ impl ConnIo {
         if blocked {
             self.blocked_since.get_or_insert(now);
         }
-        Ok(Flushed { written, calls })
+        Ok(Flushed {
+            written,
+            calls: socket.calls,
+            file_calls: socket.file_calls,
+        })
     }
 
     /// The close asked for with [`ConnIo::close_after_flush`], once
@@ -560,11 +560,7 @@ impl ConnIo {
     pub(super) fn last_gasp(&mut self) {
         match self.tls.as_mut() {
             None => {
-                let mut calls = 0;
-                let _ = self.out.write_to(&mut SendMsg {
-                    socket: &self.socket,
-                    calls: &mut calls,
-                });
+                let _ = self.out.write_to(&mut SendMsg::new(&self.socket));
             }
             Some(tls) => {
                 while !self.out.is_empty() {
@@ -616,6 +612,8 @@ pub(super) struct Flushed {
     pub written: u64,
     /// Write system calls made, those that found the socket full included.
     pub calls: u64,
+    /// Of them, `sendfile` calls (batches sent from a batch file).
+    pub file_calls: u64,
 }
 
 /// A socket written with `sendmsg(2)` (socket2's `send_vectored`): the same
@@ -626,17 +624,28 @@ pub(super) struct Flushed {
 /// `writev`.
 struct SendMsg<'a> {
     socket: &'a TcpStream,
-    calls: &'a mut u64,
+    calls: u64,
+    file_calls: u64,
+}
+
+impl<'a> SendMsg<'a> {
+    fn new(socket: &'a TcpStream) -> Self {
+        Self {
+            socket,
+            calls: 0,
+            file_calls: 0,
+        }
+    }
 }
 
 impl Write for SendMsg<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        *self.calls += 1;
+        self.calls += 1;
         socket2::SockRef::from(self.socket).send(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        *self.calls += 1;
+        self.calls += 1;
         socket2::SockRef::from(self.socket).send_vectored(bufs)
     }
 
@@ -651,7 +660,8 @@ impl SendFile for SendMsg<'_> {
     /// a closed peer is an `EPIPE` error because Rust's runtime ignores
     /// SIGPIPE, as for `writev` above.
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<usize> {
-        *self.calls += 1;
+        self.calls += 1;
+        self.file_calls += 1;
         let mut offset = offset;
         Ok(rustix::fs::sendfile(
             self.socket,

@@ -1097,8 +1097,10 @@ fn expire_handover_rule(shared: &Shared) {
 /// ([`Worker::flush_dirty`]).
 #[derive(Default)]
 struct FlushPass {
-    /// Write calls made (`sendmsg`, or TLS records' writes).
+    /// Write calls made (`sendmsg`, `sendfile`, or TLS records' writes).
     calls: u64,
+    /// Of them, `sendfile` calls.
+    file_calls: u64,
     /// Bytes written, all connections together.
     written: u64,
     /// Bytes written for each stream, by run of consecutive writes for the
@@ -1157,9 +1159,13 @@ impl FlushPass {
     /// calls, the server's bytes out and each stream's.
     fn publish(&mut self, shared: &Shared, worker: usize) {
         if self.calls > 0 {
-            shared.workers[worker]
-                .write_calls
-                .fetch_add(self.calls, Ordering::Relaxed);
+            let handle = &shared.workers[worker];
+            handle.write_calls.fetch_add(self.calls, Ordering::Relaxed);
+            if self.file_calls > 0 {
+                handle
+                    .sendfile_calls
+                    .fetch_add(self.file_calls, Ordering::Relaxed);
+            }
         }
         if self.written > 0 {
             shared
@@ -1196,6 +1202,7 @@ fn flush_conn(
     let written = match catch(|| conn.io.flush(now)) {
         Ok(Ok(f)) => {
             pass.calls += f.calls;
+            pass.file_calls += f.file_calls;
             f.written
         }
         Ok(Err(close)) => {

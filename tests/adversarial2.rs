@@ -1,4 +1,4 @@
-//! Hardening, round two (docs/hardening.md, cases 38 to 47): each case over
+//! Hardening, round two (docs/hardening.md, cases 38 to 48): each case over
 //! real loopback sockets against the `sluice` binary, beside a healthy
 //! publisher/player pair ([`raw::Healthy`], which checks that its player got
 //! every frame in order) and a second player of the healthy stream that
@@ -793,4 +793,109 @@ fn c47_memory_comes_back_after_stalled_players_leave() {
         );
     }
     bin.finish(h, g, "c47");
+}
+
+// ---------------------------------------------------------------------------
+// Case 48: stalled players hold batch-file pages only while their queues do
+// ---------------------------------------------------------------------------
+
+/// The bytes the workers' batch files hold (`sluice_batch_file_bytes`, all
+/// workers) and the batch files the binary has open (`/memfd:` descriptors).
+fn batch_files(bin: &Bin) -> (f64, usize) {
+    let text = api::metrics(bin.http);
+    let bytes = ["0", "1"]
+        .iter()
+        .filter_map(|w| api::metric(&text, "sluice_batch_file_bytes", &[("worker", w)]))
+        .sum();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", bin.child.id()))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    (bytes, fds)
+}
+
+#[test]
+fn c48_stalled_players_hold_batch_files_only_within_their_queues() {
+    const PLAYERS: usize = 8;
+    const QUEUE: usize = 2 * MIB;
+    let queue = QUEUE.to_string();
+    let bin = Bin::start(&[
+        "--player-queue-bytes",
+        &queue,
+        "--gop-cache-bytes",
+        "1048576",
+    ]);
+    let (h, g) = healthy(&bin);
+    let deaf: Vec<Raw> = (0..PLAYERS)
+        .map(|_| deaf_player(bin.rtmp, "fill"))
+        .collect();
+    let mut r = Raw::connect(bin.rtmp, "live");
+    let id = r.publish("fill");
+    r.send(&message::set_chunk_size(65536));
+    r.encoder.set_chunk_size(65536);
+    let (key, inter) = (
+        video_payload(0, true, 16 * 1024),
+        video_payload(1, false, 16 * 1024),
+    );
+    let (mut most_bytes, mut most_fds) = (0f64, 0usize);
+    let start = Instant::now();
+    let mut i = 0u32;
+    while start.elapsed() < Duration::from_secs(3) {
+        for _ in 0..50 {
+            let p = if i % 50 == 0 { &key } else { &inter };
+            r.media(id, type_id::VIDEO, i * 4, p.clone());
+            i += 1;
+        }
+        let (bytes, fds) = batch_files(&bin);
+        most_bytes = most_bytes.max(bytes);
+        most_fds = most_fds.max(fds);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = r.sent as usize;
+    println!(
+        "c48: {} MiB published to {PLAYERS} players that never read; batch files \
+         at most {:.1} MiB in {most_fds} files",
+        sent / MIB,
+        most_bytes / MIB as f64
+    );
+    // Each worker appends every frame once (tens of MiB here). What stays
+    // is what the queues hold: at most a queue's worth per stalled player
+    // plus a frame, and each worker's current 1 MiB segment with its
+    // partly used pages.
+    let bound = (PLAYERS * (QUEUE + 64 * 1024) + 2 * 2 * MIB) as f64;
+    let dropped = api::metric(&api::metrics(bin.http), "sluice_frames_dropped_total", &[]);
+    assert!(
+        dropped.is_some_and(|d| d > 0.0),
+        "the stalled players' queues overflowed: {dropped:?} frames dropped"
+    );
+    assert!(
+        most_bytes > 0.0 && most_bytes <= bound,
+        "batch files held {most_bytes} bytes, bound {bound}"
+    );
+    assert!(
+        most_fds <= 2 * (PLAYERS * (QUEUE / MIB + 2) + 1),
+        "{most_fds} batch files open"
+    );
+    drop(r);
+    drop(deaf);
+    // Once they have gone, each worker keeps at most its current segment
+    // (the healthy stream still appends to it), its released pages punched.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (bytes, fds) = loop {
+        let (bytes, fds) = batch_files(&bin);
+        if (bytes <= (2 * MIB) as f64 && fds <= 2) || Instant::now() >= deadline {
+            break (bytes, fds);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("c48: {bytes} bytes in {fds} batch files once they left");
+    assert!(bytes <= (2 * MIB) as f64, "{bytes} bytes still held");
+    assert!(fds <= 2, "{fds} batch files still open");
+    bin.finish(h, g, "c48");
 }

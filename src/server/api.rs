@@ -12,7 +12,7 @@ use super::base::ConnId;
 use super::http::Request;
 use super::relays::{static_worker, TaskInfo, TaskState};
 use super::shared::ListenerKind;
-use super::shared::{ClientInfo, Command, Message, RelayCommand, Shared};
+use super::shared::{ClientInfo, Command, Message, RelayCommand, Shared, WorkerHandle};
 use super::stats::{CloseReason, Protocol, WaitSnapshot, WRITE_WAIT_BUCKETS_US};
 use super::stream::{Format, Stream};
 use crate::config::Config;
@@ -22,7 +22,7 @@ use crate::relay::{RelayKind, RuleId, RuleSpec, Scope, Unavailable};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -690,54 +690,46 @@ pub fn metrics(shared: &Shared) -> String {
         "Connections closed, by reason.",
         CloseReason::ALL.map(|r| (format!("reason=\"{}\"", r.name()), s.closes(r))),
     );
-    family(
-        &mut o,
-        "sluice_worker_loop_iterations_total",
-        "counter",
-        "Event loop iterations per worker.",
-        shared.workers.iter().enumerate().map(|(w, h)| {
-            (
-                format!("worker=\"{w}\""),
-                h.iterations.load(Ordering::Relaxed),
-            )
-        }),
-    );
-    family(
-        &mut o,
-        "sluice_write_calls_total",
-        "counter",
-        "Write system calls per worker (sendmsg, sendfile, and TLS record writes).",
-        shared.workers.iter().enumerate().map(|(w, h)| {
-            (
-                format!("worker=\"{w}\""),
-                h.write_calls.load(Ordering::Relaxed),
-            )
-        }),
-    );
-    family(
-        &mut o,
-        "sluice_sendfile_calls_total",
-        "counter",
-        "Of the write calls, sendfile calls per worker: released media sent to plain TCP players from batch files.",
-        shared.workers.iter().enumerate().map(|(w, h)| {
-            (
-                format!("worker=\"{w}\""),
-                h.sendfile_calls.load(Ordering::Relaxed),
-            )
-        }),
-    );
-    family(
-        &mut o,
-        "sluice_batch_file_bytes",
-        "gauge",
-        "Bytes of released media in each worker's in-memory batch files, which plain TCP players are sent from with sendfile (shared memory, not in the process's RSS).",
-        shared.workers.iter().enumerate().map(|(w, h)| {
-            (
-                format!("worker=\"{w}\""),
-                h.batch_file_bytes.load(Ordering::Relaxed),
-            )
-        }),
-    );
+    // Per-worker families: one sample per worker, labelled by its index.
+    type PerWorker = fn(&WorkerHandle) -> &AtomicU64;
+    for (name, kind, help, value) in [
+        (
+            "sluice_worker_loop_iterations_total",
+            "counter",
+            "Event loop iterations per worker.",
+            (|h| &h.iterations) as PerWorker,
+        ),
+        (
+            "sluice_write_calls_total",
+            "counter",
+            "Write system calls per worker (sendmsg, sendfile, and TLS record writes).",
+            |h| &h.write_calls,
+        ),
+        (
+            "sluice_sendfile_calls_total",
+            "counter",
+            "Of the write calls, sendfile calls per worker: released media sent to plain TCP players from batch files.",
+            |h| &h.sendfile_calls,
+        ),
+        (
+            "sluice_batch_file_bytes",
+            "gauge",
+            "Bytes of released media in each worker's in-memory batch files, which plain TCP players are sent from with sendfile (shared memory, not in the process's RSS).",
+            |h| &*h.batch_file_bytes,
+        ),
+    ] {
+        family(
+            &mut o,
+            name,
+            kind,
+            help,
+            shared
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(w, h)| (format!("worker=\"{w}\""), value(h).load(Ordering::Relaxed))),
+        );
+    }
     let mut wait = WaitSnapshot::default();
     for h in &shared.workers {
         h.write_wait.add_to(&mut wait);

@@ -490,7 +490,7 @@ impl OutQueue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A writer that takes at most `cap` bytes per call.
@@ -798,7 +798,7 @@ mod tests {
         }
     }
 
-    fn file_batch(
+    pub(in super::super) fn file_batch(
         files: &mut super::super::batch_file::BatchFiles,
         frames: &[&[&'static [u8]]],
     ) -> Item {

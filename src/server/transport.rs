@@ -144,6 +144,9 @@ pub(super) struct ConnIo {
     /// writable edge (the kernel drained the socket). Dropping queued frames
     /// does not clear it: a player skipping frames is still stalled.
     blocked_since: Option<Instant>,
+    /// Batches with a file go with `sendfile`; cleared for good when the
+    /// kernel refuses the call ([`write_plain`]).
+    sendfile: bool,
     /// Close once the queue is written (HTTP responses, ended streams).
     closing: Option<Close>,
     /// When this connection's timer is armed (see `WorkerCtx::arm`).
@@ -199,6 +202,7 @@ impl ConnIo {
             counters,
             dirty: false,
             blocked_since: None,
+            sendfile: true,
             closing: None,
             armed: None,
             proxy: proxy.map(|stage| (stage, BytesMut::new())),
@@ -526,7 +530,7 @@ impl ConnIo {
     pub(super) fn flush(&mut self, now: Instant) -> Result<Flushed, Close> {
         let mut socket = SendMsg::new(&self.socket);
         let result = match self.tls.as_mut() {
-            None => write_plain(&mut self.out, &mut socket),
+            None => write_plain(&mut self.out, &mut socket, &mut self.sendfile),
             Some(tls) => write_tls(&mut self.out, &mut tls.conn, &mut socket),
         };
         let (written, blocked) =
@@ -659,29 +663,64 @@ impl SendFile for SendMsg<'_> {
     /// (batch_file.rs). Counted as a write call. It has no MSG_NOSIGNAL:
     /// a closed peer is an `EPIPE` error because Rust's runtime ignores
     /// SIGPIPE, as for `writev` above.
+    ///
+    /// A kernel or sandbox that refuses the call itself (a seccomp filter's
+    /// `EPERM` or `ENOSYS`; `EINVAL` or `EOPNOTSUPP` for a socket type that
+    /// cannot splice) is told apart from a failing socket as
+    /// [`io::ErrorKind::Unsupported`]: [`write_plain`] then writes the
+    /// connection from memory instead of closing it.
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<usize> {
+        use rustix::io::Errno;
         self.calls += 1;
         self.file_calls += 1;
         let mut offset = offset;
-        Ok(rustix::fs::sendfile(
-            self.socket,
-            file,
-            Some(&mut offset),
-            len,
-        )?)
+        match rustix::fs::sendfile(self.socket, file, Some(&mut offset), len) {
+            Ok(n) => Ok(n),
+            Err(e @ (Errno::PERM | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP)) => Err(
+                io::Error::new(io::ErrorKind::Unsupported, format!("sendfile refused: {e}")),
+            ),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
+/// Set once the first connection found `sendfile` refused: the warning is
+/// logged once per process, not once per connection.
+static SENDFILE_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Writes queued bytes to a plain socket until it blocks or the queue
 /// empties: (bytes written, blocked). Batches with a file go with
-/// `sendfile`, the rest with `sendmsg`.
-fn write_plain(out: &mut OutQueue, socket: &mut SendMsg<'_>) -> io::Result<(u64, bool)> {
+/// `sendfile` while `files` holds, the rest with `sendmsg`. A `sendfile`
+/// the kernel refuses ([`io::ErrorKind::Unsupported`], which only
+/// [`SendFile::send_file`] returns) clears `files` for good: this
+/// connection's batches then go from memory (every batch keeps its bytes),
+/// and nothing was written by the refused call, so the queue's position
+/// is unchanged.
+fn write_plain<S: SendFile>(
+    out: &mut OutQueue,
+    socket: &mut S,
+    files: &mut bool,
+) -> io::Result<(u64, bool)> {
     let mut written = 0u64;
     while !out.is_empty() {
-        match out.write_to_sink(socket) {
+        let result = if *files {
+            out.write_to_sink(socket)
+        } else {
+            out.write_to(socket)
+        };
+        match result {
             Ok(n) => written += n as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((written, true)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if *files && e.kind() == io::ErrorKind::Unsupported => {
+                *files = false;
+                if !SENDFILE_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::warn!(
+                        "{e}: connections that meet this write from memory instead \
+                         (`--sendfile false` stops writing batch files at all)"
+                    );
+                }
+            }
             Err(e) => return Err(e),
         }
     }
@@ -722,5 +761,103 @@ fn write_tls(
         if out.is_empty() || (moved == 0 && !flushed) {
             return Ok((written, false));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::batch_file::BatchFiles;
+    use crate::server::queue::tests::file_batch;
+    use std::sync::atomic::AtomicU64;
+
+    /// A socket whose `sendfile` the kernel refuses (as a seccomp filter
+    /// would), taking at most `cap` bytes per vectored write.
+    struct Refusing {
+        cap: usize,
+        got: Vec<u8>,
+        refused: usize,
+    }
+
+    impl Write for Refusing {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.cap);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.cap - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.cap {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SendFile for Refusing {
+        fn send_file(&mut self, _: &std::fs::File, _: u64, _: usize) -> io::Result<usize> {
+            self.refused += 1;
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "sendfile refused",
+            ))
+        }
+    }
+
+    /// A refused `sendfile` costs the connection its file path, not its
+    /// bytes: everything is written from memory, in order, and the refusal
+    /// is met once. Any other error still ends the write.
+    #[test]
+    fn a_refused_sendfile_falls_back_to_memory_for_that_connection() {
+        let mut files = BatchFiles::new(Arc::new(AtomicU64::new(0)));
+        let mut out = OutQueue::default();
+        out.push(Item::Control(Bytes::from_static(b"<")));
+        out.push(file_batch(&mut files, &[&[b"ab", b"cde"], &[b"fgh"]]));
+        out.push(file_batch(&mut files, &[&[b"ij"], &[b"klm", b"n"]]));
+        let mut sink = Refusing {
+            cap: 3,
+            got: Vec::new(),
+            refused: 0,
+        };
+        let mut use_files = true;
+        let (written, blocked) = write_plain(&mut out, &mut sink, &mut use_files).unwrap();
+        assert_eq!(sink.got, b"<abcdefghijklmn");
+        assert_eq!((written, blocked), (15, false));
+        assert_eq!(sink.refused, 1, "tried once, then never again");
+        assert!(!use_files);
+        out.push(file_batch(&mut files, &[&[b"op"]]));
+        write_plain(&mut out, &mut sink, &mut use_files).unwrap();
+        assert_eq!(sink.got, b"<abcdefghijklmnop");
+        assert_eq!(sink.refused, 1);
+
+        // With files still on, the same refusal is an error for nobody but
+        // write_plain; a broken socket's error still ends the write.
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl SendFile for Broken {
+            fn send_file(&mut self, _: &std::fs::File, _: u64, _: usize) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        out.push(file_batch(&mut files, &[&[b"qr"]]));
+        let mut use_files = true;
+        let e = write_plain(&mut out, &mut Broken, &mut use_files).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(use_files, "a broken socket is not a refused sendfile");
     }
 }

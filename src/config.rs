@@ -557,14 +557,6 @@ settings! {
             default: DEFAULT_MAX_TLS_HANDSHAKES_PER_WORKER,
             help: "TLS handshakes in progress per worker",
         }
-        /// Take the TLS client's cipher suite order instead of the server's
-        /// (AES-128-GCM first: src/server/tls.rs, `server_config`).
-        tls_client_cipher_order: bool {
-            key: tls_client_cipher_order,
-            hint: "BOOL",
-            default: false,
-            help: "negotiate TLS cipher suites in the client's order instead of the server's (AES-128-GCM, then ChaCha20-Poly1305, then AES-256-GCM) (true or false)",
-        }
         /// The API and /metrics on their own address (then not on `http_addr`).
         api_addr: Option<SocketAddr> {
             key: api,
@@ -1529,7 +1521,6 @@ mod tests {
         ("rtmps", "127.0.0.1:4431", "[::1]:4432"),
         ("https", "127.0.0.1:8443", "127.0.0.1:8444"),
         ("max_tls_handshakes", "17", "18"),
-        ("tls_client_cipher_order", "true", "false"),
         ("api", "127.0.0.1:9000", "127.0.0.1:9001"),
         ("api_token", "t0ken-a", "t0ken-b"),
         ("cors_origin", "https://a.example", "https://b.example"),

@@ -299,61 +299,6 @@ fn sni_picks_the_certificate_for_the_name_and_the_first_for_none() {
     server.stop();
 }
 
-/// The cipher suite a rustls client offering `version` only, with rustls's
-/// default order (AES-256-GCM first, as OpenSSL's clients do), ends up with.
-fn negotiated(addr: SocketAddr, version: &'static rustls::SupportedProtocolVersion) -> String {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let seen = Arc::new(Mutex::new(None));
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Recorder { seen, provider }))
-        .with_no_client_auth();
-    let mut sock = TcpStream::connect(addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name(None)).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock)
-            .unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"));
-    }
-    format!(
-        "{:?}",
-        conn.negotiated_cipher_suite().expect("a suite").suite()
-    )
-}
-
-/// The server's order by default (AES-128-GCM over the AES-256-GCM the
-/// client lists first: fewer rounds per byte), the client's when asked.
-#[test]
-fn the_server_prefers_aes_128_gcm_unless_told_to_take_the_clients_order() {
-    let dir = TestDir::new();
-    let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
-    for (client_order, tls13, tls12) in [
-        (
-            false,
-            "TLS13_AES_128_GCM_SHA256",
-            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-        ),
-        (
-            true,
-            "TLS13_AES_256_GCM_SHA384",
-            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-        ),
-    ] {
-        let files = pairs(&[&a]);
-        let server = start_server(1, |c| {
-            c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
-            c.tls = files;
-            c.tls_client_cipher_order = client_order;
-        });
-        let addr = server.addrs().rtmps.unwrap();
-        assert_eq!(negotiated(addr, &rustls::version::TLS13), tls13);
-        assert_eq!(negotiated(addr, &rustls::version::TLS12), tls12);
-        server.stop();
-    }
-}
-
 #[test]
 fn tls_dir_pairs_come_after_the_files_in_name_order() {
     let dir = TestDir::new();

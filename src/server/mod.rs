@@ -246,7 +246,7 @@ impl Server {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             );
             Some(shared::Tls {
-                config: tls::server_config(resolver.clone(), config.tls_client_cipher_order),
+                config: tls::server_config(resolver.clone()),
                 resolver,
             })
         } else {

@@ -101,33 +101,12 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// A server configuration using `resolver` (TLS 1.2 and 1.3, no client auth).
-///
-/// The cipher suite is the server's choice unless `client_order`: AES-128-GCM,
-/// then ChaCha20-Poly1305, then AES-256-GCM, for TLS 1.3 and likewise for
-/// TLS 1.2. Encryption is most of what a TLS player costs beyond a plain
-/// one (docs/tls.md), and AES-256 does 14 AES rounds per block where
-/// AES-128 does 10, for no security a live stream needs: clients such as
-/// OpenSSL's (ffmpeg, GStreamer) list AES-256-GCM first, and taking their
-/// order cost about 8 % more CPU per RTMPS byte (perf/README.md). Operators
-/// bound to AES-256 set `--tls-client-cipher-order true` and a client that
-/// asks for it first gets it.
-pub fn server_config(resolver: Arc<CertResolver>, client_order: bool) -> Arc<rustls::ServerConfig> {
-    use rustls::CipherSuite as S;
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites.sort_by_key(|s| match s.suite() {
-        S::TLS13_AES_128_GCM_SHA256 => 0,
-        S::TLS13_CHACHA20_POLY1305_SHA256 => 1,
-        S::TLS13_AES_256_GCM_SHA384 => 2,
-        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
-        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => 4,
-        _ => 5,
-    });
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.ignore_client_order = !client_order;
     Arc::new(config)
 }

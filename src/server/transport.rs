@@ -838,8 +838,8 @@ mod tests {
         assert_eq!(sink.got, b"<abcdefghijklmnop");
         assert_eq!(sink.refused, 1);
 
-        // With files still on, the same refusal is an error for nobody but
-        // write_plain; a broken socket's error still ends the write.
+        // A broken socket's error still ends the write, and leaves the
+        // files on: only a refused sendfile turns them off.
         struct Broken;
         impl Write for Broken {
             fn write(&mut self, _: &[u8]) -> io::Result<usize> {

@@ -347,6 +347,7 @@ struct Opts {
     merge_audio: bool,
     /// Cache lines of its own state touched per socket per write.
     touch_lines: usize,
+    idle_threads: usize,
     /// The reader answers the writer's first bytes, as a player does.
     player_replies: bool,
 }
@@ -401,6 +402,12 @@ fn main() -> ExitCode {
         "cache lines of per-socket state updated before each write, as a server's per-player state is [0]",
         "N",
     );
+    o.optopt(
+        "",
+        "idle-threads",
+        "threads that only sleep, started first: a process with threads shares its descriptor table, so the kernel takes a reference on each descriptor a call uses, as in a server with worker and helper threads [0]",
+        "N",
+    );
     o.optflag(
         "",
         "player-replies",
@@ -443,6 +450,7 @@ fn main() -> ExitCode {
         merge_audio: m.opt_present("merge-audio"),
         touch_lines: get("touch-lines", "0").parse().expect("--touch-lines"),
         player_replies: m.opt_present("player-replies"),
+        idle_threads: get("idle-threads", "0").parse().expect("--idle-threads"),
     };
     let vectored = matches!(opts.mode, Mode::Writev | Mode::SendMsg | Mode::SendFile);
     if (opts.batch > 1 || opts.merge_audio) && !vectored {
@@ -488,6 +496,12 @@ fn main() -> ExitCode {
 }
 
 fn run(o: &Opts) -> Result<serde_json::Value, String> {
+    // They sleep until the process exits.
+    for _ in 0..o.idle_threads {
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
     // A backlog that holds every connection at once: with std's 128 the
     // sink's burst of connects overflows the accept queue and the last ones
     // wait for SYN-ACK retransmissions, seconds apart.
@@ -681,6 +695,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         "batch": o.batch,
         "merge_audio": o.merge_audio,
         "touch_lines": o.touch_lines,
+        "idle_threads": o.idle_threads,
         "player_replies": o.player_replies,
         "replies_received": replies,
         "players": o.players,

@@ -732,6 +732,55 @@ fn c46_publish_type_is_escaped_and_refused_accepts_are_logged_once_per_interval(
     bin.finish(h, g, "c46");
 }
 
+/// A publisher of `live/fill` in 64 KiB chunks, sending 16 KiB video frames
+/// (a keyframe every `key_every`) as fast as cases 47 and 48 fill queues.
+struct Fill {
+    r: Raw,
+    id: u32,
+    key: Bytes,
+    inter: Bytes,
+    key_every: u32,
+    /// Frames sent so far.
+    frames: u32,
+}
+
+impl Fill {
+    fn start(bin: &Bin, key_every: u32) -> Fill {
+        let mut r = Raw::connect(bin.rtmp, "live");
+        let id = r.publish("fill");
+        r.send(&message::set_chunk_size(65536));
+        r.encoder.set_chunk_size(65536);
+        Fill {
+            r,
+            id,
+            key: video_payload(0, true, 16 * 1024),
+            inter: video_payload(1, false, 16 * 1024),
+            key_every,
+            frames: 0,
+        }
+    }
+
+    /// Fifty frames every 50 ms (about 16 MB/s) for `dur`, calling `between`
+    /// after each fifty.
+    fn run(&mut self, dur: Duration, mut between: impl FnMut()) {
+        let start = Instant::now();
+        while start.elapsed() < dur {
+            for _ in 0..50 {
+                let i = self.frames;
+                let p = if i % self.key_every == 0 {
+                    &self.key
+                } else {
+                    &self.inter
+                };
+                self.r.media(self.id, type_id::VIDEO, i * 4, p.clone());
+                self.frames += 1;
+            }
+            between();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Case 47: memory goes back once the attacker leaves
 // ---------------------------------------------------------------------------
@@ -746,24 +795,9 @@ fn c47_memory_comes_back_after_stalled_players_leave() {
     let (h, g) = healthy(&bin);
     let baseline = bin.rss();
     let deaf: Vec<Raw> = (0..4).map(|_| deaf_player(bin.rtmp, "fill")).collect();
-    let mut r = Raw::connect(bin.rtmp, "live");
-    let id = r.publish("fill");
-    r.send(&message::set_chunk_size(65536));
-    r.encoder.set_chunk_size(65536);
-    let (key, inter) = (
-        video_payload(0, true, 16 * 1024),
-        video_payload(1, false, 16 * 1024),
-    );
-    let start = Instant::now();
-    let mut i = 0u32;
-    while start.elapsed() < Duration::from_secs(4) {
-        for _ in 0..50 {
-            let p = if i % 250 == 0 { &key } else { &inter };
-            r.media(id, type_id::VIDEO, i * 4, p.clone());
-            i += 1;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut fill = Fill::start(&bin, 250);
+    fill.run(Duration::from_secs(4), || {});
+    let (r, i) = (fill.r, fill.frames);
     let sent = r.sent + deaf.iter().map(|d| d.sent).sum::<u64>();
     let peak = bin.rss();
     println!(
@@ -835,28 +869,14 @@ fn c48_stalled_players_hold_batch_files_only_within_their_queues() {
     let deaf: Vec<Raw> = (0..PLAYERS)
         .map(|_| deaf_player(bin.rtmp, "fill"))
         .collect();
-    let mut r = Raw::connect(bin.rtmp, "live");
-    let id = r.publish("fill");
-    r.send(&message::set_chunk_size(65536));
-    r.encoder.set_chunk_size(65536);
-    let (key, inter) = (
-        video_payload(0, true, 16 * 1024),
-        video_payload(1, false, 16 * 1024),
-    );
     let (mut most_bytes, mut most_fds) = (0f64, 0usize);
-    let start = Instant::now();
-    let mut i = 0u32;
-    while start.elapsed() < Duration::from_secs(3) {
-        for _ in 0..50 {
-            let p = if i % 50 == 0 { &key } else { &inter };
-            r.media(id, type_id::VIDEO, i * 4, p.clone());
-            i += 1;
-        }
+    let mut fill = Fill::start(&bin, 50);
+    fill.run(Duration::from_secs(3), || {
         let (bytes, fds) = batch_files(&bin);
         most_bytes = most_bytes.max(bytes);
         most_fds = most_fds.max(fds);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
+    let r = fill.r;
     let sent = r.sent as usize;
     println!(
         "c48: {} MiB published to {PLAYERS} players that never read; batch files \

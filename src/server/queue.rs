@@ -494,9 +494,9 @@ pub(super) mod tests {
     use super::*;
 
     /// A writer that takes at most `cap` bytes per call.
-    struct Trickle {
-        cap: usize,
-        got: Vec<u8>,
+    pub(in super::super) struct Trickle {
+        pub cap: usize,
+        pub got: Vec<u8>,
     }
 
     impl Write for Trickle {

@@ -768,34 +768,22 @@ fn write_tls(
 mod tests {
     use super::*;
     use crate::server::batch_file::BatchFiles;
-    use crate::server::queue::tests::file_batch;
+    use crate::server::queue::tests::{file_batch, Trickle};
     use std::sync::atomic::AtomicU64;
 
     /// A socket whose `sendfile` the kernel refuses (as a seccomp filter
     /// would), taking at most `cap` bytes per vectored write.
     struct Refusing {
-        cap: usize,
-        got: Vec<u8>,
+        inner: Trickle,
         refused: usize,
     }
 
     impl Write for Refusing {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.cap);
-            self.got.extend_from_slice(&buf[..n]);
-            Ok(n)
+            self.inner.write(buf)
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(self.cap - n);
-                self.got.extend_from_slice(&b[..take]);
-                n += take;
-                if n == self.cap {
-                    break;
-                }
-            }
-            Ok(n)
+            self.inner.write_vectored(bufs)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
@@ -823,19 +811,21 @@ mod tests {
         out.push(file_batch(&mut files, &[&[b"ab", b"cde"], &[b"fgh"]]));
         out.push(file_batch(&mut files, &[&[b"ij"], &[b"klm", b"n"]]));
         let mut sink = Refusing {
-            cap: 3,
-            got: Vec::new(),
+            inner: Trickle {
+                cap: 3,
+                got: Vec::new(),
+            },
             refused: 0,
         };
         let mut use_files = true;
         let (written, blocked) = write_plain(&mut out, &mut sink, &mut use_files).unwrap();
-        assert_eq!(sink.got, b"<abcdefghijklmn");
+        assert_eq!(sink.inner.got, b"<abcdefghijklmn");
         assert_eq!((written, blocked), (15, false));
         assert_eq!(sink.refused, 1, "tried once, then never again");
         assert!(!use_files);
         out.push(file_batch(&mut files, &[&[b"op"]]));
         write_plain(&mut out, &mut sink, &mut use_files).unwrap();
-        assert_eq!(sink.got, b"<abcdefghijklmnop");
+        assert_eq!(sink.inner.got, b"<abcdefghijklmnop");
         assert_eq!(sink.refused, 1);
 
         // A broken socket's error still ends the write, and leaves the

@@ -707,7 +707,7 @@ fn own_code(share: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// A physical-limit run's row name: `MODE[+merge][+bK][+replies]` as `perf/run
+/// A physical-limit run's row name: `MODE[+merge][+bK][+replies][+shaped]` as `perf/run
 /// --limit-modes` names it (`sluice-limit` writes the same bytes to N
 /// loopback sockets and does nothing else).
 fn limit_label(mode: &str) -> String {
@@ -729,6 +729,8 @@ fn limit_label(mode: &str) -> String {
             let _ = write!(label, ", {k} frames a write");
         } else if p == "replies" {
             label.push_str(", readers that reply as RTMP players do");
+        } else if p == "shaped" {
+            label.push_str(", in a process of 8 threads with 8 cache lines of state per socket");
         }
     }
     label

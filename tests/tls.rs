@@ -789,6 +789,21 @@ fn ffmpeg_publishes_over_rtmp_to_rtmps_players() {
     wait_live(&s, "cam");
     players.push(play_ffmpeg(&s.https_url("cam"), &s.out("https.flv")));
     let published_end = wait_publisher(&mut publisher);
+    // TLS players are written from memory: with no plain player, nothing
+    // went to the workers' batch files and no sendfile was made.
+    let text = s.server.metrics();
+    for name in ["sluice_batch_file_bytes", "sluice_sendfile_calls_total"] {
+        let sum: f64 = ["0", "1"]
+            .iter()
+            .filter_map(|w| common::api::metric(&text, name, &[("worker", w)]))
+            .sum();
+        assert_eq!(sum, 0.0, "{name}");
+    }
+    let written: f64 = ["0", "1"]
+        .iter()
+        .filter_map(|w| common::api::metric(&text, "sluice_write_calls_total", &[("worker", w)]))
+        .sum();
+    assert!(written > 0.0, "the players were written to");
     assert_players_got_the_clip(&mut players, 3, published_end);
 }
 

@@ -36,7 +36,9 @@
 //! milliseconds of being written.
 //!
 //! TLS connections encrypt per player and write their batches from memory
-//! as before; a worker whose `memfd_create` fails (an old kernel, the
+//! as before, and a release is appended only when a player that sends from
+//! the files takes it (`Release::batch`): a worker whose players are all
+//! TLS appends nothing; a worker whose `memfd_create` fails (an old kernel, the
 //! descriptor limit) logs it once and writes from memory too, as does
 //! `--sendfile false`.
 

@@ -134,7 +134,14 @@ impl Conn {
             return false;
         };
         let pushed = self.io.out.media_pushed();
-        player.deliver_release(&mut self.io.out, release, &ctx.limits, &ctx.shared.stats);
+        let files = self.io.sends_files();
+        player.deliver_release(
+            &mut self.io.out,
+            release,
+            files,
+            &ctx.limits,
+            &ctx.shared.stats,
+        );
         let awaits_start = player.awaits_start();
         if self.io.out.media_pushed() != pushed {
             ctx.media_released(&mut self.io, since);

@@ -154,13 +154,18 @@ pub(super) struct Release {
     needs_started: u64,
     /// Video tracks (below 64) with a keyframe here.
     keyframes: u64,
-    /// The batch in each format (by [`Format::index`]), built by the
-    /// first player that takes it.
+    /// The batch in each format (by [`Format::index`]) written from
+    /// memory, built by the first player that takes it and cannot send from
+    /// a file (TLS), unless a batch with a file was built first.
     batches: [OnceCell<Arc<Batch>>; Format::ALL.len()],
-    /// The worker's batch files, lent for this release: each batch built
-    /// is appended there too, and plain sockets send it from there.
+    /// The batch in each format appended to the worker's batch files, built
+    /// by the first player that takes it and can send from a file (a plain
+    /// socket). A worker whose players are all TLS appends nothing.
+    file_batches: [OnceCell<Arc<Batch>>; Format::ALL.len()],
+    /// The worker's batch files, lent for this release.
     files: RefCell<Option<BatchFiles>>,
-    /// `files` was lent: a release of one frame is worth a batch.
+    /// `files` was lent: a release of one frame is worth a batch for a
+    /// player that sends from them.
     has_files: bool,
 }
 
@@ -191,6 +196,7 @@ impl Release {
             keyframes,
             frames,
             batches: Default::default(),
+            file_batches: Default::default(),
             files: RefCell::new(None),
             has_files: false,
         }
@@ -209,17 +215,29 @@ impl Release {
         self.files.into_inner()
     }
 
-    /// The frames' shared forms in `format`, one after another, also in
-    /// the batch files when the worker has them.
-    fn batch(&self, format: Format) -> &Arc<Batch> {
-        self.batches[format.index()].get_or_init(|| {
-            let batch = Batch::new(self.frames.iter().map(|f| f.form(format)));
-            let span = match self.files.borrow_mut().as_mut() {
-                Some(files) => files.append(batch.pieces(), batch.wire_len()),
-                None => None,
-            };
-            Arc::new(batch.with_file(span))
-        })
+    /// The frames' shared forms in `format`, one after another: for a
+    /// player that sends from files (`files`), also in the worker's batch
+    /// files when it has them. Any batch serves any player (every batch
+    /// keeps its bytes), so a player without files takes the file batch
+    /// when one was built, and the bytes are appended only for a player
+    /// that will send them from there.
+    fn batch(&self, format: Format, files: bool) -> &Arc<Batch> {
+        let i = format.index();
+        let build = || Batch::new(self.frames.iter().map(|f| f.form(format)));
+        if files && self.has_files {
+            return self.file_batches[i].get_or_init(|| {
+                let batch = build();
+                let span = match self.files.borrow_mut().as_mut() {
+                    Some(files) => files.append(batch.pieces(), batch.wire_len()),
+                    None => None,
+                };
+                Arc::new(batch.with_file(span))
+            });
+        }
+        match self.file_batches[i].get() {
+            Some(batch) => batch,
+            None => self.batches[i].get_or_init(|| Arc::new(build())),
+        }
     }
 }
 
@@ -404,16 +422,18 @@ impl Player {
 
     /// Live delivery of the frames of `release`: in one queue item when
     /// this player takes them all unchanged (see [`Release`]), otherwise
-    /// one by one.
+    /// one by one. `files`: the player's socket sends batches from the
+    /// worker's batch files (plain TCP; not TLS).
     pub(super) fn deliver_release(
         &mut self,
         out: &mut OutQueue,
         release: &Release,
+        files: bool,
         limits: &PlayerLimits,
         stats: &Stats,
     ) {
-        if let Some(format) = self.takes_whole(release) {
-            let batch = release.batch(format);
+        if let Some(format) = self.takes_whole(release, files) {
+            let batch = release.batch(format, files);
             let frames = batch.frames();
             if out.media_cost() + batch.wire_len() + frames * MEDIA_ITEM_OVERHEAD
                 <= limits.queue_bytes
@@ -433,15 +453,16 @@ impl Player {
 
     /// The format this player takes all of `release` in, unchanged and in
     /// one item; None when some frame needs the one-by-one path (a
-    /// release of one frame too, unless the worker has batch files: a
-    /// batch would only add an allocation, where with a file it saves the
-    /// copy of its bytes into each player's socket).
-    fn takes_whole(&self, release: &Release) -> Option<Format> {
+    /// release of one frame too, unless the worker has batch files and the
+    /// player sends from them: a batch would only add an allocation, where
+    /// with a file it saves the copy of its bytes into each player's
+    /// socket).
+    fn takes_whole(&self, release: &Release, files: bool) -> Option<Format> {
         let Form::Shared(format) = self.form else {
             return None;
         };
         let first = release.frames.first()?;
-        let whole = (release.frames.len() >= 2 || release.has_files)
+        let whole = (release.frames.len() >= 2 || (release.has_files && files))
             && matches!(self.state, PlayState::Playing)
             && self.audio
             && self.video
@@ -1104,7 +1125,9 @@ mod tests {
     /// not started, codecs a filter refuses, overflows), partial writes,
     /// pauses and tracks turned off and on. In every other trial the
     /// releases have batch files and the whole player's queue is written
-    /// as to a plain socket, its batches sent from their file.
+    /// as to a plain socket, its batches sent from their file. A third
+    /// player takes each release whole as a TLS player does (no files),
+    /// before or after the first, so sometimes the first's file batch.
     #[test]
     fn a_release_taken_whole_matches_its_frames_one_by_one() {
         let limits = PlayerLimits {
@@ -1118,7 +1141,7 @@ mod tests {
             let gauge = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut batch_files = files.then(|| BatchFiles::new(gauge.clone()));
             let s = setup();
-            let (mut a, mut b) = (player(&s), player(&s));
+            let (mut a, mut b, mut c) = (player(&s), player(&s), player(&s));
             let filter = match trial % 4 {
                 0 => CodecFilter::default(),
                 1 => CodecFilter {
@@ -1136,9 +1159,14 @@ mod tests {
                 _ => CodecFilter::default(),
             };
             a.codecs = filter.clone();
+            c.codecs = filter.clone();
             b.codecs = filter;
-            let (mut qa, mut qb) = (OutQueue::default(), OutQueue::default());
-            let (mut wa, mut wb) = (Vec::new(), Vec::new());
+            let (mut qa, mut qb, mut qc) = (
+                OutQueue::default(),
+                OutQueue::default(),
+                OutQueue::default(),
+            );
+            let (mut wa, mut wb, mut wc) = (Vec::new(), Vec::new(), Vec::new());
             let mut ts = 0;
             for step in 0..120 {
                 match rng.below(12) {
@@ -1172,7 +1200,13 @@ mod tests {
                         }
                         let (pa, pb) = (qa.media_pushed(), qb.media_pushed());
                         let release = Release::new(frames.clone()).with_files(batch_files.take());
-                        a.deliver_release(&mut qa, &release, &limits, &s.stats);
+                        if step % 2 == 0 {
+                            c.deliver_release(&mut qc, &release, false, &limits, &s.stats);
+                        }
+                        a.deliver_release(&mut qa, &release, files, &limits, &s.stats);
+                        if step % 2 == 1 {
+                            c.deliver_release(&mut qc, &release, false, &limits, &s.stats);
+                        }
                         batch_files = release.into_files();
                         for f in &frames {
                             b.deliver(&mut qb, f, &limits, &s.stats);
@@ -1186,25 +1220,33 @@ mod tests {
                         let cap = 1 + rng.below(20_000) as usize;
                         write_some(&mut qa, cap, &mut wa, files);
                         write_some(&mut qb, cap, &mut wb, false);
+                        write_some(&mut qc, cap, &mut wc, false);
                     }
                     9 => {
                         write_some(&mut qa, usize::MAX, &mut wa, files);
                         write_some(&mut qb, usize::MAX, &mut wb, false);
+                        write_some(&mut qc, usize::MAX, &mut wc, false);
                     }
                     10 => {
                         let paused = rng.below(2) == 0;
                         a.set_paused(paused);
                         b.set_paused(paused);
+                        c.set_paused(paused);
                     }
                     _ => {
                         let kind = [MediaKind::Audio, MediaKind::Video][rng.below(2) as usize];
                         let on = rng.below(3) != 0;
                         a.set_receive(kind, on);
                         b.set_receive(kind, on);
+                        c.set_receive(kind, on);
                     }
                 }
                 let at = format!("trial {trial} step {step}");
                 assert_eq!(wa, wb, "{at}: the bytes written");
+                assert_eq!(wc, wb, "{at}: the bytes written without files");
+                assert_eq!(c.dropped, b.dropped, "{at}");
+                assert_eq!(c.next_seq, b.next_seq, "{at}");
+                assert_eq!(qc.media_cost(), qb.media_cost(), "{at}");
                 assert_eq!(a.dropped, b.dropped, "{at}");
                 assert_eq!(a.next_seq, b.next_seq, "{at}");
                 assert_eq!(a.started_tracks, b.started_tracks, "{at}");
@@ -1219,9 +1261,11 @@ mod tests {
             }
             write_some(&mut qa, usize::MAX, &mut wa, files);
             write_some(&mut qb, usize::MAX, &mut wb, false);
+            write_some(&mut qc, usize::MAX, &mut wc, false);
             assert_eq!(wa, wb, "trial {trial}: the rest");
+            assert_eq!(wc, wb, "trial {trial}: the rest without files");
             dropping_trials += usize::from(b.dropped > 0);
-            drop((qa, batch_files));
+            drop((qa, qc, batch_files));
             let left = gauge.load(std::sync::atomic::Ordering::Relaxed);
             assert_eq!(left, 0, "trial {trial}: batch file bytes left");
         }
@@ -1232,5 +1276,66 @@ mod tests {
             dropping_trials > 30,
             "{dropping_trials} trials dropped frames"
         );
+    }
+
+    /// A release's bytes go to the batch files only when a player that
+    /// sends from them takes it: a worker of TLS players appends nothing,
+    /// and a TLS player after a plain one takes the batch already built.
+    #[test]
+    fn only_players_that_send_from_files_append_to_them() {
+        use std::sync::atomic::Ordering;
+        let s = setup();
+        let gauge = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut files = Some(BatchFiles::new(gauge.clone()));
+        let (mut tls, mut plain) = (player(&s), player(&s));
+        let (mut qt, mut qp) = (OutQueue::default(), OutQueue::default());
+        let mut ts = 0;
+        // Delivers `frames` in one release to the players in `order` (true:
+        // the plain one); the batch file bytes after it.
+        macro_rules! release {
+            ($frames:expr, $order:expr) => {{
+                let r = Release::new($frames).with_files(files.take());
+                for file_player in $order {
+                    let (p, q) = if file_player {
+                        (&mut plain, &mut qp)
+                    } else {
+                        (&mut tls, &mut qt)
+                    };
+                    p.deliver_release(q, &r, file_player, &LIMITS, &s.stats);
+                }
+                files = r.into_files();
+                gauge.load(Ordering::Relaxed)
+            }};
+        }
+        let mut frames = |n: usize, key: bool| -> Vec<Arc<Frame>> {
+            (0..n)
+                .map(|i| {
+                    ts += 10;
+                    push(&s, MediaKind::Video, ts, avc(key && i == 0, 1000))
+                })
+                .collect()
+        };
+        let start = frames(2, true);
+        let (two_a, two_b, two_c) = (frames(2, false), frames(2, false), frames(2, false));
+        // Both start on the keyframe (one by one: they were not playing).
+        assert_eq!(release!(start, [false, true]), 0);
+        // The TLS player alone: nothing appended, however often.
+        assert_eq!(release!(two_a, [false]), 0);
+        write_some(&mut qt, usize::MAX, &mut Vec::new(), false);
+        write_some(&mut qp, usize::MAX, &mut Vec::new(), true);
+        let pushed = qt.media_pushed();
+        // The plain player appends once; the TLS player after it adds nothing
+        // and still takes the release whole, in one item.
+        let after_plain = release!(two_b, [true, false]);
+        assert!(after_plain >= 2 * 1000, "{after_plain} bytes appended");
+        assert_eq!(qt.media_pushed(), pushed + 1, "one item for two frames");
+        // TLS first, then plain: appended for the plain player all the same.
+        assert!(release!(two_c, [false, true]) >= after_plain + 2 * 1000);
+        assert!(files.is_some(), "each release gives the files back");
+        let (mut wt, mut wp) = (Vec::new(), Vec::new());
+        write_some(&mut qt, usize::MAX, &mut wt, false);
+        write_some(&mut qp, usize::MAX, &mut wp, true);
+        assert_eq!(wt, wp, "the same bytes, from memory and from the file");
+        assert!(!wt.is_empty());
     }
 }

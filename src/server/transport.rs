@@ -225,6 +225,12 @@ impl ConnIo {
         self.tls.is_some()
     }
 
+    /// Batches with a file are sent from it (`sendfile`): a plain socket
+    /// whose `sendfile` the kernel has not refused.
+    pub(super) fn sends_files(&self) -> bool {
+        self.tls.is_none() && self.sendfile
+    }
+
     /// Queues bytes to send.
     pub(super) fn push(&mut self, item: Item) {
         self.out.push(item);

@@ -417,7 +417,7 @@ pub struct ClientTls {
 
 impl ClientTls {
     pub fn new(extra_ca: Option<&Path>) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::certs::tls_provider();
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = extra_ca {

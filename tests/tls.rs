@@ -155,7 +155,13 @@ impl ServerCertVerifier for Recorder {
 
 /// A client configuration whose verifier records the served certificate.
 fn recording_client() -> (Arc<ClientConfig>, Seen) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    recording_client_with(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The same with the cryptography of `provider` (its key exchange groups
+/// in its order of preference).
+fn recording_client_with(provider: rustls::crypto::CryptoProvider) -> (Arc<ClientConfig>, Seen) {
+    let provider = Arc::new(provider);
     let seen = Arc::new(Mutex::new(None));
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -181,6 +187,17 @@ fn server_name(sni: Option<&str>) -> ServerName<'static> {
 /// the certificate the server presented.
 fn served_cert(addr: SocketAddr, sni: Option<&str>) -> Vec<u8> {
     let (config, seen) = recording_client();
+    handshake(addr, sni, config);
+    let der = seen.lock().unwrap().take();
+    der.expect("the verifier saw a certificate")
+}
+
+/// A finished TLS handshake with `addr` (SNI `sni`) as `config`'s client.
+fn handshake(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    config: Arc<ClientConfig>,
+) -> rustls::ClientConnection {
     let mut sock = TcpStream::connect(addr).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut conn = rustls::ClientConnection::new(config, server_name(sni)).unwrap();
@@ -188,8 +205,7 @@ fn served_cert(addr: SocketAddr, sni: Option<&str>) -> Vec<u8> {
         conn.complete_io(&mut sock)
             .unwrap_or_else(|e| panic!("TLS handshake with {addr} (SNI {sni:?}): {e}"));
     }
-    let der = seen.lock().unwrap().take();
-    der.expect("the verifier saw a certificate")
+    conn
 }
 
 /// Which of `certs` (by label) the server presented for `sni`.
@@ -255,6 +271,80 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         sleep(Duration::from_millis(50));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Key exchange
+// ---------------------------------------------------------------------------------------
+
+/// The server takes the client's preferred key exchange: a client that
+/// lists the hybrid post-quantum X25519MLKEM768 first (current browsers,
+/// OpenSSL 3.5) gets it, one that lists X25519 first gets X25519, on both
+/// TLS ports; a TLS 1.2 client that lists it first gets its next choice
+/// (the hybrid is TLS 1.3 only). Each handshake uses a new client
+/// configuration: a resumed session would exchange no key.
+#[test]
+fn the_key_exchange_is_the_clients_first_choice_post_quantum_included() {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    use rustls::NamedGroup;
+    use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+    let dir = TestDir::new();
+    let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
+    let files = pairs(&[&a]);
+    let server = start_server(1, |c| {
+        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.tls = files;
+    });
+    let addrs = server.addrs();
+    let client = |groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>| {
+        let mut p = default_provider();
+        p.kx_groups = groups;
+        recording_client_with(p).0
+    };
+    let tls12 = || {
+        let mut p = default_provider();
+        p.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::SECP256R1];
+        let config = ClientConfig::builder_with_provider(Arc::new(p))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Recorder {
+                seen: Arc::new(Mutex::new(None)),
+                provider: Arc::new(default_provider()),
+            }))
+            .with_no_client_auth();
+        Arc::new(config)
+    };
+    for addr in [addrs.rtmps.unwrap(), addrs.https.unwrap()] {
+        for (config, version, want) in [
+            (
+                client(vec![kx_group::X25519MLKEM768, kx_group::X25519]),
+                TLSv1_3,
+                Some(NamedGroup::X25519MLKEM768),
+            ),
+            (
+                client(vec![kx_group::X25519, kx_group::X25519MLKEM768]),
+                TLSv1_3,
+                Some(NamedGroup::X25519),
+            ),
+            (
+                client(vec![kx_group::SECP256R1, kx_group::X25519]),
+                TLSv1_3,
+                Some(NamedGroup::secp256r1),
+            ),
+            (tls12(), TLSv1_2, Some(NamedGroup::secp256r1)),
+        ] {
+            let conn = handshake(addr, Some("a.sluice.test"), config);
+            let got = conn.negotiated_key_exchange_group().map(|g| g.name());
+            assert_eq!(
+                (conn.protocol_version(), got),
+                (Some(version), want),
+                "{addr}"
+            );
+        }
+    }
+    server.stop();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain = load_certs(cert)?;
     let key_der =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+    let signing = crate::certs::tls_provider()
+        .key_provider
+        .load_private_key(key_der)
         .map_err(|e| format!("{}: unsupported key: {e}", key.display()))?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
@@ -102,10 +104,9 @@ impl ResolvesServerCert for CertResolver {
 
 /// A server configuration using `resolver` (TLS 1.2 and 1.3, no client auth).
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let config = rustls::ServerConfig::builder_with_provider(crate::certs::tls_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     Arc::new(config)

@@ -90,6 +90,21 @@ fn pairs(certs: &[&Cert]) -> TlsFiles {
     }
 }
 
+/// A one-worker server with both TLS ports (RTMPS and HTTPS) on `certs`
+/// (the first the default), and whatever else `more` sets.
+fn tls_ports_server(
+    certs: &[&Cert],
+    more: impl FnOnce(&mut sluice::config::Config),
+) -> sluice::server::RunningServer {
+    let files = pairs(certs);
+    start_server(1, |c| {
+        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
+        c.tls = files;
+        more(c);
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // A rustls client that records the certificate it was served
 // ---------------------------------------------------------------------------------------
@@ -290,12 +305,7 @@ fn the_key_exchange_is_the_clients_first_choice_post_quantum_included() {
     use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
     let dir = TestDir::new();
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
-    let files = pairs(&[&a]);
-    let server = start_server(1, |c| {
-        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.tls = files;
-    });
+    let server = tls_ports_server(&[&a], |_| {});
     let addrs = server.addrs();
     let client = |groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>| {
         let mut p = default_provider();
@@ -357,12 +367,7 @@ fn sni_picks_the_certificate_for_the_name_and_the_first_for_none() {
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
     let b = make_cert(dir.path(), "b", &["b.sluice.test", "b2.sluice.test"]);
     let w = make_cert(dir.path(), "w", &["*.wild.sluice.test"]);
-    let files = pairs(&[&a, &b, &w]);
-    let server = start_server(1, |c| {
-        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.tls = files;
-    });
+    let server = tls_ports_server(&[&a, &b, &w], |_| {});
     let addrs = server.addrs();
     let certs = [("a", &a), ("b", &b), ("w", &w)];
     for (port, addr) in [
@@ -558,12 +563,7 @@ const QUICK: Duration = Duration::from_secs(2);
 fn plain_on_tls_and_tls_on_plain_close_quickly() {
     let dir = TestDir::new();
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
-    let files = pairs(&[&a]);
-    let server = start_server(1, |c| {
-        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.tls = files;
-    });
+    let server = tls_ports_server(&[&a], |_| {});
     let addrs = server.addrs();
     let mut c0c1 = vec![0u8; 1 + 1536];
     c0c1[0] = 3;
@@ -619,12 +619,8 @@ fn plain_on_tls_and_tls_on_plain_close_quickly() {
 fn unfinished_client_hello_is_closed_at_the_deadline() {
     let dir = TestDir::new();
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
-    let files = pairs(&[&a]);
     let deadline = Duration::from_secs(2);
-    let server = start_server(1, |c| {
-        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.tls = files;
+    let server = tls_ports_server(&[&a], |c| {
         c.handshake_timeout = deadline;
         c.http_request_timeout = deadline;
     });
@@ -668,11 +664,7 @@ fn unfinished_client_hello_is_closed_at_the_deadline() {
 fn handshakes_beyond_the_cap_are_refused_until_one_finishes() {
     let dir = TestDir::new();
     let a = make_cert(dir.path(), "a", &["a.sluice.test"]);
-    let files = pairs(&[&a]);
-    let server = start_server(1, |c| {
-        c.rtmps_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.https_addr = Some("127.0.0.1:0".parse().unwrap());
-        c.tls = files;
+    let server = tls_ports_server(&[&a], |c| {
         c.max_tls_handshakes_per_worker = 2;
     });
     let addrs = server.addrs();

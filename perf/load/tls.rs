@@ -49,10 +49,10 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// The client configuration every RTMPS player shares.
 pub fn client_config() -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
+        .expect("aws-lc-rs supports the default TLS versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();

@@ -7,13 +7,9 @@
 //! (perf/README.md, "RTMPS: the AES-GCM of aws-lc").
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, ServerConfig,
-    ServerConnection, SignatureScheme,
-};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
 use std::hint::black_box;
 use std::io::Write;
 use std::sync::Arc;
@@ -21,45 +17,6 @@ use std::sync::Arc;
 /// Plaintext bytes per write (`perf/run`'s "bytes/write syscall" for plain
 /// RTMP players at the default budget).
 const WRITE: usize = 12_530;
-
-/// Takes any certificate: the bench measures records, not trust.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// Moves what `from` has to send into `to`.
 fn carry(from: &mut Connection, to: &mut Connection) {
@@ -74,28 +31,23 @@ fn carry(from: &mut Connection, to: &mut Connection) {
     to.process_new_packets().unwrap();
 }
 
-/// A server connection with `provider`, after a handshake in memory with a
-/// client that uses it too (TLS 1.3, the client's first suite:
-/// AES-256-GCM, as OpenSSL's clients and ffmpeg's ask).
+/// A server connection with `provider`, after a handshake in memory with
+/// the relay's client that takes any certificate (TLS 1.3, its first
+/// suite: AES-256-GCM, as OpenSSL's clients and ffmpeg's ask). The
+/// server's provider alone seals what the server writes.
 fn established(provider: Arc<CryptoProvider>) -> ServerConnection {
     let ck = rcgen::generate_simple_self_signed(vec!["bench.sluice.test".to_owned()]).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let server_config = ServerConfig::builder_with_provider(provider.clone())
+    let server_config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![ck.cert.der().clone()], key)
         .unwrap();
-    let client_config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
+    let client_config = sluice::relay::ClientTls::new(None).unwrap().insecure;
     let name = ServerName::try_from("bench.sluice.test").unwrap();
     let mut server = Connection::Server(ServerConnection::new(Arc::new(server_config)).unwrap());
-    let mut client =
-        Connection::Client(ClientConnection::new(Arc::new(client_config), name).unwrap());
+    let mut client = Connection::Client(ClientConnection::new(client_config, name).unwrap());
     while client.is_handshaking() || server.is_handshaking() {
         carry(&mut client, &mut server);
         carry(&mut server, &mut client);

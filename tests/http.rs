@@ -1451,6 +1451,7 @@ fn metrics_parse_and_move() {
         "sluice_bytes_out_total",
         "sluice_frames_dropped_total",
         "sluice_handshake_failures_total",
+        "sluice_tls_handshakes_deferred_total",
         "sluice_closes_total",
         "sluice_worker_loop_iterations_total",
         "sluice_stream_players",

@@ -674,6 +674,11 @@ pub fn metrics(shared: &Shared) -> String {
             "RTMP and TLS handshakes refused or timed out.",
             &s.handshake_failures,
         ),
+        (
+            "sluice_tls_handshakes_deferred_total",
+            "Reads of TLS handshakes put off to the next loop iteration (a burst of joiners).",
+            &s.handshakes_deferred,
+        ),
     ] {
         family(
             &mut o,

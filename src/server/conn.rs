@@ -40,10 +40,30 @@ impl Conn {
     /// The socket has bytes (or an error, or the peer closed): read until
     /// it has none or the read budget is spent, feeding the protocol after
     /// each read.
+    ///
+    /// An accepted TLS connection still handshaking is read only while the
+    /// iteration has handshake time left
+    /// ([`HANDSHAKE_TIME_PER_ITERATION`](super::ctx::HANDSHAKE_TIME_PER_ITERATION)),
+    /// else in the next.
     pub(super) fn on_readable(&mut self, now: Instant, ctx: &mut WorkerCtx) -> Result<(), Close> {
         if ctx.shutting_down().is_some() && !self.is_draining() {
             return Ok(());
         }
+        if self.io.tls_handshake_counted() {
+            if !ctx.handshake_time_left() {
+                ctx.handshake_waits(self.io.key);
+                return Ok(());
+            }
+            let started = Instant::now();
+            let read = self.read_input(now, ctx);
+            ctx.handshake_took(started.elapsed());
+            return read;
+        }
+        self.read_input(now, ctx)
+    }
+
+    /// What [`on_readable`](Self::on_readable) does once it may read.
+    fn read_input(&mut self, now: Instant, ctx: &mut WorkerCtx) -> Result<(), Close> {
         // Input left from the last turn (the protocol stopped at its message
         // budget) goes first; no more is read while some is left.
         if self.has_input_left() {

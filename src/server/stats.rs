@@ -100,6 +100,9 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Reads of TLS handshakes put off to the next loop iteration, its
+    /// handshake time spent (a burst of joiners).
+    pub handshakes_deferred: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     connections: [AtomicUsize; Protocol::ALL.len()],
 }
@@ -112,6 +115,7 @@ impl Default for Stats {
             bytes_out: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
+            handshakes_deferred: AtomicU64::new(0),
             closes: Default::default(),
             connections: Default::default(),
         }

@@ -162,7 +162,7 @@ impl Worker {
         let mut next_tick = Instant::now() + TICK;
         self.handle().listening.store(true, Ordering::Relaxed);
         loop {
-            let timeout = if self.ctx.has_read_again() {
+            let timeout = if self.ctx.has_read_again() || self.ctx.has_waiting_handshakes() {
                 Duration::ZERO
             } else {
                 let wake = [
@@ -189,6 +189,17 @@ impl Worker {
                 .fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             self.ctx.now = now;
+            self.ctx.new_iteration();
+            // Handshakes put off by earlier iterations go first, oldest
+            // first, while this iteration has handshake time left: newer
+            // ones do not put them off again.
+            while self.ctx.handshake_time_left() {
+                let Some(k) = self.ctx.next_waiting_handshake() else {
+                    break;
+                };
+                self.with_conn(k, "reading", |c, ctx| c.on_readable(now, ctx));
+                self.settle(now);
+            }
             let mut woken = false;
             for ev in events.iter() {
                 match ev.token() {

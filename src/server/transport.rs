@@ -28,9 +28,15 @@ use std::time::Instant;
 /// A publisher's reads fill it; a player's bring an acknowledgement or a
 /// ping, and only those bytes take room in the connection's own buffer.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
-/// The least room made for a TLS connection's plaintext, and the most one
-/// read takes while a PROXY header is awaited.
+/// The most one read takes while a PROXY header is awaited.
 const MIN_READ_CHUNK: usize = 4 * 1024;
+/// The least room made for a TLS connection's plaintext (a block then holds
+/// [`BLOCK_READS`] times this). A player's plaintext is a few bytes now and
+/// then (acknowledgements, pings): with 4 KiB here, every TLS player kept a
+/// 16 KiB block it never filled, 60 % of what an idle RTMPS connection
+/// cost. A publisher's reads are records of up to 16 KiB, so its blocks
+/// stay sized to them.
+const MIN_TLS_READ: usize = 256;
 /// A read buffer holding more unconsumed bytes than this means the decoder
 /// is not making progress; the peer is closed. The chunk decoder consumes
 /// partial chunk bodies as they arrive, so in practice the buffer holds less
@@ -488,7 +494,7 @@ impl ConnIo {
         let peer_closed = state.peer_has_closed();
         if plaintext > 0 {
             let len = self.read_buf.len();
-            reserve_block(&mut self.read_buf, plaintext.max(MIN_READ_CHUNK));
+            reserve_block(&mut self.read_buf, plaintext.max(MIN_TLS_READ));
             self.read_buf.resize(len + plaintext, 0);
             if let Err(e) = io::Read::read_exact(&mut tls.conn.reader(), &mut self.read_buf[len..])
             {

@@ -195,6 +195,12 @@ fn main() -> ExitCode {
     check_descriptor_limit(&config);
     let server = match Server::bind(config.clone()) {
         Ok(s) => s,
+        // A setting the server refused (a certificate and a key that do not
+        // belong together, an access list) is not a listening problem.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput && e.get_ref().is_some() => {
+            log::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             log::error!("cannot listen on {}: {e}", config.rtmp_addr);
             return ExitCode::FAILURE;
@@ -207,17 +213,27 @@ fn main() -> ExitCode {
         .ok();
     if config.rtmps_addr.is_some() || config.https_addr.is_some() {
         // Certificates replaced on disk are picked up without a signal too.
+        // Files that do not load are tried again every 2 s (a renewal may
+        // be half written: the certificate replaced, not yet its key), and
+        // the reason is logged once, not every 2 s.
         let watcher = handle.clone();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(2));
-            match watcher.reload_tls_if_changed() {
-                Some(Ok(n)) => {
-                    log::info!("certificate files changed: reloaded {n} TLS certificates")
+        std::thread::spawn(move || {
+            let mut refused: Option<String> = None;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                match watcher.reload_tls_if_changed() {
+                    Some(Ok(n)) => {
+                        refused = None;
+                        log::info!("certificate files changed: reloaded {n} TLS certificates")
+                    }
+                    Some(Err(e)) if refused.as_ref() != Some(&e) => {
+                        log::warn!(
+                            "certificate files changed but do not load, keeping the old ones: {e}"
+                        );
+                        refused = Some(e);
+                    }
+                    Some(Err(_)) | None => {}
                 }
-                Some(Err(e)) => log::warn!(
-                    "certificate files changed but do not load, keeping the old ones: {e}"
-                ),
-                None => {}
             }
         });
     }

@@ -538,8 +538,22 @@ fn reload_serves_the_new_certificate_while_an_old_player_keeps_streaming() {
     assert_eq!(which(rtmps, None, &certs), "new");
 
     // A broken key: the reload fails and the certificate in use stays.
+    let new_key = std::fs::read(&new.key).unwrap();
     std::fs::write(&new.key, b"-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
     assert!(server.reload_tls().is_err());
+    assert_eq!(which(rtmps, None, &certs), "new");
+    // A key that is not the certificate's (a renewal that replaced one of
+    // the two files): refused too, where it would fail every handshake.
+    let other = make_cert(dir.path(), "other", &["other.sluice.test"]);
+    std::fs::copy(&other.key, &new.key).unwrap();
+    let refused = server.reload_tls().unwrap_err();
+    assert!(
+        refused.contains("is not the private key of the certificate in"),
+        "{refused}"
+    );
+    assert_eq!(which(rtmps, None, &certs), "new");
+    replace_file(&new.key, &new_key);
+    assert_eq!(server.reload_tls(), Ok(1));
     assert_eq!(which(rtmps, None, &certs), "new");
 
     for _ in 0..60 {
@@ -995,6 +1009,30 @@ fn sighup_reload_new_clients_get_the_new_certificate_old_player_keeps_streaming(
 }
 
 /// No signal: replaced files are picked up by the watcher (every 2 s).
+#[test]
+fn a_key_that_is_not_the_certificates_stops_the_server_at_start() {
+    let dir = TestDir::new();
+    let site = make_cert(dir.path(), "site", &["live.sluice.test"]);
+    let other = make_cert(dir.path(), "other", &["other.sluice.test"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--rtmps", "127.0.0.1:0", "--workers", "1"])
+        .arg("--tls-cert")
+        .arg(&site.cert)
+        .arg("--tls-key")
+        .arg(&other.key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot start:")
+            && stderr.contains("is not the private key of the certificate in")
+            && stderr.contains("site.crt"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn changed_certificate_files_are_picked_up_without_a_signal() {
     let dir = TestDir::new();

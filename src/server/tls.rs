@@ -24,6 +24,11 @@ use std::time::SystemTime;
 /// socket write, so a slow TLS peer is bounded like a plain one.
 pub const TLS_BUFFER_LIMIT: usize = 256 * 1024;
 
+/// A certificate chain and its private key, refused when the key is not
+/// the certificate's: every handshake would then fail with a bad
+/// signature, seen by clients only (a renewal that replaced one of the two
+/// files, or the wrong key named), where this fails at start, and a reload
+/// keeps the certificates in use.
 fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let chain = load_certs(cert)?;
     let key_der =
@@ -32,7 +37,22 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| format!("{}: unsupported key: {e}", key.display()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    let pair = CertifiedKey::new(chain, signing);
+    match pair.keys_match() {
+        // A key whose public half the provider cannot tell is let through,
+        // as rustls does: the check is for the mistake, not a gate.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(pair))
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(format!(
+                "{} is not the private key of the certificate in {}",
+                key.display(),
+                cert.display()
+            ))
+        }
+        Err(e) => Err(format!("{}: {e}", cert.display())),
+    }
 }
 
 /// Loads every certificate of `files`; the first is the default.

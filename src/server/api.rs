@@ -676,7 +676,7 @@ pub fn metrics(shared: &Shared) -> String {
         ),
         (
             "sluice_tls_handshakes_deferred_total",
-            "Reads of TLS handshakes put off to the next loop iteration (a burst of joiners).",
+            "Reads of TLS handshakes put off to a later loop iteration (a burst of joiners).",
             &s.handshakes_deferred,
         ),
     ] {

@@ -100,8 +100,8 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub handshake_failures: AtomicU64,
-    /// Reads of TLS handshakes put off to the next loop iteration, its
-    /// handshake time spent (a burst of joiners).
+    /// Reads of TLS handshakes put off to a later loop iteration, the
+    /// iteration's handshake time spent (a burst of joiners).
     pub handshakes_deferred: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     connections: [AtomicUsize; Protocol::ALL.len()],

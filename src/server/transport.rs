@@ -33,9 +33,10 @@ const MIN_READ_CHUNK: usize = 4 * 1024;
 /// The least room made for a TLS connection's plaintext (a block then holds
 /// [`BLOCK_READS`] times this). A player's plaintext is a few bytes now and
 /// then (acknowledgements, pings): with 4 KiB here, every TLS player kept a
-/// 16 KiB block it never filled, 60 % of what an idle RTMPS connection
-/// cost. A publisher's reads are records of up to 16 KiB, so its blocks
-/// stay sized to them.
+/// 16 KiB block it never filled, and 2,000 RTMPS players cost 35.6 KiB of
+/// RSS each against 29.7 with this (perf/results/20261205-1030-vm.md). A
+/// publisher's reads are records of up to 16 KiB, so its blocks stay sized
+/// to them.
 const MIN_TLS_READ: usize = 256;
 /// A read buffer holding more unconsumed bytes than this means the decoder
 /// is not making progress; the peer is closed. The chunk decoder consumes

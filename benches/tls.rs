@@ -103,15 +103,20 @@ fn player_write(c: &mut Criterion) {
     g.finish();
 }
 
-/// A certificate for `bench.sluice.test` with a key of `alg`, written as
-/// PEM files into `dir` under `name`, and its DER.
+/// A certificate for `names` (`bench.sluice.test` when none) with a key of
+/// `alg`, written as PEM files into `dir` under `name`, and its DER.
 fn cert_files(
     dir: &std::path::Path,
     name: &str,
     alg: &'static rcgen::SignatureAlgorithm,
+    names: &[String],
 ) -> (TlsFiles, rustls::pki_types::CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["bench.sluice.test".to_owned()])
+    let names = match names {
+        [] => vec!["bench.sluice.test".to_owned()],
+        some => some.to_vec(),
+    };
+    let cert = rcgen::CertificateParams::new(names)
         .unwrap()
         .self_signed(&key)
         .unwrap();
@@ -128,8 +133,8 @@ fn cert_files(
 
 /// A TLS 1.3 client that offers only `group` and trusts only `cert`; with
 /// `resume`, it keeps the server's session tickets and resumes with them
-/// (as browsers do), otherwise every handshake is a full one (as ffmpeg's
-/// and OBS's, a new process or context per connection).
+/// (as browsers do), otherwise every handshake is a full one (as ffmpeg's,
+/// a new TLS context per connection).
 fn client_offering(
     group: &'static dyn SupportedKxGroup,
     cert: rustls::pki_types::CertificateDer<'static>,
@@ -208,7 +213,7 @@ fn handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("tls_handshake");
     g.sample_size(30);
     for (key_name, alg) in keys {
-        let (files, cert) = cert_files(&dir, key_name, alg);
+        let (files, cert) = cert_files(&dir, key_name, alg, &[]);
         let server = server_config(Arc::new(CertResolver::new(files).unwrap()));
         for want in [
             NamedGroup::X25519,
@@ -251,17 +256,12 @@ fn handshake(c: &mut Criterion) {
     // as before the index, took 180 µs with 200 of them.
     let many = dir.join("many");
     std::fs::create_dir_all(&many).unwrap();
+    let ecdsa = &rcgen::PKCS_ECDSA_P256_SHA256;
     for i in 0..999 {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names = vec![format!("n{i}.other.test"), format!("*.w{i}.other.test")];
-        let other = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(many.join(format!("a{i:04}.crt")), other.pem()).unwrap();
-        std::fs::write(many.join(format!("a{i:04}.key")), key.serialize_pem()).unwrap();
+        let names = [format!("n{i}.other.test"), format!("*.w{i}.other.test")];
+        cert_files(&many, &format!("a{i:04}"), ecdsa, &names);
     }
-    let (_, cert) = cert_files(&many, "zz-bench", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (_, cert) = cert_files(&many, "zz-bench", ecdsa, &[]);
     let files = TlsFiles {
         pairs: Vec::new(),
         dir: Some(many),

@@ -47,16 +47,30 @@ fn make_cert(dir: &Path, stem: &str, names: &[&str]) -> Cert {
 }
 
 fn make_cert_as(dir: &Path, stem: &str, ext: &str, names: &[&str]) -> Cert {
+    make_cert_with(
+        dir,
+        stem,
+        ext,
+        names,
+        rcgen::KeyPair::generate().expect("rcgen"),
+    )
+}
+
+/// The same with `key` (an RSA one, say).
+fn make_cert_with(dir: &Path, stem: &str, ext: &str, names: &[&str], key: rcgen::KeyPair) -> Cert {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let ck = rcgen::generate_simple_self_signed(names).expect("rcgen");
+    let signed = rcgen::CertificateParams::new(names)
+        .expect("rcgen")
+        .self_signed(&key)
+        .expect("rcgen");
     let cert = dir.join(format!("{stem}.{ext}"));
-    let key = dir.join(format!("{stem}.key"));
-    replace_file(&cert, ck.cert.pem().as_bytes());
-    replace_file(&key, ck.signing_key.serialize_pem().as_bytes());
+    let key_file = dir.join(format!("{stem}.key"));
+    replace_file(&cert, signed.pem().as_bytes());
+    replace_file(&key_file, key.serialize_pem().as_bytes());
     Cert {
         cert,
-        key,
-        der: ck.cert.der().to_vec(),
+        key: key_file,
+        der: signed.der().to_vec(),
     }
 }
 
@@ -728,17 +742,7 @@ fn a_burst_of_handshakes_is_read_over_several_iterations_and_every_one_completes
     // one loop iteration may spend on handshakes (2 ms).
     let dir = TestDir::new();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["rsa.sluice.test".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let rsa = Cert {
-        cert: dir.join("rsa.crt"),
-        key: dir.join("rsa.key"),
-        der: cert.der().to_vec(),
-    };
-    replace_file(&rsa.cert, cert.pem().as_bytes());
-    replace_file(&rsa.key, key.serialize_pem().as_bytes());
+    let rsa = make_cert_with(dir.path(), "rsa", "crt", &["rsa.sluice.test"], key);
     let server = tls_ports_server(&[&rsa], |_| {});
     let addr = server.addrs().rtmps.unwrap();
     let (config, _) = recording_client();
@@ -1008,7 +1012,6 @@ fn sighup_reload_new_clients_get_the_new_certificate_old_player_keeps_streaming(
     assert_same_from_first_keyframe(clip_packets(), &received);
 }
 
-/// No signal: replaced files are picked up by the watcher (every 2 s).
 #[test]
 fn a_key_that_is_not_the_certificates_stops_the_server_at_start() {
     let dir = TestDir::new();
@@ -1033,6 +1036,7 @@ fn a_key_that_is_not_the_certificates_stops_the_server_at_start() {
     );
 }
 
+/// No signal: replaced files are picked up by the watcher (every 2 s).
 #[test]
 fn changed_certificate_files_are_picked_up_without_a_signal() {
     let dir = TestDir::new();
